@@ -1,0 +1,56 @@
+"""clipsearch: semantic search for your own photos with CLIP, FAISS and SQLite.
+
+The public Python API::
+
+    from clipsearch import ImageIndex, Query
+
+    with ImageIndex.open_or_create("indexes/photos") as index:
+        index.add(["~/Pictures"])
+        hits = index.search("a dog on the beach", k=5)
+        hits = index.search(Query.text("beach") + 0.5 * Query.text("sunset") - Query.text("people"))
+        hits = index.similar("~/Pictures/dog.jpg")
+"""
+
+from .catalog import ErrorRecord
+from .encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, Encoder, ModelSpec, load_encoder
+from .errors import (
+    ClipsearchError,
+    CorruptIndexError,
+    EmptyIndexError,
+    ImageReadError,
+    IndexLockedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    ModelLoadError,
+    QueryError,
+)
+from .index import ImageIndex, IndexInfo, SearchResult
+from .indexer import IndexReport, Progress
+from .search import Query, Term
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_PRETRAINED",
+    "ClipsearchError",
+    "CorruptIndexError",
+    "EmptyIndexError",
+    "Encoder",
+    "ErrorRecord",
+    "ImageIndex",
+    "ImageReadError",
+    "IndexInfo",
+    "IndexLockedError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "IndexReport",
+    "ModelLoadError",
+    "ModelSpec",
+    "Progress",
+    "Query",
+    "QueryError",
+    "SearchResult",
+    "Term",
+    "load_encoder",
+]

@@ -1,0 +1,480 @@
+"""open_clip model loading, preprocessing and batched encoding.
+
+A model is named the way open_clip names it:
+
+* a built-in architecture plus ``pretrained``: a tag (``dfn2b``, ``openai``) resolved through
+  open_clip's registry and the Hugging Face cache, or a local checkpoint file
+  (``.pt``/``.bin``/``.safetensors``), or ``random`` for untrained weights (benchmarks, tests);
+* ``hf-hub:org/repo``: config and weights from the Hugging Face hub or its local cache;
+* ``local-dir:/path``: a folder with ``open_clip_config.json`` and a checkpoint;
+* ``demo``: the small model that ships inside this package (see ``clipsearch.demo``).
+
+Every vector this module returns is float32 and L2-normalized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ModelLoadError
+
+if TYPE_CHECKING:  # heavy imports stay lazy: `clipsearch info` must not pay for torch
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-16-quickgelu"
+DEFAULT_PRETRAINED = "dfn2b"
+RANDOM_WEIGHTS = "random"
+DEMO_MODEL = "demo"
+DEMO_DIR = Path(__file__).parent / "models" / "demo"
+LOCAL_DIR_PREFIX = "local-dir:"
+HF_HUB_PREFIX = "hf-hub:"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a user asked for: an open_clip model name and where its weights come from."""
+
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = DEFAULT_PRETRAINED
+
+    @classmethod
+    def from_user(cls, model: str | None, pretrained: str | None) -> ModelSpec:
+        """Fill in defaults the way the CLI documents them.
+
+        With no model, the default model and its default weights. A schema-named model
+        (``hf-hub:``, ``local-dir:``) or ``demo`` carries its own weights, so ``pretrained``
+        must be empty for it.
+        """
+        if model is None:
+            return cls(DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
+        model = model.strip()
+        if not model:
+            raise ModelLoadError("empty model name; pass an open_clip model name such as ViT-B-16")
+        if model == DEMO_MODEL or model.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)):
+            if pretrained:
+                raise ModelLoadError(
+                    f"model {model} carries its own weights; drop --pretrained {pretrained}"
+                )
+            if model.startswith(LOCAL_DIR_PREFIX):
+                path = Path(model[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve()
+                model = f"{LOCAL_DIR_PREFIX}{path}"
+            return cls(model, None)
+        if pretrained and _looks_like_path(pretrained):
+            pretrained = str(Path(pretrained).expanduser().resolve())
+        return cls(model, pretrained)
+
+    def describe(self) -> str:
+        return f"{self.model} ({self.pretrained})" if self.pretrained else self.model
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith(CHECKPOINT_SUFFIXES) or Path(value).is_file()
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What an index records about the model that made its vectors.
+
+    Two identities are compatible when their ``key`` is equal: the weights' checksum where the
+    weights are a local file (so a moved folder still matches), otherwise name plus tag.
+    """
+
+    model: str
+    pretrained: str | None
+    weights_sha256: str | None
+    dim: int
+    image_size: int
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        if self.weights_sha256:
+            return f"sha256:{self.weights_sha256}"
+        return f"{self.model}|{self.pretrained}"
+
+    def describe(self) -> str:
+        tag = self.pretrained or (self.weights_sha256 or "")[:12]
+        return f"{self.model} ({tag})" if tag else self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "dim": self.dim,
+            "image_size": self.image_size,
+            "preprocess": self.preprocess,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
+        return cls(
+            model=data["model"],
+            pretrained=data.get("pretrained"),
+            weights_sha256=data.get("weights_sha256"),
+            dim=int(data["dim"]),
+            image_size=int(data["image_size"]),
+            preprocess=dict(data.get("preprocess") or {}),
+        )
+
+
+def weights_file(spec: ModelSpec) -> str | None:
+    """The local file holding the spec's weights, or None for tags, hub models and random."""
+    if spec.model == DEMO_MODEL or spec.model.startswith(LOCAL_DIR_PREFIX):
+        folder = DEMO_DIR if spec.model == DEMO_MODEL else Path(spec.model[len(LOCAL_DIR_PREFIX) :])
+        from open_clip.factory import _find_checkpoint_in_dir
+
+        return _find_checkpoint_in_dir(folder) if folder.is_dir() else None
+    if spec.pretrained and spec.pretrained != RANDOM_WEIGHTS and _looks_like_path(spec.pretrained):
+        return spec.pretrained if Path(spec.pretrained).is_file() else None
+    return None
+
+
+def spec_key(spec: ModelSpec) -> str:
+    """The :attr:`ModelIdentity.key` the spec's model will have, computed without loading it."""
+    path = weights_file(spec)
+    if path:
+        return f"sha256:{file_sha256(path)}"
+    return f"{spec.model}|{spec.pretrained}"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pick_device(device: str = "auto") -> str:
+    """Resolve ``auto`` to the best available device and check that an explicit one exists."""
+    import torch
+
+    if device not in DEVICES:
+        raise ModelLoadError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device cuda requested but no CUDA GPU is available; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device mps requested but MPS is not available; use --device cpu")
+    return device
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """``auto`` means fp16 on CUDA/MPS and fp32 on CPU; explicit values are checked."""
+    if precision not in PRECISIONS:
+        raise ModelLoadError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
+    if precision == "auto":
+        return "fp16" if device in ("cuda", "mps") else "fp32"
+    if precision == "fp16" and device == "cpu":
+        raise ModelLoadError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+    return precision
+
+
+class Encoder:
+    """A loaded open_clip model with its eval preprocessing and tokenizer.
+
+    Build one with :func:`load_encoder`. Images must already be RGB (see
+    :func:`clipsearch.images.load_image`); the preprocessing is open_clip's own eval transform
+    for the model, so vectors equal ``model.encode_image(preprocess(img), normalize=True)``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Any,
+        tokenizer: Any,
+        identity: ModelIdentity,
+        device: str,
+        precision: str,
+    ):
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.device = device
+        self.precision = precision
+
+    @property
+    def dim(self) -> int:
+        return self.identity.dim
+
+    @property
+    def image_size(self) -> int:
+        return self.identity.image_size
+
+    def _dtype(self) -> torch.dtype:
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            self.precision
+        ]
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Encode a batch of preprocessed image tensors (N, 3, H, W)."""
+        import torch
+
+        with torch.inference_mode():
+            x = pixels.to(self.device, dtype=self._dtype(), non_blocking=True)
+            features = self.model.encode_image(x)
+            return _normalize(features)
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Encode RGB PIL images; returns (N, dim) float32 unit vectors."""
+        import torch
+
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            pixels = torch.stack([self.preprocess(img) for img in chunk])
+            out[start : start + len(chunk)] = self.encode_pixels(pixels)
+        return out
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Encode texts with the model's own tokenizer; returns (N, dim) float32 unit vectors."""
+        import torch
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            tokens = self.tokenizer(chunk).to(self.device)
+            with torch.inference_mode():
+                features = self.model.encode_text(tokens)
+            out[start : start + len(chunk)] = _normalize(features)
+        return out
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned softmax temperature (100 for CLIP)."""
+        return float(self.model.logit_scale.exp().clamp(max=100).item())
+
+
+def _normalize(features: torch.Tensor) -> np.ndarray:
+    import torch
+
+    features = features.float()
+    features = torch.nn.functional.normalize(features, dim=-1)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def load_encoder(
+    model: str | None = None,
+    pretrained: str | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+) -> Encoder:
+    """Load an open_clip model for encoding.
+
+    Args:
+        model: open_clip model name, ``hf-hub:org/repo``, ``local-dir:/path`` or ``demo``;
+            None for the default (ViT-B-16 with DFN-2B weights).
+        pretrained: a pretrained tag, a checkpoint file, or ``random``; only for built-in names.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        cache_dir: where open_clip caches downloads (default: the Hugging Face cache).
+
+    Raises:
+        ModelLoadError: the model is unknown or its weights cannot be found or read.
+    """
+    spec = ModelSpec.from_user(model, pretrained)
+    return load_spec(spec, device=device, precision=precision, cache_dir=cache_dir)
+
+
+def load_spec(
+    spec: ModelSpec, *, device: str = "auto", precision: str = "fp32", cache_dir: str | None = None
+) -> Encoder:
+    import open_clip
+    import torch
+
+    device = pick_device(device)
+    precision = pick_precision(precision, device)
+    name, pretrained = spec.model, spec.pretrained
+    open_clip_name = f"{LOCAL_DIR_PREFIX}{DEMO_DIR}" if name == DEMO_MODEL else name
+    kwargs: dict[str, Any] = {"device": device, "cache_dir": cache_dir}
+    local_weights: str | None = None
+
+    if name == DEMO_MODEL and not (DEMO_DIR / "open_clip_config.json").is_file():
+        raise ModelLoadError(
+            f"the demo model is missing from this installation ({DEMO_DIR}); reinstall clipsearch"
+        )
+    if open_clip_name.startswith(LOCAL_DIR_PREFIX):
+        folder = Path(open_clip_name[len(LOCAL_DIR_PREFIX) :])
+        if not (folder / "open_clip_config.json").is_file():
+            raise ModelLoadError(
+                f"model {name}: {folder} has no open_clip_config.json; a local-dir: model is a "
+                "folder with open_clip_config.json and a weights file"
+            )
+        local_weights = weights_file(spec)
+        if local_weights is None:
+            raise ModelLoadError(
+                f"model {name}: no weights file (*.safetensors, *.bin, *.pth) in {folder}"
+            )
+        kwargs["require_pretrained"] = True
+    elif open_clip_name.startswith(HF_HUB_PREFIX):
+        _check_hub_reachable_or_cached(spec, hf_repo=open_clip_name[len(HF_HUB_PREFIX) :])
+        kwargs["require_pretrained"] = True
+    else:
+        if open_clip.get_model_config(name) is None:
+            raise ModelLoadError(
+                f"unknown model {name!r}; see `python -c 'import open_clip; "
+                "print(open_clip.list_models())'` for the names open_clip knows"
+            )
+        if not pretrained:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise ModelLoadError(
+                f"model {name} needs --pretrained: a tag ({', '.join(tags) or 'none known'}), "
+                f"a weights file, or {RANDOM_WEIGHTS!r} for untrained weights"
+            )
+        if pretrained == RANDOM_WEIGHTS:
+            pass
+        elif _looks_like_path(pretrained):
+            if not Path(pretrained).is_file():
+                raise ModelLoadError(f"model {name}: weights file {pretrained} does not exist")
+            local_weights = pretrained
+            kwargs["pretrained"] = pretrained
+            kwargs["require_pretrained"] = True
+        else:
+            tag_cfg = open_clip.pretrained.get_pretrained_cfg(name, pretrained)
+            if not tag_cfg:
+                tags = open_clip.list_pretrained_tags_by_model(name)
+                raise ModelLoadError(
+                    f"model {name}: {pretrained!r} is neither a pretrained tag nor a file; "
+                    f"tags for {name}: {', '.join(tags) or 'none'}"
+                )
+            # A tag trained with QuickGELU must run with it, whatever the config name says:
+            # `ViT-B-16` + `openai` is the paper's model only with QuickGELU.
+            if tag_cfg.get("quick_gelu"):
+                kwargs["force_quick_gelu"] = True
+            _check_tag_reachable_or_cached(spec, tag_cfg, cache_dir)
+            kwargs["pretrained"] = pretrained
+            kwargs["require_pretrained"] = True
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            clip_model, _, preprocess = open_clip.create_model_and_transforms(
+                open_clip_name, **kwargs
+            )
+        tokenizer = open_clip.get_tokenizer(open_clip_name)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError for all of these
+        raise ModelLoadError(f"model {spec.describe()}: could not be loaded: {_one_line(e)}") from e
+
+    clip_model.eval()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if dtype is not torch.float32:
+        clip_model.to(dtype=dtype)
+    pp = open_clip.get_model_preprocess_cfg(clip_model)
+    size = pp.get("size", 224)
+    image_size = int(size if isinstance(size, int) else size[0])
+    with torch.inference_mode():
+        dim = int(clip_model.encode_text(tokenizer(["x"]).to(device)).shape[-1])
+    identity = ModelIdentity(
+        model=spec.model,
+        pretrained=None if local_weights else pretrained,
+        weights_sha256=file_sha256(local_weights) if local_weights else None,
+        dim=dim,
+        image_size=image_size,
+        preprocess=_jsonable(pp),
+    )
+    return Encoder(clip_model, preprocess, tokenizer, identity, device, precision)
+
+
+def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(cfg.items())}
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:400] + ("…" if len(text) > 400 else "")
+
+
+def _hf_cache_dir(cache_dir: str | None) -> str:
+    if cache_dir:
+        return cache_dir
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _check_tag_reachable_or_cached(
+    spec: ModelSpec, tag_cfg: dict[str, Any], cache_dir: str | None
+) -> None:
+    from open_clip.constants import HF_WEIGHTS_NAME
+    from open_clip.pretrained import _get_safe_alternatives
+
+    hub = tag_cfg.get("hf_hub", "")
+    if not hub:
+        return  # URL-only weights: open_clip's own download and cache handle them
+    # open_clip's convention: "org/repo/filename", or "org/repo/" for the default file name.
+    repo, filename = os.path.split(hub)
+    filename = filename or HF_WEIGHTS_NAME
+    _check_cached_or_online(spec, repo, [*_get_safe_alternatives(filename), filename], cache_dir)
+
+
+def _check_hub_reachable_or_cached(spec: ModelSpec, hf_repo: str) -> None:
+    _check_cached_or_online(spec, hf_repo, ["open_clip_config.json"], None)
+
+
+def _check_cached_or_online(
+    spec: ModelSpec, repo: str, filenames: list[str], cache_dir: str | None
+) -> None:
+    """Fail in a second, with a message that says what to do, instead of after a minute of
+    retries when the weights are not cached and the hub cannot be reached."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cache = _hf_cache_dir(cache_dir)
+    for name in filenames:
+        found = try_to_load_from_cache(repo_id=repo, filename=name, cache_dir=cache)
+        if isinstance(found, str):
+            return
+    offline = constants.HF_HUB_OFFLINE
+    if not offline and _hub_reachable(constants.ENDPOINT):
+        return
+    why = (
+        "offline mode (HF_HUB_OFFLINE) is on" if offline else f"{constants.ENDPOINT} is unreachable"
+    )
+    raise ModelLoadError(
+        f"model {spec.describe()}: weights not in the local cache ({cache}, repo {repo}) and "
+        f"{why}; fix: go online once so they are cached, pass --pretrained /path/to/weights"
+        ".safetensors, or use --model local-dir:/path/to/folder"
+    )
+
+
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

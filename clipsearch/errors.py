@@ -1,0 +1,44 @@
+"""Domain errors. The library raises these; only the CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class ClipsearchError(Exception):
+    """Base class for every error clipsearch raises on purpose."""
+
+
+class ModelLoadError(ClipsearchError):
+    """A model or its weights could not be found, downloaded or read."""
+
+
+class IndexNotFoundError(ClipsearchError):
+    """The index directory does not exist or holds no index."""
+
+
+class IndexMismatchError(ClipsearchError):
+    """The index was built with a different model than the one requested."""
+
+
+class CorruptIndexError(ClipsearchError):
+    """An index file is truncated or unreadable."""
+
+
+class IndexLockedError(ClipsearchError):
+    """Another process is writing to this index."""
+
+
+class ImageReadError(ClipsearchError):
+    """One image could not be read or decoded. `reason` is short and specific."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class QueryError(ClipsearchError):
+    """A search query or its options are invalid."""
+
+
+class EmptyIndexError(QueryError):
+    """A search was asked of an index that holds no images."""

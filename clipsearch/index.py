@@ -1,0 +1,526 @@
+"""`ImageIndex`: the public face of an index directory.
+
+An index is a folder::
+
+    catalog.sqlite   the catalog (source of truth): images, roots, vectors, errors, meta
+    vectors.faiss    the FAISS index, derived from the catalog's vectors
+    vectors.json     which catalog generation vectors.faiss reflects
+    lock             held by the one process that may write
+
+Readers never lock: SQLite's WAL gives them the last committed state, and a FAISS file that
+lags behind the catalog is brought up to date in memory from the stored vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import catalog as _catalog
+from .catalog import CATALOG_FILE, Catalog, ErrorRecord
+from .encoder import ModelIdentity, ModelSpec, load_spec, spec_key
+from .errors import (
+    ClipsearchError,
+    EmptyIndexError,
+    ImageReadError,
+    IndexLockedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    QueryError,
+)
+from .indexer import Indexer, IndexOptions, IndexReport, Progress, check_roots
+from .search import Query, check_k, combine, rank
+from .vectors import VectorIndex, index_files_exist
+
+if TYPE_CHECKING:
+    from .encoder import Encoder
+
+LOCK_FILE = "lock"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One hit: an indexed image and its cosine similarity to the query."""
+
+    id: int
+    path: str
+    score: float
+    style: str | None = None
+    style_score: float | None = None
+    width: int = 0
+    height: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What `clipsearch info` shows."""
+
+    path: str
+    count: int
+    model: str
+    pretrained: str | None
+    weights_sha256: str | None
+    dim: int
+    image_size: int
+    index_type: str
+    roots: tuple[str, ...]
+    errors: int
+    schema_version: int
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["roots"] = list(self.roots)
+        return d
+
+
+class ImageIndex:
+    """An index of images on disk: add folders, search by text, image or both.
+
+    Open one with :meth:`open`, :meth:`create` or :meth:`open_or_create`; use it as a context
+    manager or call :meth:`close`. The model is loaded on first use.
+
+    Example::
+
+        with ImageIndex.open_or_create("indexes/photos", model="demo") as index:
+            index.add(["~/Pictures"])
+            for hit in index.search("a red circle", k=5):
+                print(hit.score, hit.path)
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        catalog: Catalog,
+        identity: ModelIdentity,
+        spec: ModelSpec,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+    ):
+        self.path = path
+        self.catalog = catalog
+        self.identity = identity
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self._encoder: Encoder | None = None
+        self._vectors: VectorIndex | None = None
+        self._vectors_generation: int | None = None
+
+    # --- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, device: str = "auto", precision: str = "fp32"
+    ) -> ImageIndex:
+        """Open an existing index.
+
+        Raises:
+            IndexNotFoundError: no index at ``path``.
+            CorruptIndexError: the catalog cannot be read.
+        """
+        folder = Path(path).expanduser().absolute()
+        if not (folder / CATALOG_FILE).is_file():
+            raise IndexNotFoundError(
+                f"no index at {folder}; create one with `clipsearch --index {folder} index FOLDER`"
+            )
+        catalog = Catalog.open(folder / CATALOG_FILE)
+        model = catalog.get_meta("model")
+        if model is None:
+            catalog.close()
+            raise IndexNotFoundError(f"{folder} holds no finished index (no model recorded)")
+        identity = ModelIdentity.from_dict(model)
+        spec = ModelSpec(**catalog.get_meta("model_spec"))
+        return cls(folder, catalog, identity, spec, device=device, precision=precision)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        model: str | None = None,
+        pretrained: str | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> ImageIndex:
+        """Create a new index for a model (loaded now, to learn its width and preprocessing)."""
+        folder = Path(path).expanduser().absolute()
+        if (folder / CATALOG_FILE).exists():
+            raise ClipsearchError(f"an index already exists at {folder}")
+        spec = ModelSpec.from_user(model, pretrained)
+        encoder = load_spec(spec, device=device, precision=precision)
+        folder.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog.open(folder / CATALOG_FILE, create=True)
+        catalog.set_meta(
+            model=encoder.identity.to_dict(),
+            model_spec={"model": spec.model, "pretrained": spec.pretrained},
+            index_type="flat",
+            created=time.time(),
+            generation=0,
+        )
+        index = cls(folder, catalog, encoder.identity, spec, device=device, precision=precision)
+        index._encoder = encoder
+        return index
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike[str],
+        model: str | None = None,
+        pretrained: str | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> ImageIndex:
+        """Open the index at ``path``, or create it. A model given for an existing index must
+        be the one it was built with.
+
+        Raises:
+            IndexMismatchError: the index was built with another model.
+        """
+        folder = Path(path).expanduser().absolute()
+        if not (folder / CATALOG_FILE).is_file():
+            return cls.create(folder, model, pretrained, device=device, precision=precision)
+        index = cls.open(folder, device=device, precision=precision)
+        if model is not None or pretrained is not None:
+            try:
+                index.check_model(ModelSpec.from_user(model, pretrained))
+            except BaseException:
+                index.close()
+                raise
+        return index
+
+    def check_model(self, spec: ModelSpec) -> None:
+        """Refuse a model other than the one this index's vectors were made with."""
+        if spec_key(spec) != self.identity.key:
+            raise IndexMismatchError(
+                f"index {self.path} was built with model {self.identity.describe()}, not "
+                f"{spec.describe()}; vectors of different models cannot be compared. Use "
+                "another --index for the new model, or leave out --model to use the index's own"
+            )
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> ImageIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- model and vectors ------------------------------------------------------------------
+
+    @property
+    def encoder(self) -> Encoder:
+        """The index's model, loaded on first use and checked against what the index records."""
+        if self._encoder is None:
+            encoder = load_spec(self.spec, device=self.device, precision=self.precision)
+            if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
+                raise IndexMismatchError(
+                    f"the weights of model {self.spec.describe()} changed since index "
+                    f"{self.path} was built (was {self.identity.describe()}, now "
+                    f"{encoder.identity.describe()}); restore them or index into a new folder"
+                )
+            self._encoder = encoder
+        return self._encoder
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The FAISS index, loaded on first use and synced with the catalog."""
+        generation = self.catalog.generation()
+        if self._vectors is None:
+            if index_files_exist(self.path):
+                vi, saved = VectorIndex.load(self.path, self.identity.dim)
+            else:
+                vi, saved = VectorIndex(self.identity.dim), None
+            self._vectors, self._vectors_generation = vi, saved
+        if self._vectors_generation != generation:
+            self._vectors.sync(self.catalog)
+            self._vectors_generation = generation
+        return self._vectors
+
+    def save_vectors(self) -> None:
+        """Write the FAISS file for the current catalog generation (writers only)."""
+        if self._vectors is not None:
+            self._vectors.save(self.path, self.catalog.generation())
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the index's write lock; a second writer is refused at once.
+
+        The lock is an ``flock`` on ``lock``: the kernel releases it when the holder dies, even
+        by SIGKILL, so a crashed run never blocks the next one.
+        """
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise IndexLockedError(
+                    f"index {self.path} is being written by process {holder}; wait for it to "
+                    "finish (searches keep working meanwhile)"
+                ) from e
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def add(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        exclude: Sequence[str] = (),
+        include_hidden: bool = False,
+        batch_size: int = 32,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> IndexReport:
+        """Index the images below some folders, incrementally.
+
+        Unchanged files are skipped, changed ones re-encoded, moved ones recognised by their
+        content, and files gone from these folders removed. A file that cannot be read is
+        recorded in :meth:`errors` and the run goes on.
+
+        Args:
+            paths: folders to index.
+            exclude: glob patterns for files or folders to skip.
+            include_hidden: also index dot-files and dot-folders.
+            batch_size: images per model call and per committed transaction.
+            workers: decoding threads (default: up to 4).
+            progress: receives start/advance/close events.
+
+        Raises:
+            IndexLockedError: another process is writing to this index.
+        """
+        roots = check_roots(paths)
+        if batch_size < 1:
+            raise ClipsearchError(f"batch size must be at least 1 (got {batch_size})")
+        options = IndexOptions(
+            exclude=tuple(exclude),
+            include_hidden=include_hidden,
+            batch_size=batch_size,
+            workers=workers or IndexOptions.workers,
+        )
+        with self.writing():
+            indexer = Indexer(
+                self.catalog,
+                self.vectors,
+                lambda: self.encoder,
+                options,
+                progress,
+                save=self.save_vectors,
+            )
+            report = indexer.run(roots)
+            self._vectors_generation = self.catalog.generation()
+        return report
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Drop images from the index by id; returns how many were there."""
+        with self.writing():
+            present = list(self.catalog.images(list(ids)))
+            self.catalog.remove(present)
+            self.vectors.remove(np.asarray(present, dtype=np.int64))
+            self._vectors_generation = self.catalog.generation()
+            self.save_vectors()
+        return len(present)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.catalog.count()
+
+    @property
+    def count(self) -> int:
+        return self.catalog.count()
+
+    def info(self) -> IndexInfo:
+        meta = self.catalog
+        return IndexInfo(
+            path=str(self.path),
+            count=meta.count(),
+            model=self.identity.model,
+            pretrained=self.identity.pretrained,
+            weights_sha256=self.identity.weights_sha256,
+            dim=self.identity.dim,
+            image_size=self.identity.image_size,
+            index_type=meta.get_meta("index_type", "flat"),
+            roots=tuple(sorted(meta.roots().values())),
+            errors=len(meta.errors()),
+            schema_version=int(meta.get_meta("schema_version", _catalog.SCHEMA_VERSION)),
+            created=float(meta.get_meta("created", 0.0)),
+        )
+
+    def errors(self) -> list[ErrorRecord]:
+        """Files that could not be indexed, with the reason, by path."""
+        return self.catalog.errors()
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """The unit vector of a text, as the index's model sees it."""
+        return self.query_vector(Query.text(text))
+
+    def embed_image(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The unit vector of an image file, as the index's model sees it."""
+        return self.query_vector(Query.image(str(path)))
+
+    def query_vector(self, query: Query) -> np.ndarray:
+        """The combined, normalized vector of a query's terms."""
+        vectors = np.zeros((len(query.terms), self.identity.dim), dtype=np.float32)
+        text_pos = [i for i, t in enumerate(query.terms) if t.kind == "text"]
+        if text_pos:
+            encoded = self.encoder.encode_texts([query.terms[i].value for i in text_pos])
+            vectors[text_pos] = encoded
+        for i, term in enumerate(query.terms):
+            if term.kind == "image":
+                vectors[i] = self._image_vector(term.value)[0]
+        return combine(query.terms, vectors)
+
+    def _image_vector(self, path: str) -> tuple[np.ndarray, int | None]:
+        """An image's vector, from the catalog when the file is indexed and unchanged, and its
+        id in that case."""
+        from .images import load_image
+
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise QueryError(f"query image {path}: no such file")
+        if p.is_dir():
+            raise QueryError(f"query image {path}: is a folder, not an image")
+        stored = self.catalog.find_path(str(p.resolve()))
+        if stored is not None:
+            st = p.stat()
+            if st.st_size == stored.size and st.st_mtime_ns == stored.mtime_ns:
+                vec = self.catalog.vector(stored.id)
+                if vec is not None:
+                    return vec, stored.id
+        try:
+            img = load_image(p)
+        except ImageReadError as e:
+            raise QueryError(f"query image {path}: {e.reason}") from e
+        return self.encoder.encode_images([img])[0], None
+
+    def search(
+        self,
+        query: str | Query | None = None,
+        *,
+        k: int = 10,
+        plus: Sequence[str] = (),
+        minus: Sequence[str] = (),
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        styles: Sequence[str] | None = None,
+    ) -> list[SearchResult]:
+        """Rank indexed images by cosine similarity to a query.
+
+        Args:
+            query: a term string (``"beach"``, ``"2:beach"``, ``"@photo.jpg"``) or a
+                :class:`Query`.
+            k: how many results at most.
+            plus: more terms to add to the query.
+            minus: terms to subtract from it.
+            min_score: drop results below this cosine similarity.
+            path_prefix: only images whose absolute path starts with this.
+            styles: only images with one of these style labels.
+
+        Raises:
+            QueryError: the query or an option is invalid.
+            EmptyIndexError: nothing is indexed yet.
+        """
+        k = check_k(k)
+        if isinstance(query, Query):
+            q = query if not (plus or minus) else query + Query.parse(None, plus, minus)
+        else:
+            q = Query.parse(query, plus, minus)
+        filters = {"min_score": min_score, "path_prefix": path_prefix, "styles": styles}
+        if len(q.terms) == 1 and q.terms[0].kind == "image":
+            return self.similar(q.terms[0].value, k=k, **filters)
+        self._check_not_empty()
+        return self.search_vector(self.query_vector(q), k=k, **filters)
+
+    def similar(
+        self,
+        image: str | os.PathLike[str] | int,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        styles: Sequence[str] | None = None,
+    ) -> list[SearchResult]:
+        """Images that look like a given one (a file path or an indexed id), never itself."""
+        k = check_k(k)
+        self._check_not_empty()
+        if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+            vec = self.catalog.vector(int(image))
+            if vec is None:
+                raise QueryError(f"no image with id {image} in this index")
+            own: int | None = int(image)
+        else:
+            vec, own = self._image_vector(str(image))
+        return self.search_vector(
+            vec,
+            k=k,
+            min_score=min_score,
+            path_prefix=path_prefix,
+            styles=styles,
+            exclude=[own] if own is not None else [],
+        )
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        styles: Sequence[str] | None = None,
+        exclude: Sequence[int] = (),
+    ) -> list[SearchResult]:
+        """Rank indexed images against a unit vector (see :meth:`search`)."""
+        k = check_k(k)
+        allowed = None
+        if path_prefix is not None or styles is not None:
+            prefix = str(Path(path_prefix).expanduser().absolute()) if path_prefix else None
+            allowed = self.catalog.ids_matching(path_prefix=prefix, styles=styles)
+            if len(allowed) == 0:
+                return []
+        # Ask for a few extra so excluded ids and ties at the cut-off don't shorten the list.
+        scores, ids = self.vectors.search(vector[None, :], k + len(exclude) + 8, allowed)
+        hits = rank(scores[0], ids[0], k, min_score=min_score, exclude=exclude)
+        records = self.catalog.images([i for i, _ in hits])
+        out = []
+        for image_id, score in hits:
+            rec = records.get(image_id)
+            if rec is None:  # removed by a concurrent writer after our FAISS snapshot
+                continue
+            out.append(
+                SearchResult(
+                    id=image_id,
+                    path=rec.path,
+                    score=score,
+                    style=rec.style,
+                    style_score=rec.style_score,
+                    width=rec.width,
+                    height=rec.height,
+                )
+            )
+        return out
+
+    def _check_not_empty(self) -> None:
+        if self.catalog.count() == 0:
+            raise EmptyIndexError(
+                f"index {self.path} is empty; add images with `clipsearch index FOLDER`"
+            )

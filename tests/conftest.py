@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny real open_clip model, generated images, an isolated environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+TINY_CFG = {
+    "embed_dim": 512,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {
+        "context_length": 77,
+        "vocab_size": 49408,
+        "width": 64,
+        "heads": 2,
+        "layers": 1,
+    },
+}
+PREPROCESS_CFG = {
+    "size": 32,
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    """No test reads the user's index, home or network: everything points at temp dirs."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("CLIPSEARCH_INDEX", str(home / "default-index"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(home / "hf-cache"))
+
+
+def save_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """Create a tiny open_clip CLIP with seeded random weights as a local-dir: folder."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CFG)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": PREPROCESS_CFG})
+    )
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir) -> str:
+    """The tiny model as a --model value."""
+    return f"local-dir:{tiny_model_dir}"
+
+
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 60),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 40),
+    "purple": (140, 40, 170),
+    "orange": (250, 140, 20),
+}
+
+
+def draw_image(
+    path: Path,
+    color: str = "red",
+    shape: str = "circle",
+    size: int = 64,
+    background=(255, 255, 255),
+    fmt: str | None = None,
+) -> Path:
+    img = Image.new("RGB", (size, size), background)
+    d = ImageDraw.Draw(img)
+    box = (size // 5, size // 5, size * 4 // 5, size * 4 // 5)
+    if shape == "circle":
+        d.ellipse(box, fill=COLORS[color])
+    elif shape == "square":
+        d.rectangle(box, fill=COLORS[color])
+    else:
+        d.polygon(
+            [(size // 2, size // 6), (size // 6, size * 5 // 6), (size * 5 // 6, size * 5 // 6)],
+            fill=COLORS[color],
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def photo_dir(tmp_path) -> Path:
+    """A folder of 12 distinct generated images in sub-folders."""
+    root = tmp_path / "photos"
+    i = 0
+    for color in ["red", "green", "blue", "yellow"]:
+        for shape in ["circle", "square", "triangle"]:
+            sub = "shapes" if i % 2 else "more/nested"
+            draw_image(root / sub / f"{color}_{shape}.png", color, shape)
+            i += 1
+    return root
