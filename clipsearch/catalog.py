@@ -224,7 +224,7 @@ class Catalog:
 
     def roots(self) -> dict[int, str]:
         with self.session() as s:
-            return dict(s.execute(select(Root.id, Root.path)).tuples().all())
+            return dict(s.execute(select(Root.id, Root.path)).all())
 
     def files_under(self, root_id: int) -> dict[str, tuple[int, int, int, str]]:
         """rel path -> (id, size, mtime_ns, sha256) for one root."""
@@ -233,7 +233,7 @@ class Catalog:
                 select(
                     ImageRow.rel, ImageRow.id, ImageRow.size, ImageRow.mtime_ns, ImageRow.sha256
                 ).where(ImageRow.root_id == root_id)
-            ).tuples()
+            )
             return {rel: (i, size, mtime, sha) for rel, i, size, mtime, sha in rows}
 
     def ids_by_hash(self, hashes: Iterable[str]) -> dict[str, list[int]]:
@@ -243,7 +243,7 @@ class Catalog:
             for chunk in _chunks(wanted, 500):
                 rows = s.execute(
                     select(ImageRow.sha256, ImageRow.id).where(ImageRow.sha256.in_(chunk))
-                ).tuples()
+                )
                 for sha, i in rows:
                     out.setdefault(sha, []).append(i)
         return out
@@ -259,6 +259,7 @@ class Catalog:
         moves: Sequence[tuple[int, int, str, int, int]] = (),
         clear_error_paths: Sequence[str] = (),
         errors: Sequence[tuple[str, str]] = (),
+        styles: Sequence[tuple[str | None, float | None]] | None = None,
     ) -> list[int]:
         """Write one indexer batch in a single transaction; returns the new images' ids.
 
@@ -269,8 +270,10 @@ class Catalog:
             moves: (id, root_id, rel, size, mtime_ns) for files that moved and keep their vector.
             clear_error_paths: paths whose earlier error no longer holds.
             errors: (path, reason) failures to record.
+            styles: (style, style_score) of each new image, in the order of ``new``.
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        labels = list(styles) if styles is not None else [(None, None)] * len(new)
         now = time.time()
         with self.session() as s, s.begin():
             if remove_ids:
@@ -291,8 +294,10 @@ class Catalog:
                     width=n.width,
                     height=n.height,
                     indexed_at=now,
+                    style=style,
+                    style_score=style_score,
                 )
-                for n in new
+                for n, (style, style_score) in zip(new, labels, strict=True)
             ]
             s.add_all(rows)
             s.flush()
@@ -388,7 +393,7 @@ class Catalog:
     def find_path(self, path: str) -> StoredImage | None:
         """The image stored for an absolute file path, if any root contains it."""
         with self.session() as s:
-            for rid, root in s.execute(select(Root.id, Root.path)).tuples():
+            for rid, root in s.execute(select(Root.id, Root.path)):
                 try:
                     rel = Path(path).relative_to(root).as_posix()
                 except ValueError:
@@ -415,7 +420,7 @@ class Catalog:
 
     def style_counts(self) -> dict[str | None, int]:
         with self.session() as s:
-            rows = s.execute(select(ImageRow.style, func.count()).group_by(ImageRow.style)).tuples()
+            rows = s.execute(select(ImageRow.style, func.count()).group_by(ImageRow.style))
             return dict(rows.all())
 
     def errors(self) -> list[ErrorRecord]:

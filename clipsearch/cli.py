@@ -136,7 +136,12 @@ def main(ctx: click.Context, index_dir: Path) -> None:
 
 
 @main.command("index")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument(
+    "paths",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
 @model_options
 @device_options
 @click.option(

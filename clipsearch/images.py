@@ -230,7 +230,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype("uint8")
-        img = Image.fromarray(arr, "L")
+        img = Image.fromarray(arr)
     if img.mode == "F":
         img = img.convert("L")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

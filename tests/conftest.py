@@ -116,3 +116,16 @@ def photo_dir(tmp_path) -> Path:
             draw_image(root / sub / f"{color}_{shape}.png", color, shape)
             i += 1
     return root
+
+
+def put_in_hf_cache(cache: Path, repo: str, files: dict[str, Path]) -> Path:
+    """Lay files out the way huggingface_hub caches a downloaded repo snapshot."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = Path(cache) / f"models--{repo.replace('/', '--')}"
+    snap = base / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        (snap / name).write_bytes(Path(src).read_bytes())
+    (base / "refs").mkdir(exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
+    return snap
