@@ -1,0 +1,544 @@
+"""The HTTP API and the page: a FastAPI app over one :class:`~clipsearch.ImageIndex`.
+
+Routes (JSON unless noted; ``{id}`` is an image id, the only way to name an image)::
+
+    GET  /                          the page (static/index.html)
+    GET  /static/{file}             its script and style sheet
+    GET  /api/info                  what the index holds, its style labels, the API's limits
+    GET  /api/errors                files that could not be indexed, and why
+    GET  /api/search                text and combined queries: q, plus, minus, k, min_score, style
+    POST /api/search/image          search by an uploaded image (multipart field ``image``)
+    GET  /api/images/{id}           one indexed image
+    GET  /api/images/{id}/similar   images that look like it (never itself)
+    GET  /api/images/{id}/thumb     a thumbnail (WebP, 256 px), cached in <index>/thumbs/
+    GET  /api/images/{id}/file      the image file itself
+    GET  /openapi.json              the OpenAPI schema
+
+Query terms use the syntax of :mod:`clipsearch.search`, except that an image term names an
+indexed image by id (``@42``, ``0.5:@42``): no path from a request ever reaches the file system.
+Requests share one ImageIndex; the model and FAISS take turns under a lock, and every search
+sees what a concurrently running indexer has committed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from io import BytesIO
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from .. import __version__
+from ..catalog import StoredImage
+from ..errors import ClipsearchError, EmptyIndexError, ImageReadError, QueryError
+from ..images import decode_image, load_image
+from ..index import ImageIndex, SearchResult
+from ..search import MAX_QUERY_CHARS, Term, combine
+from .guards import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders
+from .thumbs import THUMBS_DIR, ThumbnailCache
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_K = 200
+DEFAULT_K = 24
+MAX_TERMS = 16
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_ID = 2**63 - 1
+# Formats every current browser shows; others (TIFF, HEIC, ...) are sent as JPEG.
+BROWSER_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".avif": "image/avif",
+}
+THUMB_CACHE_CONTROL = "private, max-age=86400"
+FILE_CACHE_CONTROL = "private, max-age=3600"
+
+
+# --- response models ------------------------------------------------------------------------
+
+
+class Hit(BaseModel):
+    """One search result."""
+
+    id: int
+    path: str
+    score: float = Field(description="Cosine similarity to the query, -1..1.")
+    style: str | None = None
+    style_score: float | None = None
+    width: int
+    height: int
+    thumb_url: str
+    image_url: str
+
+
+class Results(BaseModel):
+    count: int
+    results: list[Hit]
+
+
+class ImageOut(BaseModel):
+    """An indexed image."""
+
+    id: int
+    path: str
+    style: str | None = None
+    style_score: float | None = None
+    width: int
+    height: int
+    thumb_url: str
+    image_url: str
+    similar_url: str
+
+
+class Limits(BaseModel):
+    max_k: int
+    max_query_chars: int
+    max_terms: int
+    max_upload_bytes: int
+
+
+class InfoOut(BaseModel):
+    path: str
+    count: int
+    model: str
+    pretrained: str | None
+    weights_sha256: str | None
+    dim: int
+    image_size: int
+    index_type: str
+    roots: list[str]
+    errors: int
+    schema_version: int
+    created: float
+    styles: dict[str, int] = Field(description="Style label -> number of images with it.")
+    unlabelled: int = Field(description="Images without a style label.")
+    limits: Limits
+
+
+class ErrorOut(BaseModel):
+    path: str
+    reason: str
+    at: float
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+# --- the shared index -----------------------------------------------------------------------
+
+
+class Service:
+    """The index every request uses, and the lock its model and FAISS index take turns under."""
+
+    def __init__(self, index: ImageIndex):
+        self.index = index
+        self.lock = threading.Lock()
+        self.thumbs = ThumbnailCache(index.path / THUMBS_DIR)
+
+    def record(self, image_id: int) -> StoredImage:
+        rec = self.index.catalog.images([image_id]).get(image_id) if image_id <= MAX_ID else None
+        if rec is None:
+            raise HTTPException(404, f"no image with id {image_id} in this index")
+        return rec
+
+    def check_styles(self, styles: Sequence[str]) -> list[str] | None:
+        if not styles:
+            return None
+        known = sorted(s for s in self.index.catalog.style_counts() if s is not None)
+        for style in styles:
+            if style not in known:
+                has = f"this index has: {', '.join(known)}" if known else "no image has one yet"
+                raise QueryError(f"unknown style {style!r}; {has}")
+        return list(dict.fromkeys(styles))
+
+    def search(
+        self,
+        terms: Sequence[Term],
+        given: dict[int, np.ndarray],
+        *,
+        k: int,
+        min_score: float | None,
+        styles: list[str] | None,
+    ) -> list[SearchResult]:
+        """Rank the index against weighted terms. Image terms are ids (``Term.value`` digits);
+        ``given`` holds the vectors of terms already encoded (an upload), by position."""
+        index = self.index
+        if index.count == 0:
+            raise EmptyIndexError(
+                f"index {index.path} is empty; add images with `clipsearch index FOLDER`"
+            )
+        ids = {i: int(t.value) for i, t in enumerate(terms) if t.kind == "image" and i not in given}
+        filters = {"k": k, "min_score": min_score, "styles": styles}
+        with self.lock:
+            if len(terms) == 1 and ids:
+                return index.similar(ids[0], **filters)
+            vectors = np.zeros((len(terms), index.identity.dim), dtype=np.float32)
+            for i, vec in given.items():
+                vectors[i] = vec
+            for i, image_id in ids.items():
+                vec = index.catalog.vector(image_id)
+                if vec is None:
+                    raise QueryError(f"no image with id {image_id} in this index")
+                vectors[i] = vec
+            text = [i for i, t in enumerate(terms) if t.kind == "text"]
+            if text:
+                vectors[text] = index.encoder.encode_texts([terms[i].value for i in text])
+            vector = combine(terms, vectors)
+            # The images a query is made of are not news to whoever asked.
+            own = [image_id for i, image_id in ids.items() if not terms[i].negative]
+            return index.search_vector(vector, exclude=own, **filters)
+
+    def encode_upload(self, data: bytes, name: str) -> np.ndarray:
+        try:
+            img = decode_image(data, name, draft_size=self.index.identity.image_size)
+        except ImageReadError as e:
+            raise QueryError(f"uploaded file {name}: {e.reason}") from e
+        with self.lock:
+            return self.index.encoder.encode_images([img])[0]
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+Svc = Annotated[Service, Depends(_service)]
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+K = Annotated[int, Query(ge=1, le=MAX_K, description="How many results at most.")]
+MinScore = Annotated[
+    float | None, Query(ge=-1.0, le=1.0, description="Drop results below this cosine similarity.")
+]
+Styles = Annotated[
+    list[str],
+    Query(
+        max_length=MAX_TERMS,
+        description="Only images with this style label (repeatable; see /api/info).",
+    ),
+]
+Plus = Annotated[
+    list[str],
+    Query(
+        max_length=MAX_TERMS,
+        description="Terms to add: text, WEIGHT:text or @ID (an indexed image). Repeatable.",
+    ),
+]
+Minus = Annotated[
+    list[str], Query(max_length=MAX_TERMS, description="Terms to subtract (repeatable).")
+]
+
+
+def parse_terms(q: str | None, plus: Sequence[str], minus: Sequence[str]) -> list[Term]:
+    """Terms in clipsearch's syntax, with image terms as ids (``@42``), never paths.
+
+    Raises:
+        QueryError: a term is too long, empty, badly weighted or names an image by path.
+    """
+    raw = ([(q, False)] if q is not None else []) + [(t, False) for t in plus]
+    raw += [(t, True) for t in minus]
+    terms = []
+    for text, negative in raw:
+        if len(text) > MAX_QUERY_CHARS:
+            raise QueryError(
+                f"a query term is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}"
+            )
+        term = Term.parse(text, negative=negative)
+        if term.kind == "image" and not (term.value.isascii() and term.value.isdigit()):
+            raise QueryError(
+                f"term {text!r}: an image term names an indexed image by its id, like @42"
+            )
+        terms.append(term)
+    return terms
+
+
+def _url(request: Request, path: str) -> str:
+    return request.scope.get("root_path", "").rstrip("/") + path
+
+
+def _hits(request: Request, hits: Sequence[SearchResult]) -> Results:
+    out = [
+        Hit(
+            **h.to_dict(),
+            thumb_url=_url(request, f"/api/images/{h.id}/thumb"),
+            image_url=_url(request, f"/api/images/{h.id}/file"),
+        )
+        for h in hits
+    ]
+    return Results(count=len(out), results=out)
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": Problem, "description": "An invalid query, style or upload."},
+}
+NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": Problem, "description": "No such image."},
+}
+
+router = APIRouter(prefix="/api")
+
+
+@router.get("/info", response_model=InfoOut, summary="What the index holds")
+def info(svc: Svc) -> InfoOut:
+    data = svc.index.info().to_dict()
+    counts = svc.index.catalog.style_counts()
+    return InfoOut(
+        **data,
+        styles={s: n for s, n in sorted(counts.items(), key=lambda x: str(x[0])) if s},
+        unlabelled=counts.get(None, 0),
+        limits=Limits(
+            max_k=MAX_K,
+            max_query_chars=MAX_QUERY_CHARS,
+            max_terms=MAX_TERMS,
+            max_upload_bytes=MAX_UPLOAD_BYTES,
+        ),
+    )
+
+
+@router.get("/errors", response_model=list[ErrorOut], summary="Files that could not be indexed")
+def errors(svc: Svc) -> list[ErrorOut]:
+    return [ErrorOut(path=r.path, reason=r.reason, at=r.at) for r in svc.index.errors()]
+
+
+@router.get("/search", response_model=Results, responses=ERRORS, summary="Search by text or terms")
+def search(
+    request: Request,
+    svc: Svc,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_QUERY_CHARS,
+            description="The main term: text ('a dog on the beach'), WEIGHT:text, or @ID.",
+        ),
+    ] = None,
+    plus: Plus = (),  # type: ignore[assignment]
+    minus: Minus = (),  # type: ignore[assignment]
+    k: K = DEFAULT_K,
+    min_score: MinScore = None,
+    style: Styles = (),  # type: ignore[assignment]
+) -> Results:
+    """Rank indexed images by similarity to a weighted sum of terms: ``q`` and ``plus`` are
+    added, ``minus`` subtracted. Images used as positive terms are left out of the results."""
+    terms = parse_terms(q if q else None, plus, minus)
+    if not any(not t.negative for t in terms):
+        raise QueryError("the query is empty; give q or a plus term")
+    styles = svc.check_styles(style)
+    return _hits(request, svc.search(terms, {}, k=k, min_score=min_score, styles=styles))
+
+
+@router.post(
+    "/search/image",
+    response_model=Results,
+    responses={**ERRORS, 413: {"model": Problem, "description": "The upload is too large."}},
+    summary="Search by an uploaded image",
+)
+def search_image(
+    request: Request,
+    svc: Svc,
+    image: Annotated[UploadFile, File(description="An image file, at most 20 MB.")],
+    plus: Plus = (),  # type: ignore[assignment]
+    minus: Minus = (),  # type: ignore[assignment]
+    k: K = DEFAULT_K,
+    min_score: MinScore = None,
+    style: Styles = (),  # type: ignore[assignment]
+) -> Results:
+    """Images that look like an uploaded one, optionally moved by ``plus``/``minus`` terms.
+    The upload is only decoded and encoded, never stored."""
+    data = image.file.read(MAX_UPLOAD_BYTES + 1)
+    name = os.path.basename(image.filename or "") or "upload"
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise HTTPException(413, f"uploaded file {name} is larger than 20 MB")
+    if not data:
+        raise QueryError(f"uploaded file {name} is empty")
+    terms = [Term("image", name)] + parse_terms(None, plus, minus)
+    styles = svc.check_styles(style)
+    vector = svc.encode_upload(data, name)
+    hits = svc.search(terms, {0: vector}, k=k, min_score=min_score, styles=styles)
+    return _hits(request, hits)
+
+
+@router.get(
+    "/images/{image_id:int}", response_model=ImageOut, responses=NOT_FOUND, summary="One image"
+)
+def image_record(request: Request, svc: Svc, image_id: int) -> ImageOut:
+    rec = svc.record(image_id)
+    base = f"/api/images/{rec.id}"
+    return ImageOut(
+        id=rec.id,
+        path=rec.path,
+        style=rec.style,
+        style_score=rec.style_score,
+        width=rec.width,
+        height=rec.height,
+        thumb_url=_url(request, f"{base}/thumb"),
+        image_url=_url(request, f"{base}/file"),
+        similar_url=_url(request, f"{base}/similar"),
+    )
+
+
+@router.get(
+    "/images/{image_id:int}/similar",
+    response_model=Results,
+    responses={**ERRORS, **NOT_FOUND},
+    summary="Images like an indexed one",
+)
+def similar(
+    request: Request,
+    svc: Svc,
+    image_id: int,
+    k: K = DEFAULT_K,
+    min_score: MinScore = None,
+    style: Styles = (),  # type: ignore[assignment]
+) -> Results:
+    """Images that look like image ``image_id``, best first, never the image itself."""
+    svc.record(image_id)
+    styles = svc.check_styles(style)
+    terms = [Term("image", str(image_id))]
+    return _hits(request, svc.search(terms, {}, k=k, min_score=min_score, styles=styles))
+
+
+@router.get(
+    "/images/{image_id:int}/thumb",
+    response_class=Response,
+    responses={200: {"content": {"image/webp": {}}}, 304: {}, **NOT_FOUND},
+    summary="A thumbnail",
+)
+def thumbnail(request: Request, svc: Svc, image_id: int) -> Response:
+    """An upright thumbnail at most 256 px a side, made on first request and cached in the
+    index folder. Answers 304 to a matching ``If-None-Match``."""
+    rec = svc.record(image_id)
+    etag = svc.thumbs.etag(rec)
+    headers = {"ETag": etag, "Cache-Control": THUMB_CACHE_CONTROL}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    try:
+        data = svc.thumbs.get(rec)
+    except ImageReadError as e:
+        raise HTTPException(404, f"image {image_id}: {e.reason}") from e
+    return Response(data, media_type=svc.thumbs.media_type, headers=headers)
+
+
+@router.get(
+    "/images/{image_id:int}/file",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}, 304: {}, **NOT_FOUND},
+    summary="The image file",
+)
+def image_file(request: Request, svc: Svc, image_id: int) -> Response:
+    """The indexed file as it is on disk now; formats browsers cannot show (TIFF, HEIC, ...)
+    are sent as JPEG."""
+    rec = svc.record(image_id)
+    path = Path(rec.path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise HTTPException(404, f"image {image_id}: the file is no longer on disk") from e
+    etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+    headers = {"ETag": etag, "Cache-Control": FILE_CACHE_CONTROL}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    media_type = BROWSER_TYPES.get(path.suffix.lower())
+    if media_type is not None:
+        return FileResponse(path, media_type=media_type, headers=headers, stat_result=st)
+    try:
+        img = load_image(path)
+    except ImageReadError as e:
+        raise HTTPException(404, f"image {image_id}: {e.reason}") from e
+    out = BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    return Response(out.getvalue(), media_type="image/jpeg", headers=headers)
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+def _problem(status: int):
+    def handler(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handler
+
+
+def create_app(
+    index: ImageIndex | str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
+) -> FastAPI:
+    """The web page and JSON API over an index.
+
+    Args:
+        index: an open :class:`ImageIndex` (the caller closes it) or an index folder (opened
+            now, closed when the app shuts down).
+        device: where the model runs, for an index opened here.
+        precision: the model's precision, for an index opened here.
+        allowed_hosts: the names the server answers to (``Host`` header); None for any. The
+            default serves this machine only and keeps other web sites out (DNS rebinding).
+
+    Raises:
+        IndexNotFoundError: no index at the given folder.
+    """
+    owned = not isinstance(index, ImageIndex)
+    if not isinstance(index, ImageIndex):
+        index = ImageIndex.open(index, device=device, precision=precision)
+    opened = index
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owned:
+                opened.close()
+
+    app = FastAPI(
+        title="clipsearch",
+        version=__version__,
+        summary="Semantic search over your own photos.",
+        description=__doc__,
+        docs_url=None,  # FastAPI's docs pages load scripts from a CDN; the schema is enough
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.service = Service(index)
+    app.include_router(router)
+    app.add_exception_handler(QueryError, _problem(400))
+    app.add_exception_handler(ClipsearchError, _problem(500))
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(
+        BodyLimit,
+        limit=MAX_UPLOAD_BYTES + 64 * 1024,  # the form's own bytes around the file
+        message=f"the upload is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB",
+    )
+    app.add_middleware(SecurityHeaders)
+    if allowed_hosts is not None:
+        app.add_middleware(HostGuard, allowed=allowed_hosts)
+    return app
