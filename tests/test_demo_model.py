@@ -1,0 +1,120 @@
+"""The shipped demo model meets its quality bar on pictures it has never seen.
+
+The gallery is drawn with its own seed (``clipsearch.demo.EVAL_SEED``), apart from the training
+and validation seeds, and goes through a JPEG round trip like files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from clipsearch import demo, synth
+from clipsearch.encoder import DEMO_DIR, Encoder, load_encoder
+from clipsearch.style import STYLE_DIR, StyleHead
+
+WEIGHTS = DEMO_DIR / "open_clip_model.safetensors"
+
+pytestmark = pytest.mark.skipif(
+    not WEIGHTS.is_file(),
+    reason=f"demo weights {WEIGHTS} are absent; build them with `python -m clipsearch.demo build`",
+)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return load_encoder("demo", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def report(encoder: Encoder) -> demo.GalleryReport:
+    assert demo.EVAL_SEED not in (demo.TRAIN_SEED, demo.VAL_SEED)
+    return demo.evaluate_gallery(encoder, n=600, seed=demo.EVAL_SEED)
+
+
+def test_colour_and_shape_queries(report: demo.GalleryReport):
+    kind = report["color+shape"]
+    assert kind.queries == len(synth.COLORS) * len(synth.SHAPES)
+    assert kind.recall_at_1 >= 0.90, report.table()
+    assert kind.recall_at_5 >= 0.98, report.table()
+
+
+@pytest.mark.parametrize("kind", ["style", "count", "position", "style+count"])
+def test_queries_with_style_count_or_position(report: demo.GalleryReport, kind: str):
+    assert report[kind].queries >= 50
+    assert report[kind].recall_at_5 >= 0.80, report.table()
+
+
+def _plain(shape: str, color: str, size: int = 160) -> Image.Image:
+    """A solid shape on white, drawn the way anyone would with PIL."""
+    img = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(img)
+    lo, hi = size // 4, size * 3 // 4
+    if shape == "circle":
+        d.ellipse((lo, lo, hi, hi), fill=color)
+    elif shape == "square":
+        d.rectangle((lo, lo, hi, hi), fill=color)
+    else:
+        d.polygon([(size // 2, lo), (hi, hi), (lo, hi)], fill=color)
+    return img
+
+
+PLAIN = [
+    ("circle", "red"),
+    ("square", "green"),
+    ("triangle", "blue"),
+    ("square", "red"),
+    ("circle", "green"),
+    ("circle", "blue"),
+    ("triangle", "yellow"),
+    ("square", "purple"),
+]
+
+
+@pytest.fixture(scope="module")
+def plain_images(encoder: Encoder) -> np.ndarray:
+    return encoder.encode_images([_plain(s, c) for s, c in PLAIN])
+
+
+@pytest.mark.parametrize(("shape", "color"), PLAIN)
+def test_plain_pil_drawing_ranks_first(
+    encoder: Encoder, plain_images: np.ndarray, shape: str, color: str
+):
+    images = plain_images
+    text = encoder.encode_texts([f"a {color} {shape}"])
+    ranking = np.argsort(-(text @ images.T)[0])
+    assert PLAIN[int(ranking[0])] == (shape, color), [PLAIN[int(i)] for i in ranking[:3]]
+
+
+def test_shipped_files(encoder: Encoder):
+    files = {p.name for p in DEMO_DIR.iterdir() if p.is_file()}
+    assert {"open_clip_config.json", "open_clip_model.safetensors", "metrics.json"} <= files
+    total = sum(p.stat().st_size for p in DEMO_DIR.iterdir() if p.is_file())
+    assert total < 20e6
+    assert encoder.dim == 512 and encoder.image_size == demo.IMAGE_SIZE
+    metrics = json.loads((DEMO_DIR / "metrics.json").read_text())
+    assert metrics["architecture"] == demo.ARCHITECTURE
+    assert metrics["gallery"]["seed"] == demo.EVAL_SEED
+    assert set(metrics["gallery"]["kinds"]) == set(demo.QUERY_KINDS)
+
+
+def test_shipped_style_head_labels_fresh_pictures(encoder: Encoder):
+    """The shipped style head names the style of pictures drawn with a seed it never saw."""
+    head = StyleHead.load(DEMO_DIR / STYLE_DIR, backbone=encoder.identity.key)
+    assert head.labels == synth.STYLES
+    seed = 11
+    assert seed not in (demo.TRAIN_SEED, demo.VAL_SEED, demo.STYLE_SEED, demo.FINETUNE_SEED)
+    vectors, targets = demo.style_vectors(encoder, 1000, seed)
+    predicted = head.predict_proba(vectors).argmax(axis=1)
+    accuracy = float((predicted == targets).mean())
+    confusion = np.zeros((len(synth.STYLES),) * 2, dtype=int)
+    np.add.at(confusion, (targets, predicted), 1)
+    assert accuracy >= 0.95, f"accuracy {accuracy:.3f}; confusion (rows true):\n{confusion}"
+
+
+def test_model_files_stay_small():
+    total = sum(p.stat().st_size for p in DEMO_DIR.rglob("*") if p.is_file())
+    assert total < 25e6, f"{DEMO_DIR} holds {total / 1e6:.1f} MB"
