@@ -23,16 +23,34 @@ from .errors import (
     IndexNotFoundError,
     ModelLoadError,
     QueryError,
+    StyleError,
+    StyleHeadError,
 )
 from .index import ImageIndex, IndexInfo, SearchResult
 from .indexer import IndexReport, Progress
 from .search import Query, Term
+from .style import (
+    DEFAULT_STYLE_LABELS,
+    ClassMetrics,
+    IndexStyles,
+    Prediction,
+    StyleApplyReport,
+    StyleHead,
+    StyleMetrics,
+    StyleStats,
+    StyleTrainReport,
+    TrainOptions,
+    ZeroShotLabeller,
+    classify_image,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
+    "DEFAULT_STYLE_LABELS",
+    "ClassMetrics",
     "ClipsearchError",
     "CorruptIndexError",
     "EmptyIndexError",
@@ -40,6 +58,7 @@ __all__ = [
     "ErrorRecord",
     "ImageIndex",
     "ImageReadError",
+    "IndexStyles",
     "IndexInfo",
     "IndexLockedError",
     "IndexMismatchError",
@@ -47,10 +66,21 @@ __all__ = [
     "IndexReport",
     "ModelLoadError",
     "ModelSpec",
+    "Prediction",
     "Progress",
     "Query",
     "QueryError",
     "SearchResult",
+    "StyleApplyReport",
+    "StyleError",
+    "StyleHead",
+    "StyleHeadError",
+    "StyleMetrics",
+    "StyleStats",
+    "StyleTrainReport",
     "Term",
+    "TrainOptions",
+    "ZeroShotLabeller",
+    "classify_image",
     "load_encoder",
 ]

@@ -22,17 +22,20 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     String,
+    TypeDecorator,
+    cast,
     create_engine,
     delete,
     event,
     func,
+    literal,
     select,
     update,
 )
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .errors import CorruptIndexError
+from .errors import ClipsearchError, CorruptIndexError
 
 SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.sqlite"
@@ -40,6 +43,27 @@ CATALOG_FILE = "catalog.sqlite"
 
 class Base(DeclarativeBase):
     pass
+
+
+class FsPath(TypeDecorator):
+    """A file path as text. A name that is not valid UTF-8 (``os.fsdecode`` gives it surrogate
+    escapes) is stored as its raw bytes instead, so every path round-trips exactly."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return value.encode("utf-8", "surrogateescape")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "surrogateescape")
+        return value
 
 
 class Meta(Base):
@@ -51,7 +75,7 @@ class Meta(Base):
 class Root(Base):
     __tablename__ = "roots"
     id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
 
 
 class ImageRow(Base):
@@ -64,7 +88,7 @@ class ImageRow(Base):
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"))
-    rel: Mapped[str] = mapped_column(String)
+    rel: Mapped[str] = mapped_column(FsPath)
     size: Mapped[int]
     mtime_ns: Mapped[int]
     sha256: Mapped[str] = mapped_column(String(64))
@@ -86,7 +110,7 @@ class VectorRow(Base):
 class ErrorRow(Base):
     __tablename__ = "errors"
     id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     reason: Mapped[str] = mapped_column(String)
     at: Mapped[float]
 
@@ -147,6 +171,23 @@ class Catalog:
         self.path = path
         self.engine = create_engine(f"sqlite:///{path}", future=True)
         event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "handle_error", self._explain)
+
+    def _explain(self, context: Any) -> ClipsearchError | None:
+        """Say what SQLite's errors mean for the user; damage shows up in whatever reads the
+        damaged page first."""
+        msg = " ".join(str(context.original_exception).split())
+        if "malformed" in msg or "not a database" in msg:
+            return CorruptIndexError(
+                f"catalog {self.path} is damaged ({msg}); restore it from a backup or delete "
+                "the index folder and index again"
+            )
+        if "disk is full" in msg or "readonly database" in msg:
+            return ClipsearchError(
+                f"catalog {self.path}: {msg}; what was committed before is kept: make room or "
+                "fix the permissions and run the same command again"
+            )
+        return None
 
     @classmethod
     def open(cls, path: Path, *, create: bool = False) -> Catalog:
@@ -221,6 +262,45 @@ class Catalog:
                 s.flush()
                 rid = root.id
             return rid
+
+    def adopt_roots(self, path: str) -> tuple[int, list[int]]:
+        """The id of the root folder ``path`` (added if new), after the images of every root
+        inside it have become its own, so that no file has two records.
+
+        Returns:
+            (root id, ids of images dropped because the root already had their file).
+        """
+        inside = path.rstrip("/") + "/"
+        dropped: list[int] = []
+        with self.session() as s, s.begin():
+            rid = s.scalar(select(Root.id).where(Root.path == path))
+            if rid is None:
+                root = Root(path=path)
+                s.add(root)
+                s.flush()
+                rid = root.id
+            children = [(c, p) for c, p in s.execute(select(Root.id, Root.path)) if p != path]
+            children = [(c, p[len(inside) :]) for c, p in children if p.startswith(inside)]
+            if not children:
+                return rid, []
+            have = set(s.scalars(select(ImageRow.rel).where(ImageRow.root_id == rid)))
+            for child, sub in children:
+                moves, twice = [], []
+                rows = s.execute(select(ImageRow.id, ImageRow.rel).where(ImageRow.root_id == child))
+                for image_id, rel in rows.all():
+                    if f"{sub}/{rel}" in have:
+                        twice.append(image_id)
+                    else:
+                        have.add(f"{sub}/{rel}")
+                        moves.append({"id": image_id, "root_id": rid, "rel": f"{sub}/{rel}"})
+                if moves:
+                    s.execute(update(ImageRow), moves)
+                self._delete_ids(s, twice)
+                dropped += twice
+                s.execute(delete(Root).where(Root.id == child))
+            if dropped:
+                _set_meta(s, "generation", _get_generation(s) + 1)
+        return rid, dropped
 
     def roots(self) -> dict[int, str]:
         with self.session() as s:
@@ -321,7 +401,7 @@ class Catalog:
 
     @staticmethod
     def _delete_ids(s: Session, ids: Sequence[int]) -> None:
-        for chunk in _chunks(list(ids), 500):
+        for chunk in _chunks(_ints(ids), 500):
             s.execute(delete(VectorRow).where(VectorRow.image_id.in_(chunk)))
             s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
 
@@ -380,7 +460,7 @@ class Catalog:
     def images(self, ids: Sequence[int]) -> dict[int, StoredImage]:
         out: dict[int, StoredImage] = {}
         with self.session() as s:
-            for chunk in _chunks(list(ids), 500):
+            for chunk in _chunks(_ints(ids), 500):
                 rows = s.execute(
                     select(ImageRow, Root.path)
                     .join(Root, Root.id == ImageRow.root_id)
@@ -410,9 +490,11 @@ class Catalog:
         of ``styles`` (each filter only when given)."""
         query = select(ImageRow.id).join(Root, Root.id == ImageRow.root_id)
         if path_prefix is not None:
-            full = Root.path + "/" + ImageRow.rel
-            escaped = path_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(full.like(escaped + "%", escape="\\"))
+            # Compared as bytes: exact case, and names that are not UTF-8 (stored as BLOBs,
+            # see FsPath) match too, which LIKE cannot do.
+            head = path_prefix.encode("utf-8", "surrogateescape")
+            full = cast(Root.path + "/" + ImageRow.rel, LargeBinary)
+            query = query.where(func.substr(full, 1, len(head)) == literal(head, LargeBinary))
         if styles is not None:
             query = query.where(ImageRow.style.in_(list(styles)))
         with self.session() as s:
@@ -486,9 +568,18 @@ def _stored(row: ImageRow, root: str) -> StoredImage:
 
 
 def _block(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    if len({len(r[1]) for r in rows}) > 1 or len(rows[0][1]) % 4:
+        raise CorruptIndexError(
+            "the catalog holds stored vectors of the wrong length; run `clipsearch repair`"
+        )
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
     return ids, vecs
+
+
+def _ints(ids: Iterable[Any]) -> list[int]:
+    """Plain ints: SQLite binds numpy integers as blobs, which match no id."""
+    return [int(i) for i in ids]
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -14,11 +14,13 @@ Every vector this module returns is float32 and L2-normalized.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,10 @@ HF_HUB_PREFIX = "hf-hub:"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TOWERS = ("both", "text")
+# Images per model call by device: CPU throughput is flat from 8 to 32 (benchmarks/RESULTS.md)
+# and smaller batches commit sooner; GPUs need large batches to fill.
+BATCH_SIZES = {"cpu": 16, "cuda": 128, "mps": 64}
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,19 @@ class ModelIdentity:
         )
 
 
+MODELS_DIR = Path(__file__).parent / "models"
+
+
+def register_model_configs() -> None:
+    """Make the architectures shipped in ``clipsearch/models/*.json`` (``clipsearch-demo``)
+    known to open_clip by name."""
+    import open_clip
+
+    for cfg in sorted(MODELS_DIR.glob("*.json")):
+        if open_clip.get_model_config(cfg.stem) is None:
+            open_clip.add_model_config(cfg)
+
+
 def weights_file(spec: ModelSpec) -> str | None:
     """The local file holding the spec's weights, or None for tags, hub models and random."""
     if spec.model == DEMO_MODEL or spec.model.startswith(LOCAL_DIR_PREFIX):
@@ -181,16 +200,44 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_precision(precision: str, device: str) -> str:
-    """``auto`` means fp16 on CUDA/MPS and fp32 on CPU; explicit values are checked."""
+    """``auto`` means fp16 on CUDA/MPS, bf16 on CPUs with native bf16 arithmetic (AVX512-BF16
+    or AMX: ~2x fp32 speed, embeddings within cosine 0.999 of fp32), else fp32. Explicit
+    values are checked."""
     if precision not in PRECISIONS:
         raise ModelLoadError(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
         )
     if precision == "auto":
-        return "fp16" if device in ("cuda", "mps") else "fp32"
+        if device in ("cuda", "mps"):
+            return "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and device == "cpu":
         raise ModelLoadError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
     return precision
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX). Elsewhere
+    PyTorch emulates bf16 and it runs slower than fp32."""
+    import torch
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        with contextlib.suppress(Exception):
+            if check is not None and check():
+                return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def default_batch_size(device: str) -> int:
+    """Images per model call for a device (``auto`` resolved first)."""
+    return BATCH_SIZES.get(pick_device(device), 32)
 
 
 class Encoder:
@@ -209,6 +256,7 @@ class Encoder:
         identity: ModelIdentity,
         device: str,
         precision: str,
+        towers: str = "both",
     ):
         self.model = model
         self.preprocess = preprocess
@@ -216,6 +264,12 @@ class Encoder:
         self.identity = identity
         self.device = device
         self.precision = precision
+        self.towers = towers
+
+    @property
+    def batch_size(self) -> int:
+        """Images per model call that suit this encoder's device."""
+        return BATCH_SIZES.get(self.device, 32)
 
     @property
     def dim(self) -> int:
@@ -236,6 +290,11 @@ class Encoder:
         """Encode a batch of preprocessed image tensors (N, 3, H, W)."""
         import torch
 
+        if self.towers == "text":
+            raise ModelLoadError(
+                f"model {self.identity.describe()} was loaded for text queries only; "
+                "load it with towers='both' to encode images"
+            )
         with torch.inference_mode():
             x = pixels.to(self.device, dtype=self._dtype(), non_blocking=True)
             features = self.model.encode_image(x)
@@ -260,8 +319,11 @@ class Encoder:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
             tokens = self.tokenizer(chunk).to(self.device)
-            with torch.inference_mode():
-                features = self.model.encode_text(tokens)
+            # A query or two is a few small matmuls: more threads only wait on each other
+            # (10x slower on a busy 2-core machine than one thread).
+            few = self.device == "cpu" and len(chunk) <= 4
+            with torch.inference_mode(), _torch_threads(1 if few else None):
+                features = _encode_text(self.model, tokens)
             out[start : start + len(chunk)] = _normalize(features)
         return out
 
@@ -269,6 +331,55 @@ class Encoder:
     def logit_scale(self) -> float:
         """The model's learned softmax temperature (100 for CLIP)."""
         return float(self.model.logit_scale.exp().clamp(max=100).item())
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _encode_text(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text``, run only up to the last end-of-text token.
+
+    CLIP's text transformer is causal and pools at the end-of-text token, so the padding
+    after it cannot change the result: a 5-word query needs ~10 of the 77 positions, a
+    seventh of the work. Models that pool elsewhere or attend both ways run in full.
+    """
+    import open_clip
+    import torch
+
+    pool = getattr(model, "text_pool_type", None)
+    mask = getattr(model, "attn_mask", None)
+    if type(model) is not open_clip.CLIP or mask is None or pool not in ("argmax", "eos"):
+        return model.encode_text(tokens)
+    if pool == "argmax":
+        ends = tokens.argmax(dim=-1)
+    else:
+        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    n = int(ends.max()) + 1
+    tokens = tokens[:, :n]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:n].to(cast_dtype)
+    x = model.transformer(x, attn_mask=mask[:n, :n])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), ends]
+    if model.text_projection is not None:
+        if isinstance(model.text_projection, torch.nn.Linear):
+            x = model.text_projection(x)
+        else:
+            x = x @ model.text_projection
+    return x
 
 
 def _normalize(features: torch.Tensor) -> np.ndarray:
@@ -286,6 +397,7 @@ def load_encoder(
     device: str = "auto",
     precision: str = "fp32",
     cache_dir: str | None = None,
+    towers: str = "both",
 ) -> Encoder:
     """Load an open_clip model for encoding.
 
@@ -296,19 +408,27 @@ def load_encoder(
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         cache_dir: where open_clip caches downloads (default: the Hugging Face cache).
+        towers: ``both``, or ``text`` to read only the text tower's weights (about a third
+            of the model) where the checkpoint is a safetensors file: for text queries.
 
     Raises:
         ModelLoadError: the model is unknown or its weights cannot be found or read.
     """
     spec = ModelSpec.from_user(model, pretrained)
-    return load_spec(spec, device=device, precision=precision, cache_dir=cache_dir)
+    return load_spec(spec, device=device, precision=precision, cache_dir=cache_dir, towers=towers)
 
 
 def load_spec(
-    spec: ModelSpec, *, device: str = "auto", precision: str = "fp32", cache_dir: str | None = None
+    spec: ModelSpec,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+    towers: str = "both",
 ) -> Encoder:
     import open_clip
     import torch
+    from open_clip.transform import PreprocessCfg, image_transform_v2
 
     device = pick_device(device)
     precision = pick_precision(precision, device)
@@ -338,6 +458,7 @@ def load_spec(
         _check_hub_reachable_or_cached(spec, hf_repo=open_clip_name[len(HF_HUB_PREFIX) :])
         kwargs["require_pretrained"] = True
     else:
+        register_model_configs()
         if open_clip.get_model_config(name) is None:
             raise ModelLoadError(
                 f"unknown model {name!r}; see `python -c 'import open_clip; "
@@ -373,12 +494,26 @@ def load_spec(
             kwargs["pretrained"] = pretrained
             kwargs["require_pretrained"] = True
 
+    if towers not in TOWERS:
+        raise ModelLoadError(f"unknown towers {towers!r}; choose one of {', '.join(TOWERS)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            clip_model, _, preprocess = open_clip.create_model_and_transforms(
-                open_clip_name, **kwargs
-            )
+            loaded = None
+            if towers == "text":
+                loaded = _create_text_only(open_clip_name, kwargs, local_weights, cache_dir)
+            if loaded is None:
+                towers = "both"
+                # Every weight is about to be overwritten by the checkpoint: skip the random
+                # initialisation (a second for ViT-B-16).
+                init = (
+                    _skip_init() if kwargs.get("require_pretrained") else contextlib.nullcontext()
+                )
+                with init:
+                    model = open_clip.create_model(open_clip_name, **kwargs)
+                loaded = model, open_clip.get_model_preprocess_cfg(model)
+            clip_model, pp = loaded
+            preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
         tokenizer = open_clip.get_tokenizer(open_clip_name)
     except ModelLoadError:
         raise
@@ -389,11 +524,10 @@ def load_spec(
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dtype is not torch.float32:
         clip_model.to(dtype=dtype)
-    pp = open_clip.get_model_preprocess_cfg(clip_model)
     size = pp.get("size", 224)
     image_size = int(size if isinstance(size, int) else size[0])
-    with torch.inference_mode():
-        dim = int(clip_model.encode_text(tokenizer(["x"]).to(device)).shape[-1])
+    with torch.inference_mode(), _torch_threads(1 if device == "cpu" else None):
+        dim = int(_encode_text(clip_model, tokenizer(["x"]).to(device)).shape[-1])
     identity = ModelIdentity(
         model=spec.model,
         pretrained=None if local_weights else pretrained,
@@ -402,7 +536,86 @@ def load_spec(
         image_size=image_size,
         preprocess=_jsonable(pp),
     )
-    return Encoder(clip_model, preprocess, tokenizer, identity, device, precision)
+    return Encoder(clip_model, preprocess, tokenizer, identity, device, precision, towers)
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Build modules without random initialisation: for weights loaded right after.
+
+    Patches ``torch.nn.init`` for the duration, so no other thread should build modules
+    meanwhile (models are loaded at start-up).
+    """
+    import torch
+
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _checkpoint(name: str, kwargs: dict[str, Any], local: str | None, cache_dir: str | None):
+    """The weights file open_clip would load for these arguments, if it is already local."""
+    import open_clip
+
+    if local:
+        return local
+    if name.startswith(HF_HUB_PREFIX):
+        return open_clip.pretrained.download_pretrained_from_hf(
+            name[len(HF_HUB_PREFIX) :], cache_dir=cache_dir
+        )
+    tag = kwargs.get("pretrained")
+    if tag:
+        cfg = open_clip.pretrained.get_pretrained_cfg(name, tag)
+        return open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir) if cfg else None
+    return None
+
+
+def _create_text_only(
+    name: str, kwargs: dict[str, Any], local: str | None, cache_dir: str | None
+) -> tuple[Any, dict[str, Any]] | None:
+    """The model with the text tower's weights only, read from a safetensors checkpoint; the
+    image tower is dropped. None where that does not apply (other checkpoint formats, random
+    weights, a checkpoint that needs conversion): the caller loads the whole model then."""
+    import open_clip
+    import torch
+    from safetensors import safe_open
+
+    path = _checkpoint(name, kwargs, local, cache_dir) if kwargs.get("require_pretrained") else None
+    if not path or not str(path).endswith(".safetensors"):
+        return None
+    args = {k: v for k, v in kwargs.items() if k not in ("pretrained", "require_pretrained")}
+    with _skip_init(), _quiet_root_logger():  # "no pretrained weights loaded": they follow
+        model = open_clip.create_model(name, load_weights=False, **args)
+    pp = open_clip.get_model_preprocess_cfg(model)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("visual.")}  # noqa: SIM118
+    if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    if getattr(model, "logit_bias", None) is not None and "logit_bias" not in state:
+        state["logit_bias"] = torch.zeros_like(model.logit_bias)
+    model.visual = None
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        log.debug("text-only load of %s does not apply: %s", name, result)
+        return None
+    return model.to(kwargs.get("device", "cpu")), pp
 
 
 def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -42,3 +42,15 @@ class QueryError(ClipsearchError):
 
 class EmptyIndexError(QueryError):
     """A search was asked of an index that holds no images."""
+
+
+class StyleError(ClipsearchError):
+    """Style labels cannot be trained or applied: bad labels, too little training data."""
+
+
+class StyleHeadError(StyleError):
+    """A trained style head is missing, unreadable, or belongs to another backbone model."""
+
+
+class TrainingError(ClipsearchError):
+    """Training data, settings or checkpoints are unusable; the message says which and why."""

@@ -106,7 +106,7 @@ def walk_images(
                     continue
                 st = entry.stat()  # follows symlinks: a link to a photo is a photo
             except OSError as e:
-                report(entry.path, _os_reason(e, "cannot stat file"))
+                report(entry.path, _stat_reason(entry, e))
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
@@ -116,6 +116,16 @@ def walk_images(
 
 def _excluded(rel: str, name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _stat_reason(entry: os.DirEntry[str], e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        try:
+            if entry.is_symlink():
+                return "broken symbolic link (its target does not exist)"
+        except OSError:
+            pass
+    return _os_reason(e, "cannot stat file")
 
 
 def _os_reason(e: OSError, default: str) -> str:
@@ -130,14 +140,24 @@ def _os_reason(e: OSError, default: str) -> str:
 
 def read_bytes(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """Read a whole file, refusing ones too large to be a photo."""
+    return read_file(path, max_bytes)[0]
+
+
+def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat_result]:
+    """Read a whole file and the stat of the file that was read (it may have changed since it
+    was listed), refusing files too large to be a photo."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: a FIFO put where a photo was must not block the run forever.
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageReadError(path, "not a regular file")
+            size = st.st_size
             if size == 0:
                 raise ImageReadError(path, "empty file (0 bytes)")
             if size > max_bytes:
                 raise ImageReadError(path, f"file too large ({size} bytes > {max_bytes})")
-            return f.read()
+            return f.read(), st
     except OSError as e:
         raise ImageReadError(path, _os_reason(e, "cannot read file")) from e
 
@@ -170,10 +190,15 @@ def decode_image_sized(
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
+        fmt = _magic(data)
+        if fmt:
+            raise ImageReadError(path, f"truncated or corrupt {fmt} header") from e
         raise ImageReadError(path, f"not an image ({_sniff(data)})") from e
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"decompression bomb refused: {e}") from e
     except Exception as e:
+        if "truncated" in str(e).lower():
+            raise ImageReadError(path, "truncated image data (incomplete header)") from e
         raise ImageReadError(path, f"cannot open image: {e}") from e
     w, h = img.size
     if w * h > max_pixels:
@@ -244,6 +269,22 @@ def load_image(path: str | os.PathLike[str], **kwargs: object) -> Image.Image:
     """Read and decode one file into an upright RGB image (see :func:`decode_image`)."""
     p = str(path)
     return decode_image(read_bytes(p), p, **kwargs)  # type: ignore[arg-type]
+
+
+_MAGIC = (
+    (b"\xff\xd8", "JPEG"),
+    (b"\x89PNG", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _magic(data: bytes) -> str | None:
+    """The format whose signature starts ``data``, for files PIL could not identify."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for sig, fmt in _MAGIC if data.startswith(sig)), None)
 
 
 def _sniff(data: bytes) -> str:

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from . import catalog as _catalog
 from .catalog import CATALOG_FILE, Catalog, ErrorRecord
-from .encoder import ModelIdentity, ModelSpec, load_spec, spec_key
+from .encoder import ModelIdentity, ModelSpec, default_batch_size, load_spec, spec_key
 from .errors import (
     ClipsearchError,
     EmptyIndexError,
@@ -37,11 +38,14 @@ from .errors import (
     QueryError,
 )
 from .indexer import Indexer, IndexOptions, IndexReport, Progress, check_roots
-from .search import Query, check_k, combine, rank
-from .vectors import VectorIndex, index_files_exist
+from .search import Query, check_k, combine, path_filter, rank
+from .vectors import IndexLayout, VectorIndex, catalog_vectors, open_index
 
 if TYPE_CHECKING:
+    from .distributed import RayOptions
     from .encoder import Encoder
+    from .repair import RepairReport
+    from .style import IndexStyles, Prediction
 
 LOCK_FILE = "lock"
 
@@ -60,6 +64,25 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReindexReport:
+    """What :meth:`ImageIndex.reindex` built."""
+
+    layout: IndexLayout
+    vectors: int
+    memory_bytes: int  # estimated RAM of the new index
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index_type": self.layout.type,
+            "layout": self.layout.to_dict(),
+            "vectors": self.vectors,
+            "memory_bytes": self.memory_bytes,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass(frozen=True)
@@ -116,8 +139,10 @@ class ImageIndex:
         self.device = device
         self.precision = precision
         self._encoder: Encoder | None = None
+        self._text_encoder: Encoder | None = None
         self._vectors: VectorIndex | None = None
         self._vectors_generation: int | None = None
+        self._writer = False  # this object holds the write lock
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -140,7 +165,10 @@ class ImageIndex:
         model = catalog.get_meta("model")
         if model is None:
             catalog.close()
-            raise IndexNotFoundError(f"{folder} holds no finished index (no model recorded)")
+            raise IndexNotFoundError(
+                f"{folder} holds no finished index (no model recorded); create it with "
+                f"`clipsearch --index {folder} index FOLDER`"
+            )
         identity = ModelIdentity.from_dict(model)
         spec = ModelSpec(**catalog.get_meta("model_spec"))
         return cls(folder, catalog, identity, spec, device=device, precision=precision)
@@ -157,11 +185,12 @@ class ImageIndex:
     ) -> ImageIndex:
         """Create a new index for a model (loaded now, to learn its width and preprocessing)."""
         folder = Path(path).expanduser().absolute()
-        if (folder / CATALOG_FILE).exists():
+        if (folder / CATALOG_FILE).exists() and not _unfinished(folder):
             raise ClipsearchError(f"an index already exists at {folder}")
         spec = ModelSpec.from_user(model, pretrained)
         encoder = load_spec(spec, device=device, precision=precision)
         folder.mkdir(parents=True, exist_ok=True)
+        _adopt_bundled_style_head(spec, folder)
         catalog = Catalog.open(folder / CATALOG_FILE, create=True)
         catalog.set_meta(
             model=encoder.identity.to_dict(),
@@ -191,7 +220,7 @@ class ImageIndex:
             IndexMismatchError: the index was built with another model.
         """
         folder = Path(path).expanduser().absolute()
-        if not (folder / CATALOG_FILE).is_file():
+        if not (folder / CATALOG_FILE).is_file() or _unfinished(folder):
             return cls.create(folder, model, pretrained, device=device, precision=precision)
         index = cls.open(folder, device=device, precision=precision)
         if model is not None or pretrained is not None:
@@ -234,17 +263,32 @@ class ImageIndex:
                     f"{encoder.identity.describe()}); restore them or index into a new folder"
                 )
             self._encoder = encoder
+            self._text_encoder = None
         return self._encoder
+
+    @property
+    def text_encoder(self) -> Encoder:
+        """The model for text queries: the full one when loaded, else only its text tower
+        (a third of the weights to read, for a fast first search)."""
+        if self._encoder is not None:
+            return self._encoder
+        if self._text_encoder is None:
+            encoder = load_spec(
+                self.spec, device=self.device, precision=self.precision, towers="text"
+            )
+            if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
+                return self.encoder  # raises the mismatch error with the full story
+            self._text_encoder = encoder
+        return self._text_encoder
 
     @property
     def vectors(self) -> VectorIndex:
         """The FAISS index, loaded on first use and synced with the catalog."""
         generation = self.catalog.generation()
         if self._vectors is None:
-            if index_files_exist(self.path):
-                vi, saved = VectorIndex.load(self.path, self.identity.dim)
-            else:
-                vi, saved = VectorIndex(self.identity.dim), None
+            # Readers map the file (instant, shared pages); a writer will change it: copy it in.
+            mmap = not self._writer
+            vi, saved = open_index(self.path, self.catalog, self.identity.dim, mmap=mmap)
             self._vectors, self._vectors_generation = vi, saved
         if self._vectors_generation != generation:
             self._vectors.sync(self.catalog)
@@ -254,6 +298,8 @@ class ImageIndex:
     def save_vectors(self) -> None:
         """Write the FAISS file for the current catalog generation (writers only)."""
         if self._vectors is not None:
+            if self._vectors.needs_compaction:  # HNSW tombstones: rebuild the graph
+                self._vectors.compact(self.catalog)
             self._vectors.save(self.path, self.catalog.generation())
 
     @contextlib.contextmanager
@@ -275,8 +321,10 @@ class ImageIndex:
                 ) from e
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self._writer = True
             yield
         finally:
+            self._writer = False
             os.close(fd)
 
     # --- writing ----------------------------------------------------------------------------
@@ -287,9 +335,11 @@ class ImageIndex:
         *,
         exclude: Sequence[str] = (),
         include_hidden: bool = False,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
+        exact_decode: bool = False,
         progress: Progress | None = None,
+        executor: RayOptions | None = None,
     ) -> IndexReport:
         """Index the images below some folders, incrementally.
 
@@ -301,14 +351,35 @@ class ImageIndex:
             paths: folders to index.
             exclude: glob patterns for files or folders to skip.
             include_hidden: also index dot-files and dot-folders.
-            batch_size: images per model call and per committed transaction.
+            batch_size: images per model call and per committed transaction (default: what
+                suits the device, see :data:`clipsearch.encoder.BATCH_SIZES`).
             workers: decoding threads (default: up to 4).
+            exact_decode: decode every pixel of JPEGs instead of DCT-scaled drafts at twice
+                the model's input size (slower; embeddings differ by cosine < 0.005).
             progress: receives start/advance/close events.
+            executor: run the decoding and encoding on Ray with these options instead of in
+                this process (see :mod:`clipsearch.distributed`); each Ray shard is committed
+                as one batch.
 
         Raises:
             IndexLockedError: another process is writing to this index.
         """
         roots = check_roots(paths)
+        remote = None
+        if executor is not None:
+            from .distributed import RayExecutor
+
+            remote = RayExecutor(
+                executor,
+                {"model": self.spec.model, "pretrained": self.spec.pretrained},
+                self.identity.key,
+                self.device,
+                self.precision,
+                draft=not exact_decode,
+            )
+            batch_size = executor.shard_size
+        if batch_size is None:
+            batch_size = default_batch_size(self.device)
         if batch_size < 1:
             raise ClipsearchError(f"batch size must be at least 1 (got {batch_size})")
         options = IndexOptions(
@@ -316,6 +387,7 @@ class ImageIndex:
             include_hidden=include_hidden,
             batch_size=batch_size,
             workers=workers or IndexOptions.workers,
+            draft=not exact_decode,
         )
         with self.writing():
             indexer = Indexer(
@@ -325,6 +397,8 @@ class ImageIndex:
                 options,
                 progress,
                 save=self.save_vectors,
+                styles=self.styles.label,
+                executor=remote,
             )
             report = indexer.run(roots)
             self._vectors_generation = self.catalog.generation()
@@ -339,6 +413,55 @@ class ImageIndex:
             self._vectors_generation = self.catalog.generation()
             self.save_vectors()
         return len(present)
+
+    def reindex(
+        self, index_type: str = "auto", *, memory_budget: int | None = None
+    ) -> ReindexReport:
+        """Rebuild the vector index from the stored vectors, in another FAISS layout.
+
+        The type is recorded and kept by later runs of :meth:`add` (new vectors go into the
+        trained index) and by every reader.
+
+        Args:
+            index_type: ``flat`` (exact), ``hnsw``, ``ivf``, ``ivfpq``, or ``auto``: exact up
+                to 250k images, then HNSW if it fits ``memory_budget``, else IVF-PQ (see
+                :func:`clipsearch.vectors.plan_layout`).
+            memory_budget: bytes the vector index may use (default: a quarter of the RAM).
+
+        Raises:
+            IndexLockedError: another process is writing to this index.
+        """
+        started = time.monotonic()
+        with self.writing():
+            generation = self.catalog.generation()
+            vi = VectorIndex.build(
+                self.catalog, self.identity.dim, index_type, budget_bytes=memory_budget
+            )
+            layout = vi.layout
+            self.catalog.set_meta(index_type=layout.type, index_layout=layout.to_dict())
+            vi.save(self.path, generation)
+            vi.vector_source = catalog_vectors(self.catalog)
+            self._vectors, self._vectors_generation = vi, generation
+        return ReindexReport(
+            layout=layout,
+            vectors=vi.ntotal,
+            memory_bytes=layout.memory_bytes(vi.ntotal, self.identity.dim),
+            seconds=time.monotonic() - started,
+        )
+
+    def repair(self) -> RepairReport:
+        """Check the catalog and rebuild the FAISS file from the vectors stored in it.
+
+        Images whose stored vector is missing or unusable are dropped from the catalog and
+        listed in the report; the next :meth:`add` of their folders encodes them again.
+
+        Raises:
+            IndexLockedError: another process is writing to this index.
+            CorruptIndexError: the catalog itself is damaged: restore it or index again.
+        """
+        from .repair import repair_index
+
+        return repair_index(self)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -370,6 +493,34 @@ class ImageIndex:
         """Files that could not be indexed, with the reason, by path."""
         return self.catalog.errors()
 
+    @cached_property
+    def styles(self) -> IndexStyles:
+        """Style labels: train a head, relabel, count (see :class:`~clipsearch.IndexStyles`)."""
+        from .style import IndexStyles
+
+        return IndexStyles(self)
+
+    def classify(
+        self, image: str | os.PathLike[str], labels: str | Sequence[str]
+    ) -> list[Prediction]:
+        """Zero-shot classify an image among any labels with the index's model.
+
+        Args:
+            image: an image file; an indexed, unchanged file uses its stored vector.
+            labels: two or more labels, as a sequence or ``"cat,dog,car"``.
+
+        Returns:
+            Every label with its softmax probability (they sum to 1), most probable first.
+
+        Raises:
+            QueryError: the image cannot be read.
+            StyleError: the labels are invalid.
+        """
+        from .style import classify_vector, parse_labels
+
+        names = parse_labels(labels)
+        return classify_vector(self.encoder, self._image_vector(str(image))[0], names)
+
     def embed_text(self, text: str) -> np.ndarray:
         """The unit vector of a text, as the index's model sees it."""
         return self.query_vector(Query.text(text))
@@ -383,7 +534,7 @@ class ImageIndex:
         vectors = np.zeros((len(query.terms), self.identity.dim), dtype=np.float32)
         text_pos = [i for i, t in enumerate(query.terms) if t.kind == "text"]
         if text_pos:
-            encoded = self.encoder.encode_texts([query.terms[i].value for i in text_pos])
+            encoded = self.text_encoder.encode_texts([query.terms[i].value for i in text_pos])
             vectors[text_pos] = encoded
         for i, term in enumerate(query.terms):
             if term.kind == "image":
@@ -396,17 +547,21 @@ class ImageIndex:
         from .images import load_image
 
         p = Path(path).expanduser()
-        if not p.exists():
-            raise QueryError(f"query image {path}: no such file")
-        if p.is_dir():
-            raise QueryError(f"query image {path}: is a folder, not an image")
-        stored = self.catalog.find_path(str(p.resolve()))
-        if stored is not None:
+        try:
+            if not p.exists():
+                raise QueryError(f"query image {path}: no such file")
+            if p.is_dir():
+                raise QueryError(f"query image {path}: is a folder, not an image")
+            resolved = str(p.resolve())
             st = p.stat()
-            if st.st_size == stored.size and st.st_mtime_ns == stored.mtime_ns:
-                vec = self.catalog.vector(stored.id)
-                if vec is not None:
-                    return vec, stored.id
+        except (OSError, RuntimeError) as e:  # permission denied, symlink loop, name too long
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise QueryError(f"query image {path}: {reason}") from e
+        stored = self.catalog.find_path(resolved)
+        if stored is not None and (st.st_size, st.st_mtime_ns) == (stored.size, stored.mtime_ns):
+            vec = self.catalog.vector(stored.id)
+            if vec is not None:
+                return vec, stored.id
         try:
             img = load_image(p)
         except ImageReadError as e:
@@ -493,7 +648,8 @@ class ImageIndex:
         k = check_k(k)
         allowed = None
         if path_prefix is not None or styles is not None:
-            prefix = str(Path(path_prefix).expanduser().absolute()) if path_prefix else None
+            roots = self.catalog.roots().values()
+            prefix = path_filter(path_prefix, roots) if path_prefix else None
             allowed = self.catalog.ids_matching(path_prefix=prefix, styles=styles)
             if len(allowed) == 0:
                 return []
@@ -524,3 +680,28 @@ class ImageIndex:
             raise EmptyIndexError(
                 f"index {self.path} is empty; add images with `clipsearch index FOLDER`"
             )
+
+
+def _unfinished(folder: Path) -> bool:
+    """True for a catalog whose creation was interrupted before the model was recorded."""
+    catalog = Catalog.open(folder / CATALOG_FILE)
+    try:
+        return catalog.get_meta("model") is None and catalog.count() == 0
+    finally:
+        catalog.close()
+
+
+def _adopt_bundled_style_head(spec: ModelSpec, folder: Path) -> None:
+    """A model folder may ship a trained style head in ``style/`` (the demo model does): a new
+    index of that model starts with it instead of zero-shot labels."""
+    import shutil
+
+    from .encoder import weights_file
+    from .style import HEAD_META, STYLE_DIR
+
+    weights = weights_file(spec)
+    if weights is None:
+        return
+    bundled = Path(weights).parent / STYLE_DIR
+    if (bundled / HEAD_META).is_file() and not (folder / STYLE_DIR).exists():
+        shutil.copytree(bundled, folder / STYLE_DIR)

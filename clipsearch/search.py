@@ -3,7 +3,7 @@
 Term syntax (CLI and API alike)::
 
     TERM    := [WEIGHT ":"] ( "@" IMAGE_PATH | TEXT )
-    WEIGHT  := a positive number, e.g. 2, 0.5, 1e-1
+    WEIGHT  := a positive number, e.g. 2, 0.5, 1e-1 (a negative or zero one is an error)
 
 ``beach`` is a text term of weight 1, ``2:sunset`` weighs twice as much, ``@photos/a.jpg`` is
 an image term, ``0.5:@photos/a.jpg`` a lighter one. A term that must start with a literal
@@ -15,9 +15,11 @@ is normalized again: the query vector is a unit vector like every image vector.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -26,7 +28,7 @@ from .errors import QueryError
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 10_000
-_WEIGHT = re.compile(r"^\s*([+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*:(?!//)")
+_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*:(?!//)")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,10 @@ class Term:
             weight = float(match.group(1))
             text = text[match.end() :]
         if not math.isfinite(weight) or weight <= 0:
-            raise QueryError(f"term {raw!r}: the weight must be a positive finite number")
+            raise QueryError(
+                f"term {raw!r}: the weight must be a positive finite number (subtract a term "
+                "with --minus)"
+            )
         if text.startswith("\\"):
             return cls._make("text", text[1:], weight, negative, raw)
         if text.startswith("@"):
@@ -61,6 +66,10 @@ class Term:
     def _make(cls, kind: Literal["text", "image"], value: str, weight: float, neg: bool, raw: str):
         if kind == "text":
             value = " ".join(value.split())
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:  # bytes from a command line that are not UTF-8
+                raise QueryError(f"term {raw!r} is not valid text (not UTF-8)") from e
         if not value.strip():
             what = "an image path after @" if kind == "image" else "some text"
             raise QueryError(f"term {raw!r} is empty; give {what}")
@@ -95,6 +104,8 @@ class Query:
             plus: more terms to add.
             minus: terms to subtract ("not like this").
         """
+        plus = [plus] if isinstance(plus, str) else plus
+        minus = [minus] if isinstance(minus, str) else minus
         terms = [Term.parse(q) for q in ([query] if query is not None else [])]
         terms += [Term.parse(t) for t in plus]
         terms += [Term.parse(t, negative=True) for t in minus]
@@ -146,6 +157,32 @@ def combine(terms: Sequence[Term], vectors: np.ndarray) -> np.ndarray:
             "lower the weight of the --minus terms"
         )
     return (total / norm).astype(np.float32)
+
+
+def path_filter(prefix: str, roots: Iterable[str]) -> str:
+    """The absolute path prefix that a ``--prefix`` filter means.
+
+    The prefix is compared as text with the absolute path of each indexed file: ``photos/2023``
+    keeps ``photos/2023/a.jpg`` and ``photos/2023-06/b.jpg``; end it with ``/`` to keep one
+    folder only. A relative prefix starts at the current folder, and symlinks in the part of
+    it that exists are resolved, as they are for indexed folders.
+
+    Raises:
+        QueryError: no indexed folder lies under the prefix or holds it, so nothing could match.
+    """
+    try:
+        full = str(Path(prefix).expanduser().resolve())
+    except (OSError, RuntimeError, ValueError) as e:
+        raise QueryError(f"path prefix {prefix!r} is not a usable path: {e}") from e
+    if prefix.endswith(("/", os.sep)) and not full.endswith("/"):
+        full += "/"
+    folders = [r.rstrip("/") + "/" for r in roots]
+    if folders and not any(full.startswith(r) or r.startswith(full) for r in folders):
+        raise QueryError(
+            f"path prefix {full} is outside the indexed folders ({', '.join(sorted(folders))});"
+            " no image could match"
+        )
+    return full
 
 
 def check_k(k: int) -> int:

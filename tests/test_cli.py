@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from conftest import draw_image
 
 from clipsearch.cli import main
+from clipsearch.style import DEFAULT_STYLE_LABELS
 
 
 @pytest.fixture
@@ -46,7 +47,8 @@ def test_search_json_contract(run, indexed):
     assert len(hits) == 3
     for h in hits:
         assert {"path", "score", "id", "style", "style_score"} <= h.keys()
-        assert h["path"].startswith("/") and h["style"] is None
+        assert h["path"].startswith("/")
+        assert h["style"] in DEFAULT_STYLE_LABELS and 0 < h["style_score"] <= 1
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
 
@@ -174,3 +176,42 @@ def test_new_image_found_in_search_after_reindex(run, indexed):
     run("index", indexed)
     paths = {h["path"] for h in json.loads(run("search", "x", "-k", "50", "--json").output)}
     assert str(indexed / "late.png") in paths
+
+
+def test_train_command_fine_tunes_a_model_that_loads(run, tiny_model, tmp_path):
+    from clipsearch.encoder import load_encoder
+
+    data = tmp_path / "captioned"
+    for i, (color, shape) in enumerate(
+        [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "circle")] * 2
+    ):
+        draw_image(data / f"{i}.png", color, shape)
+        (data / f"{i}.txt").write_text(f"a {color} {shape}")
+    out = tmp_path / "trained"
+    result = run(
+        "train",
+        data,
+        "--out",
+        out,
+        "--model",
+        tiny_model,
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "1",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["final_loss"] > 0
+    enc = load_encoder(f"local-dir:{out}", device="cpu")
+    assert enc.encode_texts(["a red circle"]).shape == (1, 512)
+
+
+def test_train_command_bad_data(run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run("train", tmp_path / "empty", "--out", tmp_path / "o")
+    assert result.exit_code == 1
+    assert result.output.startswith("clipsearch: error: ") and "Traceback" not in result.output

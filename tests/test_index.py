@@ -307,3 +307,11 @@ def test_stale_faiss_file_is_synced_on_open(index, photo_dir):
 
 def test_catalog_file_is_an_index_directory(index):
     assert (index.path / CATALOG_FILE).is_file()
+
+
+def test_remove_by_id_accepts_numpy_ids(index, photo_dir):
+    index.add([photo_dir])
+    ids = index.catalog.ids()[:3]
+    assert index.remove(ids) == 3
+    assert index.count == 9 and index.vectors.ntotal == 9
+    assert not set(ids.tolist()) & set(index.catalog.ids().tolist())
