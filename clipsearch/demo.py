@@ -12,6 +12,12 @@ The model is rebuilt with::
 
     python -m clipsearch.demo build --minutes 30     # or --steps N to repeat a build exactly
     python -m clipsearch.demo eval                   # recall of the shipped model
+    python -m clipsearch.demo style-head             # train the style head on the weights
+
+``finetune`` continues a built model on captions that stress the style, re-measures the
+gallery and retrains the style head; run it on the output of ``build`` (``--base``), once::
+
+    python -m clipsearch.demo finetune --minutes 15  # or --steps N to repeat it exactly
 
 ``build`` generates training pictures on the fly with fixed seeds, trains the
 ``clipsearch-demo`` architecture (``clipsearch/models/clipsearch-demo.json``) with
@@ -103,7 +109,11 @@ def synth_pair(
 
 
 def render_for_training(
-    spec: synth.SynthSpec, rng: np.random.Generator, image_size: int = IMAGE_SIZE
+    spec: synth.SynthSpec,
+    rng: np.random.Generator,
+    image_size: int = IMAGE_SIZE,
+    *,
+    file_like: bool = False,
 ) -> Image.Image:
     """Draw ``spec`` the way the model will see real files: at 64 to 128 pixels, sometimes
     saved as JPEG, then resized to the model's input size with bicubic filtering.
@@ -112,10 +122,15 @@ def render_for_training(
         spec: what to draw.
         rng: the random generator for drawing details and the file round trip.
         image_size: the model's input size.
+        file_like: always draw at twice the input size and save as JPEG, as the gallery's
+            and the style head's pictures are.
     """
-    size = int(rng.choice([image_size, image_size, image_size * 3 // 2, image_size * 2]))
+    sizes = [image_size, image_size, image_size * 3 // 2, image_size * 2]
+    if file_like:
+        sizes = [image_size * 2]
+    size = int(rng.choice(sizes))
     img = synth.render(spec, rng, size)
-    if rng.random() < 0.35:
+    if rng.random() < (1.0 if file_like else 0.35):
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=int(rng.integers(60, 96)))
         img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
@@ -146,6 +161,10 @@ class SynthStream:
         style_rate: how often captions outside style groups state the style; None keeps the
             usual rates (a half at random, 0.6 in colour-and-shape groups).
         style_groups: share of the groups that are style groups.
+        style_only: share of the pictures outside groups captioned with their style alone
+            ("pixel art", "a pencil sketch"), which every picture of that style fits.
+        file_like: share of the pictures drawn at twice the input size and saved as JPEG
+            before being resized (see :func:`render_for_training`).
     """
 
     batch_size: int = 64
@@ -156,6 +175,8 @@ class SynthStream:
     image_size: int = IMAGE_SIZE
     style_rate: float | None = None
     style_groups: float = 0.0
+    style_only: float = 0.0
+    file_like: float = 0.0
 
     def __call__(self, seed: int) -> Iterator[CaptionedImage]:
         rng = np.random.default_rng([seed, 7])
@@ -164,7 +185,8 @@ class SynthStream:
         def draw() -> tuple[synth.SynthSpec, Image.Image]:
             r = synth.sample_rng(seed, next(made))
             spec = synth.random_spec(r)
-            return spec, render_for_training(spec, r, self.image_size)
+            file_like = bool(self.file_like) and r.random() < self.file_like
+            return spec, render_for_training(spec, r, self.image_size, file_like=file_like)
 
         pool = [draw() for _ in range(self.pool_size)]
         by_key: dict[tuple[str, str], list[int]] = {}
@@ -210,7 +232,15 @@ class SynthStream:
                 chosen.append((int(rng.integers(len(pool))), other_rates))
             for i, rates in chosen:
                 spec, image = pool[i]
-                yield synth_pair(spec, image, rng, rates)
+                if rates is other_rates and self.style_only and rng.random() < self.style_only:
+                    yield CaptionedImage(
+                        image=image,
+                        caption=synth.describe_style(spec.style, rng),
+                        image_facts=spec.facts(),
+                        caption_facts={"style": spec.style},
+                    )
+                else:
+                    yield synth_pair(spec, image, rng, rates)
             for i in rng.choice(len(pool), size=self.refresh, replace=False):
                 old = pool[int(i)][0]
                 by_key[(old.color, old.shape)].remove(int(i))
@@ -614,12 +644,14 @@ def finetune(
     work_dir: str | Path = "build/demo-finetune",
     batch_size: int = 64,
     lr: float = 3e-4,
-    warmup_steps: int = 50,
+    warmup_steps: int = 100,
     seed: int = FINETUNE_SEED,
     threads: int | None = None,
     precision: str = "bf16",
     style_rate: float = 0.85,
     style_groups: float = 0.5,
+    style_only: float = 0.35,
+    file_like: float = 0.3,
     style_head: bool = True,
     resume: bool = False,
     progress: bool = True,
@@ -628,8 +660,9 @@ def finetune(
     styles apart, and write it to ``out``.
 
     Training continues from ``base`` at a lower learning rate on a :class:`SynthStream` whose
-    captions state the style far more often and whose batches hold style groups (the same
-    scene in several styles), so that style becomes a hard negative. The gallery is measured
+    captions state the style far more often, some of them the style alone, and whose batches
+    hold style groups (the same scene in several styles), so that style becomes a hard
+    negative. The gallery is measured
     again, ``metrics.json`` keeps the base's record and gains a ``finetune`` one, and unless
     ``style_head`` is False the style head is trained again on the new weights (see
     :func:`build_style_head`), since a head only fits the weights it was trained on.
@@ -648,6 +681,9 @@ def finetune(
         precision: ``bf16`` or ``fp32``.
         style_rate: how often captions outside style groups state the style.
         style_groups: share of each batch's groups that are style groups.
+        style_only: share of the other pairs captioned with the style alone.
+        file_like: share of the pictures drawn at 128 pixels and saved as JPEG before being
+            resized, as the gallery's and the style head's are.
         style_head: train and save the style head afterwards.
         resume: continue from the newest checkpoint in ``work_dir``.
         progress: show a progress bar.
@@ -699,7 +735,13 @@ def finetune(
         num_threads=threads,
         time_limit_minutes=time_limit,
     )
-    stream = SynthStream(batch_size=batch_size, style_rate=style_rate, style_groups=style_groups)
+    stream = SynthStream(
+        batch_size=batch_size,
+        style_rate=style_rate,
+        style_groups=style_groups,
+        style_only=style_only,
+        file_like=file_like,
+    )
     started = time.monotonic()
     result = train_clip(
         config,
@@ -715,7 +757,8 @@ def finetune(
     command = (
         f"python -m clipsearch.demo finetune --steps {result.steps} --seed {seed} "
         f"--batch-size {batch_size} --lr {lr} --warmup {warmup_steps} "
-        f"--style-rate {style_rate} --style-groups {style_groups} --threads {threads_used}"
+        f"--style-rate {style_rate} --style-groups {style_groups} --style-only {style_only} "
+        f"--file-like {file_like} --threads {threads_used}"
     )
     base_rebuild = str(base_metrics.get("rebuild", "python -m clipsearch.demo build"))
     metrics = {
@@ -874,7 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--work-dir", type=Path, default=Path("build/demo-finetune"))
     f.add_argument("--batch-size", type=int, default=64)
     f.add_argument("--lr", type=float, default=3e-4)
-    f.add_argument("--warmup", type=int, default=50, help="warmup steps (default 50)")
+    f.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
     f.add_argument("--seed", type=int, default=FINETUNE_SEED)
     f.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     f.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
@@ -883,6 +926,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     f.add_argument(
         "--style-groups", type=float, default=0.5, help="share of groups that are style groups"
+    )
+    f.add_argument("--style-only", type=float, default=0.35, help="share of style-alone captions")
+    f.add_argument(
+        "--file-like", type=float, default=0.3, help="share of 128 px JPEG-saved pictures"
     )
     f.add_argument("--no-style-head", action="store_true", help="do not retrain the style head")
     f.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -934,6 +981,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 precision=args.precision,
                 style_rate=args.style_rate,
                 style_groups=args.style_groups,
+                style_only=args.style_only,
+                file_like=args.file_like,
                 style_head=not args.no_style_head,
                 resume=args.resume,
             )

@@ -302,6 +302,21 @@ def describe(
     return _assemble(spec, *(opts[int(rng.integers(len(opts)))] for opts in options))
 
 
+def describe_style(style: str, rng: np.random.Generator | None = None) -> str:
+    """A caption that names only a style: "pixel art", "a pencil sketch", "clip art".
+
+    Args:
+        style: one of :data:`STYLES`.
+        rng: picks among equivalent phrasings; None takes the first, plainest one.
+
+    Raises:
+        SynthError: an unknown style.
+    """
+    _check("style", style, STYLES)
+    options = [p.replace(" of {}", "").replace("{} in ", "") for p in _STYLE_PREFIXES[style]]
+    return options[0] if rng is None else _pick(rng, options)
+
+
 def stated_facts(spec: SynthSpec, mention: Iterable[str]) -> dict[str, str | int]:
     """The attributes a caption made by :func:`describe` with ``mention`` asserts.
 
