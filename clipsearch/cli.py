@@ -447,7 +447,7 @@ def errors(ctx: click.Context, as_json: bool) -> None:
     default="auto",
     show_default=True,
     help="flat: exact; hnsw: graph, fastest approximate search, ~2.3 KB per image; ivf: "
-    "inverted lists over exact vectors; ivfpq: compressed, ~80 bytes per image. auto: flat "
+    "inverted lists over exact vectors; ivfpq: compressed, ~140 bytes per image. auto: flat "
     "up to 250k images, then hnsw if it fits the memory budget, else ivfpq.",
 )
 @click.option(
