@@ -255,13 +255,7 @@ class Catalog:
 
     def root_id(self, path: str) -> int:
         with self.session() as s, s.begin():
-            rid = s.scalar(select(Root.id).where(Root.path == path))
-            if rid is None:
-                root = Root(path=path)
-                s.add(root)
-                s.flush()
-                rid = root.id
-            return rid
+            return _root_id(s, path)
 
     def adopt_roots(self, path: str) -> tuple[int, list[int]]:
         """The id of the root folder ``path`` (added if new), after the images of every root
@@ -273,12 +267,7 @@ class Catalog:
         inside = path.rstrip("/") + "/"
         dropped: list[int] = []
         with self.session() as s, s.begin():
-            rid = s.scalar(select(Root.id).where(Root.path == path))
-            if rid is None:
-                root = Root(path=path)
-                s.add(root)
-                s.flush()
-                rid = root.id
+            rid = _root_id(s, path)
             children = [(c, p) for c, p in s.execute(select(Root.id, Root.path)) if p != path]
             children = [(c, p[len(inside) :]) for c, p in children if p.startswith(inside)]
             if not children:
@@ -532,6 +521,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         raise OperationalError("PRAGMA", {}, e) from e
     finally:
         cur.close()
+
+
+def _root_id(s: Session, path: str) -> int:
+    """The id of a root folder, added if new."""
+    rid = s.scalar(select(Root.id).where(Root.path == path))
+    if rid is None:
+        root = Root(path=path)
+        s.add(root)
+        s.flush()
+        rid = root.id
+    return rid
 
 
 def _set_meta(s: Session, key: str, value: Any) -> None:
