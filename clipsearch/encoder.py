@@ -546,17 +546,27 @@ def _skip_init() -> Iterator[None]:
     Patches ``torch.nn.init`` for the duration, so no other thread should build modules
     meanwhile (models are loaded at start-up).
     """
+    import sys
+
     import torch
 
     names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(torch.nn.init, n) for n in names}
+    originals = {getattr(torch.nn.init, n) for n in names}
+    # Modules also hold them under their own names (`from torch.nn.init import xavier_uniform_`
+    # in nn.MultiheadAttention): patch every such reference in torch.nn and open_clip.
+    targets = [
+        m
+        for name, m in list(sys.modules.items())
+        if m is not None and name.startswith(("torch.nn", "open_clip"))
+    ]
+    saved = [(m, n, fn) for m in targets for n in names if (fn := getattr(m, n, None)) in originals]
     try:
-        for n in names:
-            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        for m, n, _ in saved:
+            setattr(m, n, lambda tensor, *args, **kwargs: tensor)
         yield
     finally:
-        for n, fn in saved.items():
-            setattr(torch.nn.init, n, fn)
+        for m, n, fn in saved:
+            setattr(m, n, fn)
 
 
 @contextlib.contextmanager
