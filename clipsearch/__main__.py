@@ -1,5 +1,5 @@
 """`python -m clipsearch`: the same as the `clipsearch` command."""
 
-from .cli import main
+from .cli import run
 
-main()
+run()

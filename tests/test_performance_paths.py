@@ -375,6 +375,26 @@ def test_reindex_round_trips_through_the_cli(cli, tiny_model, photo_dir, tmp_pat
         assert sorted(idx.vectors.ids().tolist()) == sorted(idx.catalog.ids().tolist())
 
 
+def test_the_command_prints_everything_before_its_quick_exit(cli, tiny_model, photo_dir, tmp_path):
+    import subprocess
+    import sys
+
+    assert cli("index", photo_dir, "--model", tiny_model).exit_code == 0
+    args = ["--index", str(tmp_path / "idx"), "search", "a red circle", "-k", "12", "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipsearch", *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 12  # all of it, flushed before os._exit
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipsearch", "--index", str(tmp_path / "no"), "search", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "no index" in proc.stderr
+
+
 def test_reindex_auto_keeps_small_collections_exact(cli, tiny_model, photo_dir):
     assert cli("index", photo_dir, "--model", tiny_model).exit_code == 0
     assert cli("reindex", "--type", "hnsw").exit_code == 0
