@@ -129,3 +129,22 @@ def put_in_hf_cache(cache: Path, repo: str, files: dict[str, Path]) -> Path:
     (base / "refs").mkdir(exist_ok=True)
     (base / "refs" / "main").write_text(commit)
     return snap
+
+
+# The transpose that, applied to an upright picture, stores it so that EXIF orientation N
+# brings it back upright.
+_EXIF_INVERSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def stored_for_orientation(upright: Image.Image, orientation: int) -> Image.Image:
+    """The pixels a camera would store for ``upright`` under EXIF orientation 1-8."""
+    inverse = _EXIF_INVERSE.get(orientation)
+    return upright if inverse is None else upright.transpose(inverse)

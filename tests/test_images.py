@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+from conftest import stored_for_orientation
 from PIL import Image
 
 from clipsearch.errors import ImageReadError
@@ -64,17 +65,7 @@ def test_exif_orientation_gives_the_upright_picture(orientation):
     upright = Image.new("RGB", (6, 4), (0, 0, 0))
     upright.putpixel((0, 0), (255, 255, 255))  # a marker in the top-left corner
     # Store the picture so that applying `orientation` brings it back upright.
-    inverse = {
-        1: None,
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_90,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_270,
-    }[orientation]
-    stored = upright if inverse is None else upright.transpose(inverse)
+    stored = stored_for_orientation(upright, orientation)
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode(stored, "PNG", exif=exif.tobytes())

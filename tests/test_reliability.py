@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import draw_image
+from conftest import draw_image, stored_for_orientation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
@@ -317,17 +317,7 @@ def test_exif_orientations_give_the_upright_embedding(tmp_path, tiny_model, orie
     d.rectangle((4, 4, 40, 24), fill=(220, 30, 30))
     d.ellipse((50, 30, 92, 60), fill=(30, 60, 220))
     d.polygon([(8, 60), (30, 34), (44, 60)], fill=(30, 160, 60))
-    inverse = {
-        1: None,
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_90,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_270,
-    }[orientation]
-    stored = upright if inverse is None else upright.transpose(inverse)
+    stored = stored_for_orientation(upright, orientation)
     photos = tmp_path / "photos"
     photos.mkdir()
     upright.save(photos / "upright.jpg", quality=95)
