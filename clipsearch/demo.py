@@ -51,6 +51,7 @@ from .train import (
     PairStream,
     RetrievalMetrics,
     TrainConfig,
+    TrainResult,
     recall_at_k,
     train_clip,
 )
@@ -548,7 +549,6 @@ def build(
         resume: continue from the newest checkpoint in ``work_dir``.
         progress: show a progress bar.
     """
-    from .encoder import load_encoder
 
     time_limit = None
     if steps is None:
@@ -575,16 +575,7 @@ def build(
         time_limit_minutes=time_limit,
     )
     started = time.monotonic()
-    stream: PairStream = SynthStream(batch_size=batch_size)
-    result = train_clip(
-        config,
-        stream,
-        val_data=validation_pairs(500),
-        progress=progress,
-        on_eval=None if progress else _print_eval,
-    )
-    encoder = load_encoder(f"local-dir:{out.resolve()}", device="cpu")
-    report = evaluate_gallery(encoder)
+    result, report = _train_and_evaluate(config, SynthStream(batch_size=batch_size), progress)
     minutes_taken = (time.monotonic() - started) / 60
     import open_clip
     import torch
@@ -694,7 +685,7 @@ def finetune(
     import open_clip
     import torch
 
-    from .encoder import file_sha256, load_encoder
+    from .encoder import file_sha256
 
     base, out = Path(base).resolve(), Path(out)
     weights = base / "open_clip_model.safetensors"
@@ -743,15 +734,7 @@ def finetune(
         file_like=file_like,
     )
     started = time.monotonic()
-    result = train_clip(
-        config,
-        stream,
-        val_data=validation_pairs(500),
-        progress=progress,
-        on_eval=None if progress else _print_eval,
-    )
-    encoder = load_encoder(f"local-dir:{out.resolve()}", device="cpu")
-    report = evaluate_gallery(encoder)
+    result, report = _train_and_evaluate(config, stream, progress)
     minutes_taken = (time.monotonic() - started) / 60
     threads_used = threads or torch.get_num_threads()
     command = (
@@ -810,6 +793,23 @@ def finetune(
 def _model_mb(folder: Path) -> float:
     files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors")]
     return round(sum(p.stat().st_size for p in files) / 1e6, 2)
+
+
+def _train_and_evaluate(
+    config: TrainConfig, stream: PairStream, progress: bool
+) -> tuple[TrainResult, GalleryReport]:
+    """Train on a synthetic stream, then measure the written model on the fresh gallery."""
+    from .encoder import load_encoder
+
+    result = train_clip(
+        config,
+        stream,
+        val_data=validation_pairs(500),
+        progress=progress,
+        on_eval=None if progress else _print_eval,
+    )
+    encoder = load_encoder(f"local-dir:{Path(config.output_dir).resolve()}", device="cpu")
+    return result, evaluate_gallery(encoder)
 
 
 def _print_eval(step: int, metrics: RetrievalMetrics) -> None:
