@@ -588,17 +588,12 @@ def _embed_with_model(
     query: Any, model: str | None, pretrained: str | None, device: str, precision: str
 ) -> Any:
     from .encoder import load_encoder
-    from .errors import QueryError
-    from .images import load_image
 
     encoder = load_encoder(model, pretrained, device=device, precision=precision)
     term = query.terms[0]
     if term.kind == "text":
         return encoder.encode_texts([term.value])[0]
-    path = Path(term.value)
-    if not path.is_file():
-        raise QueryError(f"image {term.value}: no such file")
-    return encoder.encode_images([load_image(path)])[0]
+    return encoder.encode_file(term.value)
 
 
 # --- style labels ---------------------------------------------------------------------------

@@ -311,6 +311,16 @@ class Encoder:
             out[start : start + len(chunk)] = self.encode_pixels(pixels)
         return out
 
+    def encode_file(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The unit vector of one image file (EXIF-upright, RGB).
+
+        Raises:
+            ImageReadError: the file is missing or not a readable image.
+        """
+        from .images import load_image
+
+        return self.encode_images([load_image(path)])[0]
+
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Encode texts with the model's own tokenizer; returns (N, dim) float32 unit vectors."""
         import torch

@@ -401,10 +401,8 @@ def classify_image(
         StyleError: the labels are invalid.
         ImageReadError: the image cannot be read.
     """
-    from .images import load_image
-
     names = parse_labels(labels)
-    vector = encoder.encode_images([load_image(image)])[0]
+    vector = encoder.encode_file(image)
     return classify_vector(encoder, vector, names)
 
 
