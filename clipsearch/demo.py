@@ -643,6 +643,7 @@ def finetune(
     style_groups: float = 0.5,
     style_only: float = 0.35,
     file_like: float = 0.3,
+    style_loss: float = 1.0,
     style_head: bool = True,
     resume: bool = False,
     progress: bool = True,
@@ -675,6 +676,8 @@ def finetune(
         style_only: share of the other pairs captioned with the style alone.
         file_like: share of the pictures drawn at 128 pixels and saved as JPEG before being
             resized, as the gallery's and the style head's are.
+        style_loss: weight of an auxiliary style-classification loss on the picture
+            embedding (see ``TrainConfig.label_weight``); 0 trains on captions alone.
         style_head: train and save the style head afterwards.
         resume: continue from the newest checkpoint in ``work_dir``.
         progress: show a progress bar.
@@ -725,6 +728,9 @@ def finetune(
         save_dtype="fp16",
         num_threads=threads,
         time_limit_minutes=time_limit,
+        label_key="style",
+        label_classes=tuple(synth.STYLES),
+        label_weight=style_loss,
     )
     stream = SynthStream(
         batch_size=batch_size,
@@ -741,7 +747,7 @@ def finetune(
         f"python -m clipsearch.demo finetune --steps {result.steps} --seed {seed} "
         f"--batch-size {batch_size} --lr {lr} --warmup {warmup_steps} "
         f"--style-rate {style_rate} --style-groups {style_groups} --style-only {style_only} "
-        f"--file-like {file_like} --threads {threads_used}"
+        f"--file-like {file_like} --style-loss {style_loss} --threads {threads_used}"
     )
     base_rebuild = str(base_metrics.get("rebuild", "python -m clipsearch.demo build"))
     metrics = {
@@ -759,6 +765,8 @@ def finetune(
             "threads": threads_used,
             "samples_seen": result.samples_seen,
             "final_loss": round(result.final_loss, 4),
+            "style_loss": style_loss,
+            "style_train_accuracy": result.label_accuracy,
             "train_seconds": round(result.train_seconds, 1),
             "time_limit_minutes": time_limit,
             "minutes_total": round(minutes_taken, 2),
@@ -931,6 +939,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument(
         "--file-like", type=float, default=0.3, help="share of 128 px JPEG-saved pictures"
     )
+    f.add_argument(
+        "--style-loss",
+        type=float,
+        default=1.0,
+        help="weight of the auxiliary style-classification loss (default 1; 0 turns it off)",
+    )
     f.add_argument("--no-style-head", action="store_true", help="do not retrain the style head")
     f.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     s = sub.add_parser("samples", help="write the sample pictures for the quickstart")
@@ -983,6 +997,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 style_groups=args.style_groups,
                 style_only=args.style_only,
                 file_like=args.file_like,
+                style_loss=args.style_loss,
                 style_head=not args.no_style_head,
                 resume=args.resume,
             )

@@ -153,6 +153,15 @@ class TrainConfig:
             decayed learning rate; it stops at the limit with a checkpoint and an exported
             model. None runs all ``steps`` on a schedule of steps alone, which repeats exactly.
         num_threads: torch intra-op threads during this run only; None leaves torch's setting.
+        label_key: an ``image_facts`` key whose value is a class label of each picture (such
+            as ``"style"``). With ``label_weight`` above zero, a linear classifier on the image
+            embedding is trained alongside the model and its cross-entropy, times
+            ``label_weight``, is added to the contrastive loss, so that the embedding keeps the
+            labelled attribute linearly separable even where captions rarely state it. The
+            classifier is a training aid and is not exported. Pictures without the key (or
+            with a value outside ``label_classes``) do not count towards it.
+        label_classes: the label values, in a fixed order.
+        label_weight: the weight of the auxiliary loss; 0 turns it off.
     """
 
     output_dir: Path | str
@@ -180,6 +189,9 @@ class TrainConfig:
     save_dtype: str = "fp32"
     time_limit_minutes: float | None = None
     num_threads: int | None = None
+    label_key: str | None = None
+    label_classes: tuple[str, ...] = ()
+    label_weight: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -203,6 +215,12 @@ class TrainConfig:
             problems.append(f"save_dtype must be fp32 or fp16, not {self.save_dtype!r}")
         if self.val_size < 0:
             problems.append(f"val_size must be >= 0, not {self.val_size}")
+        if self.label_weight < 0:
+            problems.append(f"label_weight must be >= 0, not {self.label_weight}")
+        if self.label_weight > 0 and (not self.label_key or len(set(self.label_classes)) < 2):
+            problems.append(
+                "an auxiliary label loss needs label_key and at least two distinct label_classes"
+            )
         if problems:
             raise TrainingError("invalid training settings: " + "; ".join(problems))
 
@@ -217,6 +235,7 @@ class TrainConfig:
         for key in ("output_dir", "checkpoint_dir"):
             out[key] = None if out[key] is None else str(out[key])
         out["betas"] = list(self.betas)
+        out["label_classes"] = list(self.label_classes)
         return out
 
 
@@ -265,6 +284,8 @@ class TrainResult:
         stopped_early: the time limit ended the run before ``steps``.
         train_seconds: time spent in the training loop, including any before a resume.
         val_source: what the validation pairs were.
+        label_accuracy: the auxiliary classifier's accuracy on the training batches of this
+            run's last 50 steps (see ``TrainConfig.label_weight``); None without it.
     """
 
     output_dir: Path
@@ -280,6 +301,7 @@ class TrainResult:
     stopped_early: bool
     val_source: str
     train_seconds: float = 0.0
+    label_accuracy: float | None = None
 
     @property
     def final_loss(self) -> float:
@@ -602,6 +624,8 @@ class _Batcher:
         seed: int,
         augment: bool,
         cursor: int = 0,
+        label_key: str | None = None,
+        label_classes: Sequence[str] = (),
     ):
         self.data = data
         self.preprocess = preprocess
@@ -610,6 +634,8 @@ class _Batcher:
         self.seed = seed
         self.augment = augment
         self.cursor = cursor
+        self.label_key = label_key
+        self._label_index = {c: i for i, c in enumerate(label_classes)}
         self.bad: set[str] = set()
         self._stream: Iterator[CaptionedImage] | None = None
         self._order: np.ndarray | None = None
@@ -637,7 +663,11 @@ class _Batcher:
                 "list or PairDataset for finite data)"
             ) from None
 
-    def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def next_batch(
+        self, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Pixels, tokens, the match matrix and, with a ``label_key``, each picture's label
+        index (-100 where the picture has none, which cross-entropy ignores)."""
         import torch
 
         rng = np.random.default_rng([self.seed, 1, step])
@@ -668,7 +698,16 @@ class _Batcher:
             kept.append(item)
         tokens = self.tokenizer([it.caption for it in kept])
         matches = torch.from_numpy(match_matrix(kept))
-        return torch.stack(pixels), tokens, matches
+        labels = None
+        if self.label_key is not None:
+            labels = torch.tensor(
+                [
+                    self._label_index.get((it.image_facts or {}).get(self.label_key), -100)
+                    for it in kept
+                ],
+                dtype=torch.long,
+            )
+        return torch.stack(pixels), tokens, matches, labels
 
 
 def contrastive_loss(
@@ -1004,8 +1043,18 @@ def _run(
     model_cfg = _model_config(name, model)
     autocast_dtype = _autocast_dtype(config.precision, device)
 
+    # The auxiliary classifier reads the unit-length embedding scaled by sqrt(dim), so that its
+    # inputs have components of about unit size and ordinary learning rates move its logits.
+    label_head = None
+    groups = _param_groups(model, config.weight_decay)
+    if config.label_weight > 0:
+        torch.manual_seed(config.seed)
+        label_head = torch.nn.Linear(encoder.dim, len(config.label_classes)).to(device)
+        groups.append({"params": list(label_head.parameters()), "weight_decay": 0.0})
+    label_scale = math.sqrt(encoder.dim)
+
     optimizer = torch.optim.AdamW(
-        _param_groups(model, config.weight_decay),
+        groups,
         lr=config.lr,
         betas=config.betas,
         eps=config.eps,
@@ -1025,6 +1074,13 @@ def _run(
     history: list[tuple[int, RetrievalMetrics]] = []
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
+        if label_head is not None:
+            if not resume_from.get("label_head"):
+                raise TrainingError(
+                    f"checkpoint {ckpt_path} was written without the auxiliary label loss; "
+                    "resume it with the settings it was started with"
+                )
+            label_head.load_state_dict(resume_from["label_head"])
         optimizer.load_state_dict(resume_from["optimizer"])
         elapsed_before = float(resume_from.get("train_seconds", 0.0))
         if scaler is not None and resume_from.get("scaler"):
@@ -1044,8 +1100,11 @@ def _run(
         seed=config.seed,
         augment=config.augment,
         cursor=cursor,
+        label_key=config.label_key if label_head is not None else None,
+        label_classes=config.label_classes,
     )
     batcher.bad = set(bad_images)
+    label_hits: list[float] = []
 
     def save_checkpoint(step: int) -> Path:
         folder = config.checkpoints
@@ -1055,6 +1114,7 @@ def _run(
             "step": step,
             "cursor": batcher.cursor,
             "model": model.state_dict(),
+            "label_head": label_head.state_dict() if label_head is not None else None,
             "optimizer": optimizer.state_dict(),
             "train_seconds": elapsed(),
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -1102,7 +1162,7 @@ def _run(
     try:
         while step < config.steps:
             lr = set_lr(step, elapsed())
-            pixels, tokens, matches = batcher.next_batch(step)
+            pixels, tokens, matches, labels = batcher.next_batch(step)
             pixels, tokens = pixels.to(device), tokens.to(device)
             with torch.autocast(
                 device_type="cuda" if device == "cuda" else "cpu",
@@ -1112,6 +1172,16 @@ def _run(
                 image_features = model.encode_image(pixels, normalize=True)
                 text_features = model.encode_text(tokens, normalize=True)
             loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), matches)
+            if label_head is not None and labels is not None:
+                labels = labels.to(device)
+                known = labels >= 0
+                if bool(known.any()):
+                    logits = label_head(image_features.float() * label_scale)
+                    loss = loss + config.label_weight * torch.nn.functional.cross_entropy(
+                        logits[known], labels[known]
+                    )
+                    hits = (logits[known].argmax(dim=1) == labels[known]).float().mean()
+                    label_hits.append(float(hits.item()))
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at step {step}; lower lr (now {config.lr}) "
@@ -1135,11 +1205,14 @@ def _run(
             step += 1
             losses.append(float(loss.item()))
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{np.mean(losses[-20:]):.3f}",
-                lr=f"{lr:.2e}",
-                T=f"{model.logit_scale.exp().item():.1f}",
-            )
+            postfix = {
+                "loss": f"{np.mean(losses[-20:]):.3f}",
+                "lr": f"{lr:.2e}",
+                "T": f"{model.logit_scale.exp().item():.1f}",
+            }
+            if label_hits:
+                postfix[config.label_key or "label"] = f"{np.mean(label_hits[-50:]):.2f}"
+            bar.set_postfix(postfix)
             if config.eval_every and step % config.eval_every == 0 and step < config.steps:
                 m = validate(step)
                 if m is not None and progress:
@@ -1177,6 +1250,7 @@ def _run(
         stopped_early=stopped_early,
         val_source=val_source,
         train_seconds=elapsed(),
+        label_accuracy=float(np.mean(label_hits[-50:])) if label_hits else None,
     )
 
 

@@ -135,6 +135,49 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path: Path):
     np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-4, atol=1e-5)
 
 
+def two_style_stream(seed: int) -> Iterator[CaptionedImage]:
+    """Flat and sketched shapes whose captions never state the style."""
+    for i in itertools.count():
+        rng = synth.sample_rng(seed, i)
+        style = ("flat", "sketch")[i % 2]
+        yield _pair(synth.random_spec(rng, count=1, style=style, position="center"), rng)
+
+
+STYLE_LABELS = {"label_key": "style", "label_classes": ("flat", "sketch")}
+
+
+def test_auxiliary_label_loss_shapes_the_image_embedding(tmp_path: Path):
+    config = _config(tmp_path, steps=120, batch_size=32, label_weight=1.0, **STYLE_LABELS)
+    result = train_clip(config, two_style_stream, progress=False)
+    assert result.label_accuracy is not None and result.label_accuracy >= 0.9
+
+    # The classifier is not exported, but what it taught the embedding is: a nearest-centroid
+    # rule on fresh pictures' embeddings from the exported model tells the styles apart.
+    encoder = load_encoder(f"local-dir:{result.output_dir}", device="cpu")
+    fresh = list(itertools.islice(two_style_stream(77), 80))
+    vectors = encoder.encode_images([p.image for p in fresh])
+    styles = np.array([p.image_facts["style"] == "flat" for p in fresh])
+    fit, held = slice(0, 40), slice(40, 80)
+    centroids = np.stack([vectors[fit][styles[fit] == c].mean(axis=0) for c in (False, True)])
+    predicted = (vectors[held] @ centroids.T).argmax(axis=1).astype(bool)
+    assert np.mean(predicted == styles[held]) >= 0.9
+
+    plain = train_clip(_config(tmp_path / "plain", steps=2), two_style_stream, progress=False)
+    assert plain.label_accuracy is None
+
+
+def test_resume_restores_the_auxiliary_classifier(tmp_path: Path):
+    settings = {"steps": 8, "checkpoint_every": 4, "keep_checkpoints": 3, "label_weight": 0.5}
+    data = PairDataset(tuple(itertools.islice(two_style_stream(3), 64)), "memory")
+    full = train_clip(_config(tmp_path, **settings, **STYLE_LABELS), data, progress=False)
+    (tmp_path / "model" / "checkpoints" / "step_0000008.pt").unlink()
+    resumed = train_clip(
+        _config(tmp_path, resume=True, **settings, **STYLE_LABELS), data, progress=False
+    )
+    assert resumed.start_step == 4
+    np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-4, atol=1e-5)
+
+
 def test_resume_needs_a_matching_checkpoint(tmp_path: Path):
     data = _pairs(32, seed=1)
     with pytest.raises(TrainingError, match="nothing to resume"):
@@ -255,6 +298,10 @@ def test_invalid_settings():
         TrainConfig(output_dir="x", batch_size=1)
     with pytest.raises(TrainingError, match="precision must be one of"):
         TrainConfig(output_dir="x", precision="fp8")
+    with pytest.raises(TrainingError, match="auxiliary label loss needs label_key"):
+        TrainConfig(output_dir="x", label_weight=1.0, label_classes=("a", "b"))
+    with pytest.raises(TrainingError, match="label_weight must be >= 0"):
+        TrainConfig(output_dir="x", label_weight=-1.0)
 
 
 def test_loss_equals_open_clip_cliploss_without_duplicates():
