@@ -68,6 +68,14 @@ STYLE_SEED = 5
 FINETUNE_SEED = 6
 IMAGE_SIZE = 64
 QUERY_KINDS: tuple[str, ...] = ("color+shape", "style", "count", "position", "style+count")
+LABEL_CLASSES: dict[str, tuple[Any, ...]] = {
+    "style": synth.STYLES,
+    "position": synth.POSITIONS,
+    "count": synth.COUNTS,
+    "shape": synth.SHAPES,
+    "color": tuple(synth.COLORS),
+}
+"""The picture facts a fine-tune's auxiliary losses can classify, with their classes."""
 # Which attributes each kind of query states besides colour and shape.
 _KIND_MENTIONS: dict[str, tuple[str, ...]] = {
     "color+shape": (),
@@ -643,7 +651,8 @@ def finetune(
     style_groups: float = 0.5,
     style_only: float = 0.35,
     file_like: float = 0.3,
-    style_loss: float = 1.0,
+    label_loss: float = 1.0,
+    label_facts: Sequence[str] = ("style", "position"),
     style_head: bool = True,
     resume: bool = False,
     progress: bool = True,
@@ -676,8 +685,10 @@ def finetune(
         style_only: share of the other pairs captioned with the style alone.
         file_like: share of the pictures drawn at 128 pixels and saved as JPEG before being
             resized, as the gallery's and the style head's are.
-        style_loss: weight of an auxiliary style-classification loss on the picture
-            embedding (see ``TrainConfig.label_weight``); 0 trains on captions alone.
+        label_loss: weight of the auxiliary classification losses on the picture embedding
+            (see ``TrainConfig.labels``); 0 trains on captions alone.
+        label_facts: the picture facts those losses classify: any of ``style``,
+            ``position``, ``count``, ``shape``, ``color``.
         style_head: train and save the style head afterwards.
         resume: continue from the newest checkpoint in ``work_dir``.
         progress: show a progress bar.
@@ -705,6 +716,11 @@ def finetune(
             f"the model in {base} was fine-tuned already; fine-tune a model fresh from "
             "`python -m clipsearch.demo build` (pass it as --base)"
         )
+    unknown = [fact for fact in label_facts if fact not in LABEL_CLASSES]
+    if unknown:
+        raise ClipsearchError(
+            f"unknown label facts {', '.join(unknown)}; choose from {', '.join(LABEL_CLASSES)}"
+        )
     base_sha = file_sha256(weights)
     time_limit = None
     if steps is None:
@@ -728,9 +744,8 @@ def finetune(
         save_dtype="fp16",
         num_threads=threads,
         time_limit_minutes=time_limit,
-        label_key="style",
-        label_classes=tuple(synth.STYLES),
-        label_weight=style_loss,
+        labels={fact: LABEL_CLASSES[fact] for fact in label_facts},
+        label_weight=label_loss,
     )
     stream = SynthStream(
         batch_size=batch_size,
@@ -747,7 +762,8 @@ def finetune(
         f"python -m clipsearch.demo finetune --steps {result.steps} --seed {seed} "
         f"--batch-size {batch_size} --lr {lr} --warmup {warmup_steps} "
         f"--style-rate {style_rate} --style-groups {style_groups} --style-only {style_only} "
-        f"--file-like {file_like} --style-loss {style_loss} --threads {threads_used}"
+        f"--file-like {file_like} --label-loss {label_loss} "
+        f"--label-facts {','.join(label_facts)} --threads {threads_used}"
     )
     base_rebuild = str(base_metrics.get("rebuild", "python -m clipsearch.demo build"))
     metrics = {
@@ -765,8 +781,8 @@ def finetune(
             "threads": threads_used,
             "samples_seen": result.samples_seen,
             "final_loss": round(result.final_loss, 4),
-            "style_loss": style_loss,
-            "style_train_accuracy": result.label_accuracy,
+            "label_loss": label_loss,
+            "label_train_accuracy": dict(result.label_accuracy),
             "train_seconds": round(result.train_seconds, 1),
             "time_limit_minutes": time_limit,
             "minutes_total": round(minutes_taken, 2),
@@ -940,10 +956,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--file-like", type=float, default=0.3, help="share of 128 px JPEG-saved pictures"
     )
     f.add_argument(
-        "--style-loss",
+        "--label-loss",
         type=float,
         default=1.0,
-        help="weight of the auxiliary style-classification loss (default 1; 0 turns it off)",
+        help="weight of the auxiliary classification losses (default 1; 0 turns them off)",
+    )
+    f.add_argument(
+        "--label-facts",
+        default="style,position",
+        help=f"facts the auxiliary losses classify, comma-separated, of {', '.join(LABEL_CLASSES)}",
     )
     f.add_argument("--no-style-head", action="store_true", help="do not retrain the style head")
     f.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -997,7 +1018,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 style_groups=args.style_groups,
                 style_only=args.style_only,
                 file_like=args.file_like,
-                style_loss=args.style_loss,
+                label_loss=args.label_loss,
+                label_facts=tuple(n.strip() for n in args.label_facts.split(",") if n.strip()),
                 style_head=not args.no_style_head,
                 resume=args.resume,
             )

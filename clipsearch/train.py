@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -153,15 +153,15 @@ class TrainConfig:
             decayed learning rate; it stops at the limit with a checkpoint and an exported
             model. None runs all ``steps`` on a schedule of steps alone, which repeats exactly.
         num_threads: torch intra-op threads during this run only; None leaves torch's setting.
-        label_key: an ``image_facts`` key whose value is a class label of each picture (such
-            as ``"style"``). With ``label_weight`` above zero, a linear classifier on the image
-            embedding is trained alongside the model and its cross-entropy, times
-            ``label_weight``, is added to the contrastive loss, so that the embedding keeps the
-            labelled attribute linearly separable even where captions rarely state it. The
-            classifier is a training aid and is not exported. Pictures without the key (or
-            with a value outside ``label_classes``) do not count towards it.
-        label_classes: the label values, in a fixed order.
-        label_weight: the weight of the auxiliary loss; 0 turns it off.
+        labels: ``image_facts`` keys whose values are class labels of each picture, each with
+            its classes in a fixed order, such as ``{"style": ("photo", "sketch")}``. With
+            ``label_weight`` above zero, a linear classifier per key on the image embedding is
+            trained alongside the model and their cross-entropies, times ``label_weight``, are
+            added to the contrastive loss, so that the embedding keeps those attributes linearly
+            separable even where captions rarely state them. The classifiers are a training aid
+            and are not exported. Pictures without a key (or with a value outside its classes)
+            do not count towards that key's loss.
+        label_weight: the weight of each auxiliary loss; 0 turns them off.
     """
 
     output_dir: Path | str
@@ -189,8 +189,7 @@ class TrainConfig:
     save_dtype: str = "fp32"
     time_limit_minutes: float | None = None
     num_threads: int | None = None
-    label_key: str | None = None
-    label_classes: tuple[str, ...] = ()
+    labels: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     label_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -217,10 +216,11 @@ class TrainConfig:
             problems.append(f"val_size must be >= 0, not {self.val_size}")
         if self.label_weight < 0:
             problems.append(f"label_weight must be >= 0, not {self.label_weight}")
-        if self.label_weight > 0 and (not self.label_key or len(set(self.label_classes)) < 2):
-            problems.append(
-                "an auxiliary label loss needs label_key and at least two distinct label_classes"
-            )
+        if self.label_weight > 0 and not self.labels:
+            problems.append("an auxiliary label loss needs labels (fact key -> classes)")
+        for key, classes in self.labels.items():
+            if len(set(classes)) < 2:
+                problems.append(f"labels[{key!r}] needs at least two distinct classes")
         if problems:
             raise TrainingError("invalid training settings: " + "; ".join(problems))
 
@@ -235,7 +235,7 @@ class TrainConfig:
         for key in ("output_dir", "checkpoint_dir"):
             out[key] = None if out[key] is None else str(out[key])
         out["betas"] = list(self.betas)
-        out["label_classes"] = list(self.label_classes)
+        out["labels"] = {k: list(v) for k, v in self.labels.items()}
         return out
 
 
@@ -284,8 +284,8 @@ class TrainResult:
         stopped_early: the time limit ended the run before ``steps``.
         train_seconds: time spent in the training loop, including any before a resume.
         val_source: what the validation pairs were.
-        label_accuracy: the auxiliary classifier's accuracy on the training batches of this
-            run's last 50 steps (see ``TrainConfig.label_weight``); None without it.
+        label_accuracy: per labelled fact, the auxiliary classifier's accuracy on the training
+            batches of this run's last 50 steps (see ``TrainConfig.labels``); empty without.
     """
 
     output_dir: Path
@@ -301,7 +301,7 @@ class TrainResult:
     stopped_early: bool
     val_source: str
     train_seconds: float = 0.0
-    label_accuracy: float | None = None
+    label_accuracy: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float:
@@ -624,8 +624,7 @@ class _Batcher:
         seed: int,
         augment: bool,
         cursor: int = 0,
-        label_key: str | None = None,
-        label_classes: Sequence[str] = (),
+        labels: Mapping[str, Sequence[Any]] | None = None,
     ):
         self.data = data
         self.preprocess = preprocess
@@ -634,8 +633,9 @@ class _Batcher:
         self.seed = seed
         self.augment = augment
         self.cursor = cursor
-        self.label_key = label_key
-        self._label_index = {c: i for i, c in enumerate(label_classes)}
+        self._label_index = {
+            key: {c: i for i, c in enumerate(classes)} for key, classes in (labels or {}).items()
+        }
         self.bad: set[str] = set()
         self._stream: Iterator[CaptionedImage] | None = None
         self._order: np.ndarray | None = None
@@ -666,8 +666,8 @@ class _Batcher:
     def next_batch(
         self, step: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Pixels, tokens, the match matrix and, with a ``label_key``, each picture's label
-        index (-100 where the picture has none, which cross-entropy ignores)."""
+        """Pixels, tokens, the match matrix and, with ``labels``, a (batch, keys) tensor of each
+        picture's class index per key (-100 where it has none, which cross-entropy ignores)."""
         import torch
 
         rng = np.random.default_rng([self.seed, 1, step])
@@ -699,10 +699,13 @@ class _Batcher:
         tokens = self.tokenizer([it.caption for it in kept])
         matches = torch.from_numpy(match_matrix(kept))
         labels = None
-        if self.label_key is not None:
+        if self._label_index:
             labels = torch.tensor(
                 [
-                    self._label_index.get((it.image_facts or {}).get(self.label_key), -100)
+                    [
+                        index.get((it.image_facts or {}).get(key), -100)
+                        for key, index in self._label_index.items()
+                    ]
                     for it in kept
                 ],
                 dtype=torch.long,
@@ -1046,10 +1049,13 @@ def _run(
     # The auxiliary classifier reads the unit-length embedding scaled by sqrt(dim), so that its
     # inputs have components of about unit size and ordinary learning rates move its logits.
     label_head = None
+    label_keys = list(config.labels) if config.label_weight > 0 else []
     groups = _param_groups(model, config.weight_decay)
-    if config.label_weight > 0:
+    if label_keys:
         torch.manual_seed(config.seed)
-        label_head = torch.nn.Linear(encoder.dim, len(config.label_classes)).to(device)
+        label_head = torch.nn.ModuleList(
+            torch.nn.Linear(encoder.dim, len(config.labels[k])) for k in label_keys
+        ).to(device)
         groups.append({"params": list(label_head.parameters()), "weight_decay": 0.0})
     label_scale = math.sqrt(encoder.dim)
 
@@ -1100,11 +1106,10 @@ def _run(
         seed=config.seed,
         augment=config.augment,
         cursor=cursor,
-        label_key=config.label_key if label_head is not None else None,
-        label_classes=config.label_classes,
+        labels={k: config.labels[k] for k in label_keys},
     )
     batcher.bad = set(bad_images)
-    label_hits: list[float] = []
+    label_hits: dict[str, list[float]] = {k: [] for k in label_keys}
 
     def save_checkpoint(step: int) -> Path:
         folder = config.checkpoints
@@ -1174,14 +1179,18 @@ def _run(
             loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), matches)
             if label_head is not None and labels is not None:
                 labels = labels.to(device)
-                known = labels >= 0
-                if bool(known.any()):
-                    logits = label_head(image_features.float() * label_scale)
+                scaled = image_features.float() * label_scale
+                for j, (key, head) in enumerate(zip(label_keys, label_head, strict=True)):
+                    target = labels[:, j]
+                    known = target >= 0
+                    if not bool(known.any()):
+                        continue
+                    logits = head(scaled[known])
                     loss = loss + config.label_weight * torch.nn.functional.cross_entropy(
-                        logits[known], labels[known]
+                        logits, target[known]
                     )
-                    hits = (logits[known].argmax(dim=1) == labels[known]).float().mean()
-                    label_hits.append(float(hits.item()))
+                    hits = (logits.argmax(dim=1) == target[known]).float().mean()
+                    label_hits[key].append(float(hits.item()))
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at step {step}; lower lr (now {config.lr}) "
@@ -1210,8 +1219,9 @@ def _run(
                 "lr": f"{lr:.2e}",
                 "T": f"{model.logit_scale.exp().item():.1f}",
             }
-            if label_hits:
-                postfix[config.label_key or "label"] = f"{np.mean(label_hits[-50:]):.2f}"
+            for key, seen in label_hits.items():
+                if seen:
+                    postfix[key] = f"{np.mean(seen[-50:]):.2f}"
             bar.set_postfix(postfix)
             if config.eval_every and step % config.eval_every == 0 and step < config.steps:
                 m = validate(step)
@@ -1250,7 +1260,7 @@ def _run(
         stopped_early=stopped_early,
         val_source=val_source,
         train_seconds=elapsed(),
-        label_accuracy=float(np.mean(label_hits[-50:])) if label_hits else None,
+        label_accuracy={k: float(np.mean(v[-50:])) for k, v in label_hits.items() if v},
     )
 
 
