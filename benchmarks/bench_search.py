@@ -2,14 +2,16 @@
 
 Builds an index of N clustered 512-d vectors (no images are needed to measure search) under
 the default model, ViT-B-16-quickgelu, whose random weights are planted in a private Hugging
-Face cache so everything loads offline exactly as the real weights do. Then, in one run:
+Face cache so everything loads offline exactly as the real weights do. clipsearch's own cache
+(the text-tower record that lets text queries skip torch) is private too. Then, in one run:
 
-* warm: `ImageIndex.search(text)` p50 (text encoding included) against what a user would
-  write: the full open_clip model in fp32 encoding the text, then every vector ranked with
-  NumPy in Python;
-* cold: `clipsearch search TEXT` as a fresh process (wall time and peak RSS) against a plain
-  script that imports open_clip, creates the full model, reads every vector from the catalog,
-  encodes and ranks.
+* warm: `ImageIndex.search(text)` p50 (text encoding included; the NumPy text tower) against
+  what a user would write: the full open_clip model in fp32 encoding the text, then every
+  vector ranked with NumPy in Python; and, for reference, the torch text tower in bf16 that
+  served text queries before the NumPy one;
+* cold: `clipsearch search TEXT` as a fresh process (wall time and peak RSS, p50 of several
+  runs) against a plain script that imports open_clip, creates the full model, reads every
+  vector from the catalog, encodes and ranks; then where the cold process spends its time.
 
     python benchmarks/bench_search.py              # 20k vectors, a minute or two
     python benchmarks/bench_search.py --n 100000   # the 100k figures of RESULTS.md
@@ -18,6 +20,7 @@ Face cache so everything loads offline exactly as the real weights do. Then, in 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -111,17 +114,33 @@ def build_index(folder: Path, n: int, env: dict[str, str]) -> None:
     print(f"built an index of {n} vectors in {time.perf_counter() - t:.0f}s", flush=True)
 
 
+def ensure_text_record(folder: Path) -> str:
+    """Make sure the model has its text-tower record (written when torch loads it, as
+    `clipsearch index` does); returns how the text queries will run."""
+    from clipsearch import ImageIndex
+    from clipsearch.texttower import cached_text_encoder
+
+    with ImageIndex.open(folder, device="cpu") as index:
+        if cached_text_encoder(index.spec, index.identity) is None:
+            _ = index.encoder  # the torch load records the text tower
+        if cached_text_encoder(index.spec, index.identity) is None:
+            raise RuntimeError("the default model got no text-tower record")
+    return "NumPy fp32"
+
+
 def warm(folder: Path, n: int, queries: list[str]) -> list[Row]:
     import open_clip
     import torch
 
     from clipsearch import ImageIndex
     from clipsearch.catalog import Catalog
+    from clipsearch.encoder import load_spec
+    from clipsearch.texttower import NumpyTextEncoder
 
     rows = []
     with ImageIndex.open(folder, device="cpu", precision="auto") as index:
         index.search("warm up", k=10)
-        precision = index.text_encoder.precision
+        assert isinstance(index.text_encoder, NumpyTextEncoder)
         times = []
         for q in queries:
             t = time.perf_counter()
@@ -141,6 +160,14 @@ def warm(folder: Path, n: int, queries: list[str]) -> list[Row]:
             index.embed_text(q)
             etimes.append(time.perf_counter() - t)
         mem = f"{peak_rss_mib():.0f} MiB"
+        # The torch text tower at the default precision (bf16 here): the path before NumPy's.
+        torch_text = load_spec(index.spec, device="cpu", precision="auto", towers="text")
+        torch_text.encode_texts(["warm up"])
+        ttimes = []
+        for q in queries:
+            t = time.perf_counter()
+            torch_text.encode_texts([q])
+            ttimes.append(time.perf_counter() - t)
 
     # Baseline: the full model in fp32 and a NumPy ranking of every vector, per query.
     model, _, _ = open_clip.create_model_and_transforms("ViT-B-16-quickgelu", pretrained="dfn2b")
@@ -164,16 +191,59 @@ def warm(folder: Path, n: int, queries: list[str]) -> list[Row]:
     base = percentile_ms(base_times[1:])
     rows.append(
         Row(
-            f"warm text query p50, {n:,} images ({precision} text, flat)",
+            f"warm text query p50, {n:,} images (NumPy fp32 text, flat)",
             f"{ours:.1f} ms",
             f"{base:.1f} ms",
             ratio(ours, base, higher_is_better=False),
             mem,
         )
     )
-    rows.append(Row("  of which text encoding p50", f"{percentile_ms(etimes):.1f} ms"))
+    rows.append(
+        Row(
+            "  of which text encoding p50 (NumPy fp32, 1 thread)", f"{percentile_ms(etimes):.1f} ms"
+        )
+    )
     rows.append(Row("  of which FAISS search p50 (1 thread)", f"{percentile_ms(ftimes):.2f} ms"))
+    rows.append(
+        Row(
+            f"  for reference: torch text tower, {torch_text.precision}, 1 thread",
+            f"{percentile_ms(ttimes):.1f} ms",
+        )
+    )
     return rows
+
+
+# Where a cold text search spends its time: the same steps as `clipsearch search`, timed.
+PHASES_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy
+t1 = time.perf_counter()
+from clipsearch.cli import main
+from clipsearch.index import ImageIndex
+t2 = time.perf_counter()
+index = ImageIndex.open(sys.argv[1])
+t3 = time.perf_counter()
+encoder = index.text_encoder
+t4 = time.perf_counter()
+vec = index.embed_text(sys.argv[2])
+t5 = time.perf_counter()
+_ = index.vectors
+t6 = time.perf_counter()
+hits = index.search_vector(vec, k=10)
+t7 = time.perf_counter()
+loaded = [m for m in ("torch", "open_clip", "torchvision") if m in sys.modules]
+print(json.dumps({
+    "import numpy": t1 - t0,
+    "import clipsearch.cli and .index (SQLAlchemy included)": t2 - t1,
+    "open the catalog": t3 - t2,
+    "text encoder: record, tokenizer tables, mapped weights": t4 - t3,
+    "first text encoding (pages of the weights read in)": t5 - t4,
+    "FAISS import, mapped index, checksum": t6 - t5,
+    "search and catalog lookups": t7 - t6,
+    "loaded": loaded,
+}))
+"""
 
 
 def cold(folder: Path, n: int, env: dict[str, str], repeat: int) -> list[Row]:
@@ -191,28 +261,36 @@ def cold(folder: Path, n: int, env: dict[str, str], repeat: int) -> list[Row]:
         base.append(wall)
         base_mem = max(base_mem, mem)
     o, b = statistics.median(ours), statistics.median(base)
+    spread = f"{min(ours):.2f}-{max(ours):.2f} s vs {min(base):.2f}-{max(base):.2f} s"
     rows = [
         Row(
-            f"cold `clipsearch search`, {n:,} images (median of {repeat})",
+            f"cold `clipsearch search`, {n:,} images (p50 of {repeat}; range {spread})",
             f"{o:.2f} s",
             f"{b:.2f} s",
             ratio(o, b, higher_is_better=False),
             f"{ours_mem:.0f} / {base_mem:.0f} MiB",
         )
     ]
-    # Where a cold start goes: the import times of the big modules.
-    _, _, _ = run_child([sys.executable, "-c", "pass"], env)
+    phases = []
+    for _ in range(repeat):
+        _, _, out = run_child([sys.executable, "-c", PHASES_SCRIPT, str(folder), query], env)
+        phases.append(json.loads(out.strip().splitlines()[-1]))
+    loaded = sorted({m for p in phases for m in p.pop("loaded")})
+    for name in phases[0]:
+        rows.append(Row(f"  {name} (p50)", f"{statistics.median(p[name] for p in phases):.3f} s"))
+    rows.append(Row("  torch / open_clip / torchvision imported", ", ".join(loaded) or "none"))
+    # For scale: what the plain approach pays before it computes anything.
     imports = run_importtime(env)
-    for name in ("torch", "open_clip", "faiss", "sqlalchemy", "clipsearch"):
+    for name in ("torch", "open_clip"):
         if name in imports:
-            rows.append(Row(f"  import {name}", f"{imports[name]:.2f} s"))
+            rows.append(Row(f"  (plain approach) import {name}", f"{imports[name]:.2f} s"))
     return rows
 
 
 def run_importtime(env: dict[str, str]) -> dict[str, float]:
     import subprocess
 
-    code = "import clipsearch.cli, clipsearch.index, torch, open_clip, faiss"
+    code = "import torch, open_clip"
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code],
         capture_output=True,
@@ -223,10 +301,8 @@ def run_importtime(env: dict[str, str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in proc.stderr.splitlines():
         parts = [p.strip() for p in line.split("|")]
-        if len(parts) == 3 and parts[1].isdigit():
-            name = parts[2]
-            if name in ("torch", "open_clip", "faiss", "sqlalchemy", "clipsearch"):
-                out[name] = int(parts[1]) / 1e6
+        if len(parts) == 3 and parts[1].isdigit() and parts[2] in ("torch", "open_clip"):
+            out[parts[2]] = int(parts[1]) / 1e6
     return out
 
 
@@ -234,15 +310,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=20_000, help="vectors in the index")
     ap.add_argument("--queries", type=int, default=20, help="warm queries to time")
-    ap.add_argument("--repeat", type=int, default=3, help="cold starts to time")
+    ap.add_argument("--repeat", type=int, default=5, help="cold starts to time")
     ap.add_argument("--work", type=Path, default=Path("/tmp/clipsearch-bench"))
     args = ap.parse_args()
 
     print(f"machine: {machine()}", flush=True)
     env = plant_default_model(args.work / "hf-cache")
+    env["XDG_CACHE_HOME"] = str(args.work / "cache")  # clipsearch's text-tower record
     os.environ.update(env)
     folder = args.work / f"search-index-{args.n}"
     build_index(folder, args.n, env)
+    ensure_text_record(folder)
     queries = (QUERIES * (args.queries // len(QUERIES) + 1))[: args.queries]
     rows = warm(folder, args.n, queries)
     rows += cold(folder, args.n, env, args.repeat)

@@ -93,7 +93,9 @@ def device_options(f: F) -> F:
         default="auto",
         show_default=True,
         help="Numeric precision of the model (auto: fp16 on GPUs, bf16 on CPUs with native "
-        "bf16 such as AVX512-BF16 or AMX, else fp32). Vectors of any precision mix in one index.",
+        "bf16 such as AVX512-BF16 or AMX, else fp32). With auto or fp32, text queries on the "
+        "CPU run in NumPy fp32, without torch, for a model loaded once before. Vectors of any "
+        "precision mix in one index.",
     )(f)
     f = click.option(
         "--device",
@@ -587,12 +589,13 @@ def _index_exists(ctx: click.Context) -> bool:
 def _embed_with_model(
     query: Any, model: str | None, pretrained: str | None, device: str, precision: str
 ) -> Any:
-    from .encoder import load_encoder
+    from .encoder import load_encoder, load_text_encoder
 
-    encoder = load_encoder(model, pretrained, device=device, precision=precision)
     term = query.terms[0]
     if term.kind == "text":
-        return encoder.encode_texts([term.value])[0]
+        text_encoder = load_text_encoder(model, pretrained, device=device, precision=precision)
+        return text_encoder.encode_texts([term.value])[0]
+    encoder = load_encoder(model, pretrained, device=device, precision=precision)
     return encoder.encode_file(term.value)
 
 

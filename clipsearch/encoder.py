@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import warnings
@@ -32,6 +33,8 @@ from .errors import ModelLoadError
 if TYPE_CHECKING:  # heavy imports stay lazy: `clipsearch info` must not pay for torch
     import torch
     from PIL import Image
+
+    from .texttower import NumpyTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +159,37 @@ def weights_file(spec: ModelSpec) -> str | None:
     """The local file holding the spec's weights, or None for tags, hub models and random."""
     if spec.model == DEMO_MODEL or spec.model.startswith(LOCAL_DIR_PREFIX):
         folder = DEMO_DIR if spec.model == DEMO_MODEL else Path(spec.model[len(LOCAL_DIR_PREFIX) :])
-        from open_clip.factory import _find_checkpoint_in_dir
-
-        return _find_checkpoint_in_dir(folder) if folder.is_dir() else None
+        return checkpoint_in_folder(folder) if folder.is_dir() else None
     if spec.pretrained and spec.pretrained != RANDOM_WEIGHTS and _looks_like_path(spec.pretrained):
         return spec.pretrained if Path(spec.pretrained).is_file() else None
     return None
+
+
+# open_clip's choice among the checkpoints of a local-dir: folder, best first.
+_PREFERRED_CHECKPOINTS = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
+
+
+def checkpoint_in_folder(folder: Path) -> str | None:
+    """The checkpoint open_clip loads from a ``local-dir:`` folder (the rule of its
+    ``create_model``, kept here so that finding it does not import torch): a preferred name
+    if there is one, else the first ``*.safetensors``, else the first ``*.bin``/``*.pth`` by
+    name."""
+    found = sorted(p for ext in ("safetensors", "bin", "pth") for p in folder.glob(f"*.{ext}"))
+    if not found:
+        return None
+    preferred = [p for name in _PREFERRED_CHECKPOINTS for p in found if p.name == name]
+    if preferred:
+        return str(preferred[0])
+    return str(min(found, key=lambda p: p.suffix != ".safetensors"))  # stable: first by name
 
 
 def spec_key(spec: ModelSpec) -> str:
@@ -172,12 +200,35 @@ def spec_key(spec: ModelSpec) -> str:
     return f"{spec.model}|{spec.pretrained}"
 
 
+def cache_home() -> Path:
+    """clipsearch's own cache: ``$XDG_CACHE_HOME/clipsearch`` (``~/.cache/clipsearch``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clipsearch"
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, remembered in the cache by path, size, times and inode: a
+    600 MB checkpoint takes 0.4 s to hash, at every model load otherwise."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    memo = cache_home() / "sha256" / (hashlib.sha256(real.encode()).hexdigest()[:32] + ".json")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        known = json.loads(memo.read_text())
+        if known["path"] == real and known["stat"] == stamp:
+            return str(known["sha256"])
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(real, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+    sha = digest.hexdigest()
+    if os.stat(real).st_mtime_ns == st.st_mtime_ns:  # not rewritten while we read it
+        with contextlib.suppress(OSError):
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"path": real, "stat": stamp, "sha256": sha}))
+            os.replace(tmp, memo)
+    return sha
 
 
 def pick_device(device: str = "auto") -> str:
@@ -428,6 +479,30 @@ def load_encoder(
     return load_spec(spec, device=device, precision=precision, cache_dir=cache_dir, towers=towers)
 
 
+def load_text_encoder(
+    model: str | None = None,
+    pretrained: str | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+) -> Encoder | NumpyTextEncoder:
+    """The quickest encoder for text queries: the text tower in NumPy, without importing
+    torch, when the model has a valid record in the cache (see :mod:`clipsearch.texttower`;
+    CPU only, fp32); else the model's text tower in torch.
+
+    Its ``encode_texts`` gives the same vectors as :class:`Encoder`'s at fp32 (within 1e-4).
+    Arguments as for :func:`load_encoder`.
+    """
+    from .texttower import applies, cached_text_encoder
+
+    spec = ModelSpec.from_user(model, pretrained)
+    if applies(device, precision):
+        fast = cached_text_encoder(spec)
+        if fast is not None:
+            return fast
+    return load_spec(spec, device=device, precision=precision, towers="text")
+
+
 def load_spec(
     spec: ModelSpec,
     *,
@@ -531,9 +606,6 @@ def load_spec(
         raise ModelLoadError(f"model {spec.describe()}: could not be loaded: {_one_line(e)}") from e
 
     clip_model.eval()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if dtype is not torch.float32:
-        clip_model.to(dtype=dtype)
     size = pp.get("size", 224)
     image_size = int(size if isinstance(size, int) else size[0])
     with torch.inference_mode(), _torch_threads(1 if device == "cpu" else None):
@@ -546,6 +618,18 @@ def load_spec(
         image_size=image_size,
         preprocess=_jsonable(pp),
     )
+    # While the model is still float32: let later text queries skip torch (clipsearch.texttower).
+    from .texttower import remember
+
+    def checkpoint() -> str | None:
+        if not kwargs.get("require_pretrained"):
+            return None
+        return _checkpoint(open_clip_name, kwargs, local_weights, cache_dir)
+
+    remember(spec, identity, clip_model, tokenizer, checkpoint, cache_dir)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if dtype is not torch.float32:
+        clip_model.to(dtype=dtype)
     return Encoder(clip_model, preprocess, tokenizer, identity, device, precision, towers)
 
 
@@ -626,6 +710,9 @@ def _create_text_only(
     pp = open_clip.get_model_preprocess_cfg(model)
     with safe_open(str(path), framework="pt", device="cpu") as f:
         state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("visual.")}  # noqa: SIM118
+    # assign=True below keeps the stored dtype: make it the float32 the full load gives (a
+    # checkpoint stored in fp16, like the demo model's, would otherwise run in fp16).
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
     if getattr(model, "logit_bias", None) is not None and "logit_bias" not in state:

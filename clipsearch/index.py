@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .encoder import Encoder
     from .repair import RepairReport
     from .style import IndexStyles, Prediction
+    from .texttower import NumpyTextEncoder
 
 LOCK_FILE = "lock"
 
@@ -140,6 +141,7 @@ class ImageIndex:
         self.precision = precision
         self._encoder: Encoder | None = None
         self._text_encoder: Encoder | None = None
+        self._numpy_text: NumpyTextEncoder | None | bool = None  # False: not available
         self._vectors: VectorIndex | None = None
         self._vectors_generation: int | None = None
         self._writer = False  # this object holds the write lock
@@ -267,9 +269,21 @@ class ImageIndex:
         return self._encoder
 
     @property
-    def text_encoder(self) -> Encoder:
-        """The model for text queries: the full one when loaded, else only its text tower
-        (a third of the weights to read, for a fast first search)."""
+    def text_encoder(self) -> Encoder | NumpyTextEncoder:
+        """The model for text queries. On the CPU in fp32 (or ``auto``), the text tower in
+        NumPy when the model's cache record allows it (no torch import; the same vectors
+        whatever else this process loaded: see :mod:`clipsearch.texttower`); else the full
+        model when it is loaded; else only its text tower in torch (a third of the weights
+        to read, for a fast first search)."""
+        if self._numpy_text is None:
+            from .texttower import applies, cached_text_encoder
+
+            found = None
+            if applies(self.device, self.precision):
+                found = cached_text_encoder(self.spec, self.identity)
+            self._numpy_text = found if found is not None else False  # looked once
+        if self._numpy_text:
+            return self._numpy_text
         if self._encoder is not None:
             return self._encoder
         if self._text_encoder is None:

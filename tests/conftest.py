@@ -36,6 +36,7 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLIPSEARCH_INDEX", str(home / "default-index"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))  # clipsearch's own cache too
     import huggingface_hub.constants as hc
 
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
