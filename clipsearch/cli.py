@@ -467,8 +467,10 @@ def errors(ctx: click.Context, as_json: bool) -> None:
     default="auto",
     show_default=True,
     help="flat: exact; hnsw: graph, fastest approximate search, ~2.3 KB per image; ivf: "
-    "inverted lists over exact vectors; ivfpq: compressed, ~140 bytes per image. auto: flat "
-    "up to 250k images, then hnsw if it fits the memory budget, else ivfpq.",
+    "inverted lists over exact vectors; ivfpq: compressed, ~140 bytes per image; ivf-ondisk: "
+    "ivf with its lists in a memory-mapped file, for collections larger than RAM. auto: flat "
+    "up to 250k images, then hnsw if it fits the memory budget, else ivfpq if it fits, else "
+    "ivf-ondisk.",
 )
 @click.option(
     "--memory-budget",
@@ -500,6 +502,7 @@ def reindex(
         "hnsw": f" (M={knobs['m']}, efSearch={knobs['ef_search']})",
         "ivf": f" ({knobs['nlist']} lists, nprobe={knobs['nprobe']})",
         "ivfpq": f" ({knobs['nlist']} lists, nprobe={knobs['nprobe']}, {knobs['pq_m']} bytes)",
+        "ivf-ondisk": f" ({knobs['nlist']} lists on disk, nprobe={knobs['nprobe']})",
     }[report.layout.type]
     click.echo(
         f"reindexed {report.vectors} vectors as {report.layout.type}{shown} in "

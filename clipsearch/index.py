@@ -437,9 +437,10 @@ class ImageIndex:
         trained index) and by every reader.
 
         Args:
-            index_type: ``flat`` (exact), ``hnsw``, ``ivf``, ``ivfpq``, or ``auto``: exact up
-                to 250k images, then HNSW if it fits ``memory_budget``, else IVF-PQ (see
-                :func:`clipsearch.vectors.plan_layout`).
+            index_type: ``flat`` (exact), ``hnsw``, ``ivf``, ``ivfpq``, ``ivf-ondisk`` (inverted
+                lists in a memory-mapped file, for collections larger than RAM), or ``auto``:
+                exact up to 250k images, then HNSW if it fits ``memory_budget``, else IVF-PQ if
+                that fits, else IVF on disk (see :func:`clipsearch.vectors.plan_layout`).
             memory_budget: bytes the vector index may use (default: a quarter of the RAM).
 
         Raises:
@@ -449,7 +450,11 @@ class ImageIndex:
         with self.writing():
             generation = self.catalog.generation()
             vi = VectorIndex.build(
-                self.catalog, self.identity.dim, index_type, budget_bytes=memory_budget
+                self.catalog,
+                self.identity.dim,
+                index_type,
+                budget_bytes=memory_budget,
+                folder=self.path,
             )
             layout = vi.layout
             self.catalog.set_meta(index_type=layout.type, index_layout=layout.to_dict())

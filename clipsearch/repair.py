@@ -96,7 +96,7 @@ def repair_index(index: ImageIndex) -> RepairReport:
                 s.execute(delete(VectorRow).where(VectorRow.image_id.in_(orphans)))
         catalog.remove(drop)
         generation = catalog.generation()
-        rebuilt = VectorIndex.build(catalog, dim, recorded_layout(catalog))
+        rebuilt = VectorIndex.build(catalog, dim, recorded_layout(catalog), folder=index.path)
         rebuilt.vector_source = catalog_vectors(catalog)
         rebuilt.save(index.path, generation)
         index._vectors, index._vectors_generation = rebuilt, generation

@@ -3,7 +3,8 @@
 Vectors are unit length, so the inner product is the cosine similarity. The index is a
 cache of the catalog's vectors: it is saved atomically (temp file, fsync, rename) with a small
 JSON sidecar naming the catalog generation it reflects, and :meth:`VectorIndex.sync` brings a
-stale one up to date from the catalog by id-set difference.
+stale one up to date from the catalog by id-set difference. The ``ivf-ondisk`` type keeps its
+inverted lists in a memory-mapped file of their own (see :mod:`clipsearch.ondisk`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import CorruptIndexError
+from .ondisk import OnDiskIVF, remove_unused_lists
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -31,17 +33,20 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "vectors.faiss"
 STATE_FILE = "vectors.json"
-INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq", "ivf-ondisk")
 INDEX_CHOICES = ("auto", *INDEX_TYPES)
+TOMBSTONE_TYPES = ("hnsw", "ivf-ondisk")  # types that hide removed ids instead of deleting them
 
 # The `auto` policy (numbers from benchmarks/RESULTS.md, 512-d vectors, one search thread):
 # exact search scans every vector, ~0.07-0.09 ms per 1000, so it still answers in ~20 ms p50
 # at 250k; past that a graph (HNSW) answers in ~1 ms at recall@10 0.96 (1M) but costs
 # ~2.3 KB per vector; when that does not fit the memory budget, IVF-PQ keeps 128-byte codes
-# (~140 B per vector) and re-ranks its candidates with the exact vectors of the catalog.
+# (~140 B per vector) and re-ranks its candidates with the exact vectors of the catalog; when
+# even that does not fit, `ivf-ondisk` keeps only the centroids in RAM and maps its inverted
+# lists from a file (benchmarks/RESULTS.md, bench_ondisk.py).
 FLAT_MAX = 250_000
 DEFAULT_BUDGET_FRACTION = 0.25  # of physical RAM, for the vector index
-REBUILD_FRACTION = 0.1  # HNSW cannot delete: past this share of tombstones it is rebuilt
+REBUILD_FRACTION = 0.1  # past this share of tombstones HNSW is rebuilt, a lists file rewritten
 RERANK_FACTOR = 20  # IVF-PQ fetches this many candidates per result to re-rank exactly
 SMALL_FILTER = 2000  # a filter this selective is answered exactly from the stored vectors
 
@@ -58,8 +63,9 @@ class IndexLayout:
 
     Args:
         type: ``flat`` (exact), ``hnsw`` (graph over the exact vectors), ``ivf`` (inverted
-            lists over the exact vectors) or ``ivfpq`` (inverted lists of product-quantized
-            codes, re-ranked with the exact vectors from the catalog).
+            lists over the exact vectors), ``ivfpq`` (inverted lists of product-quantized
+            codes, re-ranked with the exact vectors from the catalog) or ``ivf-ondisk`` (as
+            ``ivf``, with the lists in a memory-mapped file: only the centroids take RAM).
         m: HNSW links per node.
         ef_construction: HNSW candidates kept while inserting.
         ef_search: HNSW candidates kept while searching.
@@ -85,7 +91,12 @@ class IndexLayout:
     @property
     def trained(self) -> bool:
         """Whether the layout needs training on sample vectors before the first add."""
-        return self.type in ("ivf", "ivfpq")
+        return self.type in ("ivf", "ivfpq", "ivf-ondisk")
+
+    @property
+    def ondisk(self) -> bool:
+        """Whether the inverted lists live in a file of their own (:mod:`clipsearch.ondisk`)."""
+        return self.type == "ivf-ondisk"
 
     def factory(self) -> str:
         return {
@@ -93,10 +104,15 @@ class IndexLayout:
             "hnsw": f"IDMap2,HNSW{self.m},Flat",
             "ivf": f"IVF{self.nlist},Flat",
             "ivfpq": f"IVF{self.nlist},PQ{self.pq_m}x{self.pq_bits}",
+            "ivf-ondisk": f"IVF{self.nlist},Flat",
         }[self.type]
 
     def bytes_per_vector(self, dim: int) -> int:
-        """Estimated RAM per vector, ids and bookkeeping included."""
+        """Estimated RAM per vector, ids and bookkeeping included (``ivf-ondisk``: none; its
+        lists file is read through the page cache, and vectors added since it was written
+        wait in RAM, at most ``clipsearch.ondisk.DELTA_MAX`` of them)."""
+        if self.type == "ivf-ondisk":
+            return 0
         if self.type == "flat":
             return 4 * dim + 8 + 48  # vector, id map, reverse-map hash entry
         if self.type == "hnsw":
@@ -134,7 +150,8 @@ def plan_layout(
     ``auto`` the fastest type that fits the memory budget.
 
     ``auto``: exact (``flat``) up to :data:`FLAT_MAX` vectors; above, ``hnsw`` when it fits
-    ``budget_bytes`` (default :func:`memory_budget`), else ``ivfpq``.
+    ``budget_bytes`` (default :func:`memory_budget`), else ``ivfpq`` when that fits, else
+    ``ivf-ondisk`` (only its centroids take RAM).
     """
     if index_type not in INDEX_CHOICES:
         raise ValueError(f"unknown index type {index_type!r}; choose from {INDEX_CHOICES}")
@@ -146,8 +163,10 @@ def plan_layout(
             index_type = "flat"
         elif hnsw.memory_bytes(n, dim) <= budget:
             index_type = "hnsw"
-        else:
+        elif plan_layout(n, dim, "ivfpq").memory_bytes(n, dim) <= budget:
             index_type = "ivfpq"
+        else:
+            index_type = "ivf-ondisk"
     if not IndexLayout(index_type).trained:
         return IndexLayout(index_type)
     # ~4 sqrt(n) lists of at least ~39 training points each (FAISS's own rule of thumb),
@@ -156,8 +175,8 @@ def plan_layout(
     nlist = 1 << max(0, round(math.log2(4 * math.sqrt(n))))
     nlist = max(1, min(nlist, n // 39, 65536))
     nprobe = min(nlist, max(8, nlist // 256))
-    if index_type == "ivf":
-        return IndexLayout("ivf", nlist=nlist, nprobe=nprobe)
+    if index_type in ("ivf", "ivf-ondisk"):
+        return IndexLayout(index_type, nlist=nlist, nprobe=nprobe)
     pq_m = _pq_subquantizers(dim)
     pq_bits = 8 if n >= 256 * 39 else max(1, min(8, int(math.log2(n))))
     return IndexLayout("ivfpq", nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits)
@@ -174,16 +193,18 @@ class VectorIndex:
     """A FAISS inner-product index over image ids, of any :data:`INDEX_TYPES` layout.
 
     ``flat`` and ``hnsw`` wrap the FAISS index in ``IDMap2``; ``ivf``/``ivfpq`` keep the ids
-    in their inverted lists. HNSW cannot delete, so removed ids become tombstones filtered at
-    search time, and :meth:`compact` rebuilds the graph once they pass
-    :data:`REBUILD_FRACTION`.
+    in their inverted lists; ``ivf-ondisk`` is a :class:`~clipsearch.ondisk.OnDiskIVF`. HNSW
+    cannot delete, so removed ids become tombstones filtered at search time, and
+    :meth:`compact` rebuilds the graph once they pass :data:`REBUILD_FRACTION`. ``ivf-ondisk``
+    never changes its lists file either: its removed ids are tombstones too, and :meth:`save`
+    writes a new lists file without them once they pass that share.
 
     Args:
         dim: vector width.
         index_type: the FAISS layout; ``flat`` is exact search.
         index: an existing FAISS index of that layout (a loaded file).
         layout: the knobs; defaults for ``index_type`` when not given.
-        tombstones: ids removed from an HNSW graph but still in it.
+        tombstones: ids removed from an HNSW graph or a lists file but still in it.
     """
 
     def __init__(
@@ -246,6 +267,8 @@ class VectorIndex:
         with _omp_threads(1):
             index.train(training)
         _configure(index, layout)
+        if layout.ondisk:  # no lists file yet: vectors go to the delta until the first save
+            index = OnDiskIVF(index)
         return cls(dim, layout.type, index, layout=layout)
 
     @property
@@ -255,7 +278,9 @@ class VectorIndex:
 
     def ids(self) -> np.ndarray:
         faiss = _faiss()
-        if self.layout.trained:
+        if isinstance(self.index, OnDiskIVF):
+            ids = self.index.ids()
+        elif self.layout.trained:
             invlists = faiss.extract_index_ivf(self.index).invlists
             parts = [
                 faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
@@ -263,7 +288,8 @@ class VectorIndex:
                 if invlists.list_size(i)
             ]
             return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
-        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64, copy=False)
+        else:
+            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64, copy=False)
         if self.tombstones:
             ids = ids[~np.isin(ids, np.fromiter(self.tombstones, np.int64))]
         return ids
@@ -279,8 +305,12 @@ class VectorIndex:
         if len(ids) == 0:
             return 0
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if self.layout.type == "hnsw":  # a graph cannot unlink a node: hide it
-            present = ids[np.isin(ids, _faiss().vector_to_array(self.index.id_map))]
+        if self.layout.type in TOMBSTONE_TYPES:  # a graph or a lists file stays as is: hide them
+            if isinstance(self.index, OnDiskIVF):
+                stored = self.index.ids()
+            else:
+                stored = _faiss().vector_to_array(self.index.id_map)
+            present = ids[np.isin(ids, stored)]
             fresh = {int(i) for i in present} - self.tombstones
             self.tombstones |= fresh
             self._tomb_sel = None
@@ -290,7 +320,10 @@ class VectorIndex:
 
     @property
     def needs_compaction(self) -> bool:
-        """Whether enough tombstones piled up that :meth:`compact` should rebuild."""
+        """Whether enough tombstones piled up that :meth:`compact` should rebuild (never for
+        ``ivf-ondisk``: :meth:`save` drops them while it rewrites the lists file)."""
+        if self.layout.ondisk:
+            return False
         total = int(self.index.ntotal)
         return bool(self.tombstones) and len(self.tombstones) > REBUILD_FRACTION * total
 
@@ -404,11 +437,26 @@ class VectorIndex:
     # --- persistence ------------------------------------------------------------------------
 
     def save(self, folder: Path, generation: int) -> None:
-        """Write the index and its state atomically; a crash leaves the previous pair usable."""
+        """Write the index and its state atomically; a crash leaves the previous pair usable.
+
+        An ``ivf-ondisk`` index first writes a new lists file when it has none in ``folder``,
+        or when its delta or its tombstones outgrew their limits (see :mod:`clipsearch.ondisk`).
+        """
         for name in (INDEX_FILE, STATE_FILE):  # temp files of a writer that was killed
             for stale in folder.glob(f"{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
-        data = _faiss().serialize_index(self.index)
+        lists_file = None
+        if isinstance(self.index, OnDiskIVF):
+            many_tombstones = len(self.tombstones) > REBUILD_FRACTION * int(self.index.ntotal)
+            if many_tombstones or self.index.needs_merge(folder):
+                drop = np.fromiter(self.tombstones, np.int64, len(self.tombstones))
+                self.index = self.index.merged(folder, drop)
+                self.tombstones = set()
+                self._tomb_sel = None
+            data = self.index.to_bytes()
+            lists_file = self.index.lists_path
+        else:
+            data = _faiss().serialize_index(self.index)
         _atomic_write(folder / INDEX_FILE, data.tobytes())
         state = {
             "generation": generation,
@@ -420,7 +468,11 @@ class VectorIndex:
             "bytes": int(data.nbytes),
             "crc32": zlib.crc32(data),
         }
+        if lists_file is not None:
+            state["lists_file"] = lists_file.name
         _atomic_write(folder / STATE_FILE, json.dumps(state).encode())
+        # Lists files that vectors.faiss no longer names: readers that mapped one keep it.
+        remove_unused_lists(folder, lists_file)
 
     @classmethod
     def load(cls, folder: Path, dim: int, *, mmap: bool = False) -> tuple[VectorIndex, int | None]:
@@ -429,19 +481,17 @@ class VectorIndex:
 
         With ``mmap``, flat vectors are mapped from the file instead of copied into memory
         (fast start-up, pages shared between processes); the first change copies them in.
+        The lists file of an ``ivf-ondisk`` index is always mapped, read-only.
 
         Raises:
-            CorruptIndexError: the FAISS file is truncated, unreadable or of the wrong width.
+            CorruptIndexError: the FAISS file is truncated, unreadable or of the wrong width,
+                or the lists file it names is missing.
         """
-        faiss = _faiss()
         path = folder / INDEX_FILE
+        state = _read_state(folder)
+        ondisk_hint = bool(state) and (state.get("layout") or {}).get("type") == "ivf-ondisk"
         try:
-            if mmap:
-                raw = np.memmap(path, dtype=np.uint8, mode="r")
-                index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
-            else:
-                raw = np.fromfile(path, dtype=np.uint8)
-                index = faiss.deserialize_index(raw)
+            index, raw = _read_index_file(folder, mmap=mmap, ondisk_hint=ondisk_hint)
             layout = _layout_of(index)
         except Exception as e:
             raise CorruptIndexError(
@@ -453,7 +503,6 @@ class VectorIndex:
                 f"vector index {path} holds {index.d}-d vectors but the catalog says {dim}; "
                 "run `clipsearch repair`"
             )
-        state = _read_state(folder)
         generation = None
         tombstones: list[int] = []
         if state and state.get("bytes") == raw.nbytes and state.get("ntotal") == index.ntotal:
@@ -470,10 +519,10 @@ class VectorIndex:
             if state.get("layout", {}).get("type") == layout.type:
                 layout = IndexLayout.from_dict(state["layout"])
             tombstones = state.get("tombstones") or []
-        elif layout.type == "hnsw":
+        elif layout.type in TOMBSTONE_TYPES:
             log.info("vector index %s: unknown tombstones; the catalog sync restores them", path)
         vi = cls(dim, layout.type, index, layout=layout, tombstones=tombstones)
-        vi._mmapped = mmap
+        vi._mmapped = mmap and not layout.ondisk  # a lists file is never written: no copy
         return vi, generation
 
     @classmethod
@@ -484,6 +533,7 @@ class VectorIndex:
         index_type: str | IndexLayout = "flat",
         *,
         budget_bytes: int | None = None,
+        folder: Path | None = None,
     ) -> VectorIndex:
         """A fresh index of every vector in the catalog.
 
@@ -493,12 +543,23 @@ class VectorIndex:
             index_type: a type of :data:`INDEX_CHOICES` (sized for the catalog by
                 :func:`plan_layout`) or an exact :class:`IndexLayout`.
             budget_bytes: the memory budget of ``auto``.
+            folder: where ``ivf-ondisk`` writes its lists file, shard by shard: the index
+                folder, where the next :meth:`save` publishes it. None: a private temporary
+                folder (the file is mapped, then unlinked; a save copies it).
+
+        Raises:
+            ClipsearchError: ``ivf-ondisk`` finds no room on the disk for its files.
         """
         layout = index_type
         if not isinstance(layout, IndexLayout):
             layout = plan_layout(catalog.count(), dim, layout, budget_bytes)
         training = _training_sample(catalog, layout) if layout.trained else None
         vi = cls.create(dim, layout, training)
+        if isinstance(vi.index, OnDiskIVF):  # stream the vectors: never all of them in RAM
+            del training
+            count = catalog.count()
+            vi.index = OnDiskIVF.build(vi.index.head, catalog.iter_vectors(), folder, count=count)
+            return vi
         for ids, vecs in catalog.iter_vectors():
             vi.add(ids, vecs)
         return vi
@@ -566,7 +627,8 @@ def open_index(
     if vi is None:
         if layout.trained or layout.type == "hnsw":
             generation = catalog.generation()
-            vi = VectorIndex.build(catalog, dim, layout)
+            # A writer (no mmap) builds a lists file into the folder, for its next save.
+            vi = VectorIndex.build(catalog, dim, layout, folder=None if mmap else folder)
         else:
             vi, generation = VectorIndex(dim, layout.type, layout=layout), None
     vi.vector_source = catalog_vectors(catalog)
@@ -611,6 +673,8 @@ def _configure(index: object, layout: IndexLayout) -> None:
 def _layout_of(index: object) -> IndexLayout:
     """The layout of a FAISS index read from a file."""
     faiss = _faiss()
+    if isinstance(index, OnDiskIVF):
+        return IndexLayout("ivf-ondisk", nlist=index.nlist, nprobe=index.nprobe)
     if isinstance(index, (faiss.IndexIDMap2, faiss.IndexIDMap)):
         inner = faiss.downcast_index(index.index)
         if isinstance(inner, faiss.IndexHNSW):
@@ -634,6 +698,45 @@ def _layout_of(index: object) -> IndexLayout:
     if isinstance(index, faiss.IndexIVFFlat):
         return IndexLayout("ivf", nlist=index.nlist, nprobe=index.nprobe)
     raise ValueError(f"unsupported FAISS index {type(index).__name__}")
+
+
+def _read_index_file(folder: Path, *, mmap: bool, ondisk_hint: bool) -> tuple[object, np.ndarray]:
+    """The FAISS index in ``folder`` and the bytes it was read from.
+
+    An ``ivf-ondisk`` head must be read without opening the lists file it names (FAISS would
+    look for it in the current directory): the state file says when to expect one, and any
+    other file that turns out to be one (a crash between the two renames of a reindex) is read
+    again as one.
+    """
+    faiss = _faiss()
+    path = folder / INDEX_FILE
+    for attempt in range(3) if ondisk_hint else ():
+        raw = np.fromfile(path, dtype=np.uint8)
+        try:
+            return OnDiskIVF.from_bytes(raw, folder), raw
+        except FileNotFoundError:  # a writer replaced the lists file between our two reads
+            if attempt == 2:
+                raise
+        except ValueError:
+            break  # not an on-disk index after all
+    raw = np.memmap(path, dtype=np.uint8, mode="r") if mmap else np.fromfile(path, np.uint8)
+    try:
+        if mmap:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        else:
+            index = faiss.deserialize_index(raw)
+    except Exception as e:
+        try:
+            return OnDiskIVF.from_bytes(raw, folder), raw
+        except Exception:
+            raise e from None
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and isinstance(
+        faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists
+    ):
+        del index, ivf  # mapped from the current directory by chance: map it from the folder
+        return OnDiskIVF.from_bytes(raw, folder), raw
+    return index, raw
 
 
 def _read_state(folder: Path) -> dict | None:
