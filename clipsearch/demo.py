@@ -33,6 +33,7 @@ import io
 import itertools
 import json
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -653,6 +654,7 @@ def finetune(
     file_like: float = 0.3,
     label_loss: float = 1.0,
     label_facts: Sequence[str] = ("style", "position"),
+    image_size: int | None = None,
     style_head: bool = True,
     resume: bool = False,
     progress: bool = True,
@@ -689,6 +691,8 @@ def finetune(
             (see ``TrainConfig.labels``); 0 trains on captions alone.
         label_facts: the picture facts those losses classify: any of ``style``,
             ``position``, ``count``, ``shape``, ``color``.
+        image_size: fine-tune at this input size instead of the base's (see
+            :func:`resize_input`); fine detail such as pixel art's blocks survives better.
         style_head: train and save the style head afterwards.
         resume: continue from the newest checkpoint in ``work_dir``.
         progress: show a progress bar.
@@ -722,6 +726,10 @@ def finetune(
             f"unknown label facts {', '.join(unknown)}; choose from {', '.join(LABEL_CLASSES)}"
         )
     base_sha = file_sha256(weights)
+    size = _input_size(base)
+    if image_size is not None and image_size != size:
+        base = resize_input(base, Path(work_dir) / f"base-{image_size}px", image_size)
+        size = image_size
     time_limit = None
     if steps is None:
         steps = 2 * calibrate_steps(minutes, batch_size, threads, precision)
@@ -753,6 +761,7 @@ def finetune(
         style_groups=style_groups,
         style_only=style_only,
         file_like=file_like,
+        image_size=size,
     )
     started = time.monotonic()
     result, report = _train_and_evaluate(config, stream, progress)
@@ -763,7 +772,7 @@ def finetune(
         f"--batch-size {batch_size} --lr {lr} --warmup {warmup_steps} "
         f"--style-rate {style_rate} --style-groups {style_groups} --style-only {style_only} "
         f"--file-like {file_like} --label-loss {label_loss} "
-        f"--label-facts {','.join(label_facts)} --threads {threads_used}"
+        f"--label-facts {','.join(label_facts)} --image-size {size} --threads {threads_used}"
     )
     base_rebuild = str(base_metrics.get("rebuild", "python -m clipsearch.demo build"))
     metrics = {
@@ -812,6 +821,47 @@ def finetune(
         build_style_head(out)
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     return BuildReport(out, result.steps, minutes_taken, size_mb, report, path)
+
+
+def _input_size(folder: Path) -> int:
+    cfg = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
+    return int(cfg["model_cfg"]["vision_cfg"]["image_size"])
+
+
+def resize_input(base: str | Path, out: str | Path, image_size: int) -> Path:
+    """Copy the demo model in ``base`` to ``out`` with another input size: the ViT's grid of
+    position embeddings is interpolated (bicubic) to the new number of patches and the config
+    and preprocessing say the new size; every other weight is kept. The copy needs fine-tuning
+    at its new size before it is any good (:func:`finetune` does this with ``image_size``).
+
+    Returns:
+        ``out``, a folder loadable as ``local-dir:<out>``.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base, out = Path(base), Path(out)
+    cfg = json.loads((base / "open_clip_config.json").read_text(encoding="utf-8"))
+    vision = cfg["model_cfg"]["vision_cfg"]
+    patch = int(vision["patch_size"])
+    if image_size % patch:
+        raise ClipsearchError(f"image size {image_size} is not a multiple of the patch {patch}")
+    state = {k: v.float() for k, v in load_file(base / "open_clip_model.safetensors").items()}
+    pos = state["visual.positional_embedding"]  # (1 + g*g, width): class token, then the grid
+    old, new = int(vision["image_size"]) // patch, image_size // patch
+    grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", antialias=True)
+    state["visual.positional_embedding"] = torch.cat(
+        [pos[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1)]
+    ).contiguous()
+    vision["image_size"] = image_size
+    cfg["preprocess_cfg"]["size"] = [image_size, image_size]
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, out / "open_clip_model.safetensors")
+    (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    if (base / "metrics.json").is_file():
+        shutil.copyfile(base / "metrics.json", out / "metrics.json")
+    return out
 
 
 def _model_mb(folder: Path) -> float:
@@ -966,6 +1016,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="style,position",
         help=f"facts the auxiliary losses classify, comma-separated, of {', '.join(LABEL_CLASSES)}",
     )
+    f.add_argument(
+        "--image-size", type=int, help="fine-tune at this input size (default: the base's)"
+    )
     f.add_argument("--no-style-head", action="store_true", help="do not retrain the style head")
     f.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     s = sub.add_parser("samples", help="write the sample pictures for the quickstart")
@@ -1020,6 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file_like=args.file_like,
                 label_loss=args.label_loss,
                 label_facts=tuple(n.strip() for n in args.label_facts.split(",") if n.strip()),
+                image_size=args.image_size,
                 style_head=not args.no_style_head,
                 resume=args.resume,
             )

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from clipsearch import demo, synth
 from clipsearch.encoder import DEMO_DIR, Encoder, load_encoder
+from clipsearch.errors import ClipsearchError
 from clipsearch.style import STYLE_DIR, StyleHead
 
 WEIGHTS = DEMO_DIR / "open_clip_model.safetensors"
@@ -128,3 +129,30 @@ def test_shipped_style_head_labels_fresh_pictures(encoder: Encoder):
 def test_model_files_stay_small():
     total = sum(p.stat().st_size for p in DEMO_DIR.rglob("*") if p.is_file())
     assert total < 25e6, f"{DEMO_DIR} holds {total / 1e6:.1f} MB"
+
+
+def test_resize_input_interpolates_the_position_grid_and_keeps_the_rest(tmp_path):
+    from safetensors.torch import load_file
+
+    out = demo.resize_input(DEMO_DIR, tmp_path / "demo96", 96)
+    resized = load_encoder(f"local-dir:{out}", device="cpu")
+    assert resized.image_size == 96
+
+    before = load_file(DEMO_DIR / "open_clip_model.safetensors")
+    after = load_file(out / "open_clip_model.safetensors")
+    assert set(before) == set(after)
+    pos = "visual.positional_embedding"
+    assert before[pos].shape == (1 + 8 * 8, 128) and after[pos].shape == (1 + 12 * 12, 128)
+    assert np.array_equal(after[pos][0].numpy(), before[pos][0].float().numpy())  # class token
+    for name in set(before) - {pos}:
+        assert np.array_equal(after[name].numpy(), before[name].float().numpy()), name
+
+    # The resized model still runs end to end and its text side is untouched.
+    rng = synth.sample_rng(1, 0)
+    picture = synth.render(synth.random_spec(rng, style="flat"), rng, 128)
+    assert resized.encode_images([picture]).shape == (1, 512)
+    text = ["a red circle"]
+    assert np.allclose(resized.encode_texts(text), load_encoder("demo").encode_texts(text))
+
+    with pytest.raises(ClipsearchError, match="not a multiple of the patch"):
+        demo.resize_input(DEMO_DIR, tmp_path / "bad", 100)
