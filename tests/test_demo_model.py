@@ -108,9 +108,9 @@ def test_shipped_files(encoder: Encoder):
     "accuracy; pixel art is confused with cartoon and flat. Fine-tunes with style-heavy "
     "captions reached 0.78, and with an auxiliary style-classification loss 0.87 (the loss's "
     "own linear classifier plateaus at 0.86-0.88), each at a cost to another bar (position "
-    "R@5 0.75, or colour+shape R@1 0.87 with a position loss as well), so none was shipped: "
-    "the 64 px, patch-8 demo ViT seems to lose pixel art's fine detail. Drop this mark once "
-    "weights that pass are shipped.",
+    "R@5 0.75, or colour+shape R@1 0.87 with a position loss as well; at 96 px input 0.875 "
+    "with colour+shape R@1 0.76), so none was shipped. Drop this mark once weights that pass "
+    "are shipped.",
 )
 def test_shipped_style_head_labels_fresh_pictures(encoder: Encoder):
     """The shipped style head names the style of pictures drawn with a seed it never saw."""
