@@ -10,6 +10,7 @@ inverted lists in a memory-mapped file of their own (see :mod:`clipsearch.ondisk
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import CorruptIndexError
+from .errors import ClipsearchError, CorruptIndexError
 from .ondisk import OnDiskIVF, remove_unused_lists
 
 if TYPE_CHECKING:
@@ -746,17 +747,30 @@ def _read_state(folder: Path) -> dict | None:
         return None
 
 
+# Write failures a user can fix (room, quota, permissions, a read-only mount): one line.
+_FIXABLE_WRITE_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never
+    a part. A full disk, a quota or permissions raise a ClipsearchError; the old file stays."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, len(data), e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _FIXABLE_WRITE_ERRORS:
+            raise _write_error(path, len(data), e) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -777,3 +791,12 @@ def _omp_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def _write_error(path: Path, nbytes: int, e: OSError) -> ClipsearchError:
+    reason = e.strerror or str(e)
+    return ClipsearchError(
+        f"cannot write {path} ({nbytes / 2**20:.1f} MiB): {reason}; the previous file is kept "
+        "and every image committed to the catalog stays there: make room or fix the "
+        "permissions and run the same command again"
+    )

@@ -817,3 +817,42 @@ def test_indexing_a_parent_folder_keeps_one_record_per_file(index, photo_dir):
     assert (report.added, report.unchanged, index.count) == (0, 12, 12)
     assert index.catalog.images([dup]) == {}
     assert_consistent(index.path)
+
+
+def test_a_full_disk_while_saving_vectors_is_one_line_and_loses_nothing(
+    tmp_path, tiny_model, photo_dir, monkeypatch
+):
+    import errno
+
+    import clipsearch.vectors as vectors_mod
+
+    folder, runner = tmp_path / "idx", CliRunner()
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vectors_mod.os, "fsync", full)
+    args = ["--index", str(folder), "index", str(photo_dir), "--model", tiny_model]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert "Traceback" not in result.output
+    assert lines[-1].startswith("clipsearch: error: cannot write ")
+    assert "No space left on device" in lines[-1] and "run the same command again" in lines[-1]
+    assert not list(folder.glob("*.tmp"))  # no half-written file left behind
+
+    # Room again: the same command finishes the job without encoding anything twice.
+    monkeypatch.setattr(vectors_mod.os, "fsync", real_fsync)
+    catalog = Catalog.open(folder / CATALOG_FILE)
+    try:
+        committed = len(catalog.ids())
+    finally:
+        catalog.close()
+    result = runner.invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["added"] + committed == len(list(photo_dir.rglob("*.png")))
+    with ImageIndex.open(folder) as index:
+        assert sorted(index.vectors.ids().tolist()) == sorted(index.catalog.ids().tolist())
+        assert len(index.search("a red circle", k=3)) == 3
