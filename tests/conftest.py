@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,23 @@ def stored_for_orientation(upright: Image.Image, orientation: int) -> Image.Imag
     """The pixels a camera would store for ``upright`` under EXIF orientation 1-8."""
     inverse = _EXIF_INVERSE.get(orientation)
     return upright if inverse is None else upright.transpose(inverse)
+
+
+class WriteCrash(BaseException):
+    """Stands for the process dying in the middle of a write (not an Exception, so nothing
+    on the way catches it)."""
+
+
+def crashing_writer(real: Callable[[Path, bytes], None], allowed_writes: int):
+    """A stand-in for ``clipsearch.vectors._atomic_write`` that lets ``allowed_writes`` writes
+    through, then leaves half of the next one in a temp file and raises :class:`WriteCrash`."""
+    calls = {"n": 0}
+
+    def write(path: Path, data: bytes) -> None:
+        if calls["n"] == allowed_writes:
+            path.with_name(path.name + ".123.tmp").write_bytes(data[: len(data) // 2])
+            raise WriteCrash
+        calls["n"] += 1
+        real(path, data)
+
+    return write

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import draw_image
+from conftest import WriteCrash, crashing_writer, draw_image
 
 from clipsearch import ImageIndex, ondisk
 from clipsearch.catalog import CATALOG_FILE, Catalog, NewImage
@@ -344,23 +344,11 @@ def test_an_interrupted_save_leaves_catalog_and_faiss_ids_equal(
     monkeypatch.setattr(ondisk, "DELTA_MIN", 0)  # 10% of 12 images: two new ones merge
     real = vectors_mod._atomic_write
 
-    class Crash(BaseException):
-        pass
-
     for allowed_writes, color in ((0, "purple"), (1, "orange")):
-        calls = {"n": 0}
-
-        def crashing_write(path, data, _calls=calls, _allowed=allowed_writes):
-            if _calls["n"] == _allowed:
-                path.with_name(path.name + ".123.tmp").write_bytes(data[: len(data) // 2])
-                raise Crash
-            _calls["n"] += 1
-            real(path, data)
-
         for name in ("red_square.png", "green_circle.png"):
             draw_image(photo_dir / "shapes" / name, color, "triangle", size=70)
-        monkeypatch.setattr(vectors_mod, "_atomic_write", crashing_write)
-        with ImageIndex.open(folder) as index, pytest.raises(Crash):
+        monkeypatch.setattr(vectors_mod, "_atomic_write", crashing_writer(real, allowed_writes))
+        with ImageIndex.open(folder) as index, pytest.raises(WriteCrash):
             index.add([photo_dir])
         monkeypatch.setattr(vectors_mod, "_atomic_write", real)
         assert len(lists_files(folder)) == 2  # the old one, still named, and the new one

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import draw_image, stored_for_orientation
+from conftest import WriteCrash, crashing_writer, draw_image, stored_for_orientation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
@@ -576,24 +576,12 @@ def test_crash_during_a_save_leaves_a_usable_index(indexed, photo_dir, monkeypat
 
     real = vectors_mod._atomic_write
 
-    class Crash(BaseException):
-        pass
-
     for allowed_writes in (0, 1):
-        calls = {"n": 0}
-
-        def crashing_write(path, data, _calls=calls, _allowed=allowed_writes):
-            if _calls["n"] == _allowed:
-                path.with_name(path.name + ".123.tmp").write_bytes(data[: len(data) // 2])
-                raise Crash
-            _calls["n"] += 1
-            real(path, data)
-
         # Same number of images before and after: the new FAISS file has the old one's size.
         target = photo_dir / "shapes" / ["red_square.png", "green_circle.png"][allowed_writes]
         draw_image(target, "purple", "triangle", size=70)
-        monkeypatch.setattr(vectors_mod, "_atomic_write", crashing_write)
-        with ImageIndex.open(indexed) as index, pytest.raises(Crash):
+        monkeypatch.setattr(vectors_mod, "_atomic_write", crashing_writer(real, allowed_writes))
+        with ImageIndex.open(indexed) as index, pytest.raises(WriteCrash):
             index.add([photo_dir])
         monkeypatch.setattr(vectors_mod, "_atomic_write", real)
         assert_consistent(indexed)
