@@ -442,6 +442,8 @@ class Catalog:
                         yield _block(rows)
 
     def vector(self, image_id: int) -> np.ndarray | None:
+        if int(image_id) not in _SQLITE_INT:
+            return None
         with self.session() as s:
             data = s.scalar(select(VectorRow.data).where(VectorRow.image_id == image_id))
             return None if data is None else np.frombuffer(data, dtype=np.float32).copy()
@@ -577,9 +579,13 @@ def _block(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     return ids, vecs
 
 
+_SQLITE_INT = range(-(2**63), 2**63)  # what an INTEGER column can hold
+
+
 def _ints(ids: Iterable[Any]) -> list[int]:
-    """Plain ints: SQLite binds numpy integers as blobs, which match no id."""
-    return [int(i) for i in ids]
+    """Plain ints (SQLite binds numpy integers as blobs, which match no id), without those no
+    SQLite integer can equal: binding them would raise OverflowError."""
+    return [n for n in map(int, ids) if n in _SQLITE_INT]
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -844,3 +844,13 @@ def test_a_full_disk_while_saving_vectors_is_one_line_and_loses_nothing(
     with ImageIndex.open(folder) as index:
         assert sorted(index.vectors.ids().tolist()) == sorted(index.catalog.ids().tolist())
         assert len(index.search("a red circle", k=3)) == 3
+
+
+def test_catalog_lookups_of_ids_no_image_can_have(index, photo_dir):
+    index.add([photo_dir / "shapes"])
+    impossible = [2**63, 2**64 + 5, -(2**63) - 1]  # beyond SQLite's 64-bit integers
+    assert index.catalog.images(impossible) == {}
+    assert all(index.catalog.vector(i) is None for i in impossible)
+    some = index.catalog.ids().tolist()[:2]
+    assert set(index.catalog.images(some + impossible)) == set(some)
+    assert index.catalog.vector(some[0]) is not None
