@@ -844,8 +844,10 @@ def resize_input(base: str | Path, out: str | Path, image_size: int) -> Path:
     cfg = json.loads((base / "open_clip_config.json").read_text(encoding="utf-8"))
     vision = cfg["model_cfg"]["vision_cfg"]
     patch = int(vision["patch_size"])
-    if image_size % patch:
-        raise ClipsearchError(f"image size {image_size} is not a multiple of the patch {patch}")
+    if image_size < patch or image_size % patch:
+        raise ClipsearchError(
+            f"image size {image_size} is not a positive multiple of the patch size {patch}"
+        )
     state = {k: v.float() for k, v in load_file(base / "open_clip_model.safetensors").items()}
     pos = state["visual.positional_embedding"]  # (1 + g*g, width): class token, then the grid
     old, new = int(vision["image_size"]) // patch, image_size // patch

@@ -154,5 +154,6 @@ def test_resize_input_interpolates_the_position_grid_and_keeps_the_rest(tmp_path
     text = ["a red circle"]
     assert np.allclose(resized.encode_texts(text), load_encoder("demo").encode_texts(text))
 
-    with pytest.raises(ClipsearchError, match="not a multiple of the patch"):
-        demo.resize_input(DEMO_DIR, tmp_path / "bad", 100)
+    for bad in (100, 0, -8):
+        with pytest.raises(ClipsearchError, match="not a positive multiple of the patch"):
+            demo.resize_input(DEMO_DIR, tmp_path / "bad", bad)
