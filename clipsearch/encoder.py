@@ -734,12 +734,14 @@ def _one_line(e: BaseException) -> str:
     return text[:400] + ("…" if len(text) > 400 else "")
 
 
-def _hf_cache_dir(cache_dir: str | None) -> str:
+def hf_cache_dir(cache_dir: str | None) -> str:
+    """The Hugging Face hub cache folder: ``cache_dir``, else what huggingface_hub reads from
+    HF_HUB_CACHE / HF_HOME (importing it costs a few ms, and no torch)."""
     if cache_dir:
-        return cache_dir
+        return str(cache_dir)
     from huggingface_hub import constants
 
-    return constants.HF_HUB_CACHE
+    return str(constants.HF_HUB_CACHE)
 
 
 def _check_tag_reachable_or_cached(
@@ -768,7 +770,7 @@ def _check_cached_or_online(
     retries when the weights are not cached and the hub cannot be reached."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    cache = _hf_cache_dir(cache_dir)
+    cache = hf_cache_dir(cache_dir)
     for name in filenames:
         found = try_to_load_from_cache(repo_id=repo, filename=name, cache_dir=cache)
         if isinstance(found, str):

@@ -48,6 +48,7 @@ from .encoder import (
     ModelIdentity,
     ModelSpec,
     cache_home,
+    hf_cache_dir,
     spec_key,
     weights_file,
 )
@@ -455,17 +456,9 @@ def _record_path(spec: ModelSpec, identity_key: str, cache_dir: str | None = Non
     model, so that two caches with different files under one tag never share a record)."""
     source = weights_file(spec)
     if source is None:
-        source = _hf_cache_dir(cache_dir)
+        source = hf_cache_dir(cache_dir)
     digest = hashlib.sha256(f"{identity_key}\n{source}".encode()).hexdigest()[:32]
     return cache_root() / f"{digest}.json"
-
-
-def _hf_cache_dir(cache_dir: str | None) -> str:
-    if cache_dir:
-        return str(cache_dir)
-    from huggingface_hub import constants  # a few ms; reads HF_HUB_CACHE / HF_HOME as hf does
-
-    return str(constants.HF_HUB_CACHE)
 
 
 def _stat(path: str | os.PathLike[str]) -> list[int]:
