@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ModelLoadError
+from .fileio import atomic_write
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `clipsearch info` must not pay for torch
     import torch
@@ -225,9 +226,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     if os.stat(real).st_mtime_ns == st.st_mtime_ns:  # not rewritten while we read it
         with contextlib.suppress(OSError):
             memo.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"path": real, "stat": stamp, "sha256": sha}))
-            os.replace(tmp, memo)
+            entry = {"path": real, "stat": stamp, "sha256": sha}
+            atomic_write(memo, json.dumps(entry).encode(), durable=False)
     return sha
 
 

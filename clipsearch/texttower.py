@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from .encoder import (
     spec_key,
     weights_file,
 )
+from .fileio import atomic_write
 from .tokenizer import ClipTokenizer
 
 if TYPE_CHECKING:
@@ -351,17 +351,10 @@ def read_safetensors(
 
 def _save_safetensors(tensors: Mapping[str, np.ndarray], path: Path) -> None:
     """Write float32 tensors as a safetensors file, atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
+    atomic_write(path, data, durable=False)
 
 
 # --- the encoder and its cache record ------------------------------------------------------
@@ -703,10 +696,7 @@ def _write_record(
         "source_stat": _stat(source) if source else None,
         "hub_ref": _hub_ref(weights),
     }
-    fd, tmp = tempfile.mkstemp(dir=record_path.parent, prefix=".record.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, record_path)
+    atomic_write(record_path, json.dumps(record, indent=1).encode(), durable=False)
     return True
 
 

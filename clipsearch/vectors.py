@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import ClipsearchError, CorruptIndexError
+from .fileio import atomic_write
 from .ondisk import OnDiskIVF, remove_unused_lists
 
 if TYPE_CHECKING:
@@ -754,29 +754,14 @@ _FIXABLE_WRITE_ERRORS = frozenset(
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never
-    a part. A full disk, a quota or permissions raise a ClipsearchError; the old file stays."""
+    """:func:`clipsearch.fileio.atomic_write`, durable; a full disk, a quota or permissions
+    raise a ClipsearchError, and the old file stays."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        atomic_write(path, data)
     except OSError as e:
-        raise _write_error(path, len(data), e) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in _FIXABLE_WRITE_ERRORS:
+        if e.errno in _FIXABLE_WRITE_ERRORS:
             raise _write_error(path, len(data), e) from e
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager
