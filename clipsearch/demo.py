@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from . import synth
-from .encoder import DEMO_DIR
+from .encoder import DEMO_DIR, MODELS_DIR
 from .errors import ClipsearchError
 from .train import (
     CaptionedImage,
@@ -67,7 +67,12 @@ EVAL_SEED = 3
 SAMPLES_SEED = 4
 STYLE_SEED = 5
 FINETUNE_SEED = 6
-IMAGE_SIZE = 64
+IMAGE_SIZE = int(
+    json.loads((MODELS_DIR / f"{ARCHITECTURE}.json").read_text(encoding="utf-8"))["vision_cfg"][
+        "image_size"
+    ]
+)
+"""The demo architecture's input size, as ``clipsearch/models/clipsearch-demo.json`` sets it."""
 QUERY_KINDS: tuple[str, ...] = ("color+shape", "style", "count", "position", "style+count")
 LABEL_CLASSES: dict[str, tuple[Any, ...]] = {
     "style": synth.STYLES,
@@ -537,6 +542,9 @@ def build(
     seed: int = TRAIN_SEED,
     threads: int | None = None,
     precision: str = "bf16",
+    file_like: float = 0.0,
+    label_loss: float = 0.0,
+    label_facts: Sequence[str] = ("style", "position"),
     resume: bool = False,
     progress: bool = True,
 ) -> BuildReport:
@@ -555,10 +563,18 @@ def build(
         seed: training seed.
         threads: torch threads for training; None leaves torch's setting.
         precision: ``bf16`` (autocast, faster on recent CPUs) or ``fp32``.
+        file_like: share of the pictures drawn at twice the input size and saved as JPEG
+            before being resized, as the gallery's and the style head's are.
+        label_loss: weight of the auxiliary classification losses on the picture embedding
+            (see ``TrainConfig.labels``); 0 trains on captions alone.
+        label_facts: the picture facts those losses classify (see :data:`LABEL_CLASSES`).
         resume: continue from the newest checkpoint in ``work_dir``.
         progress: show a progress bar.
-    """
 
+    Raises:
+        ClipsearchError: an unknown label fact.
+    """
+    labels = _label_classes(label_facts) if label_loss else {}
     time_limit = None
     if steps is None:
         steps = 2 * calibrate_steps(minutes, batch_size, threads, precision)
@@ -582,9 +598,12 @@ def build(
         save_dtype="fp16",
         num_threads=threads,
         time_limit_minutes=time_limit,
+        labels=labels,
+        label_weight=label_loss,
     )
+    stream = SynthStream(batch_size=batch_size, file_like=file_like)
     started = time.monotonic()
-    result, report = _train_and_evaluate(config, SynthStream(batch_size=batch_size), progress)
+    result, report = _train_and_evaluate(config, stream, progress)
     minutes_taken = (time.monotonic() - started) / 60
     import open_clip
     import torch
@@ -600,9 +619,12 @@ def build(
             "threads": threads or torch.get_num_threads(),
             "samples_seen": result.samples_seen,
             "final_loss": round(result.final_loss, 4),
+            "label_loss": label_loss,
+            "label_facts": list(labels),
+            "label_train_accuracy": dict(result.label_accuracy),
             "train_seconds": round(result.train_seconds, 1),
             "time_limit_minutes": time_limit,
-            "stream": asdict(SynthStream(batch_size=batch_size)),
+            "stream": asdict(stream),
         },
         "minutes_total": round(minutes_taken, 2),
         "validation": result.metrics.as_dict() if result.metrics else None,
@@ -620,7 +642,9 @@ def build(
         ),
         "rebuild": (
             f"python -m clipsearch.demo build --steps {result.steps} --seed {seed} "
-            f"--batch-size {batch_size} --lr {lr} --threads {threads or torch.get_num_threads()}"
+            f"--batch-size {batch_size} --lr {lr} --file-like {file_like} "
+            f"--label-loss {label_loss} --label-facts {','.join(label_facts)} "
+            f"--threads {threads or torch.get_num_threads()}"
             + (
                 "  (this build ran on a clock-driven schedule; --steps repeats it on a "
                 "step schedule, which gives close but not identical weights)"
@@ -720,11 +744,7 @@ def finetune(
             f"the model in {base} was fine-tuned already; fine-tune a model fresh from "
             "`python -m clipsearch.demo build` (pass it as --base)"
         )
-    unknown = [fact for fact in label_facts if fact not in LABEL_CLASSES]
-    if unknown:
-        raise ClipsearchError(
-            f"unknown label facts {', '.join(unknown)}; choose from {', '.join(LABEL_CLASSES)}"
-        )
+    labels = _label_classes(label_facts)
     base_sha = file_sha256(weights)
     size = _input_size(base)
     if image_size is not None and image_size != size:
@@ -752,7 +772,7 @@ def finetune(
         save_dtype="fp16",
         num_threads=threads,
         time_limit_minutes=time_limit,
-        labels={fact: LABEL_CLASSES[fact] for fact in label_facts},
+        labels=labels,
         label_weight=label_loss,
     )
     stream = SynthStream(
@@ -821,6 +841,15 @@ def finetune(
         build_style_head(out)
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     return BuildReport(out, result.steps, minutes_taken, size_mb, report, path)
+
+
+def _label_classes(facts: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    unknown = [fact for fact in facts if fact not in LABEL_CLASSES]
+    if unknown:
+        raise ClipsearchError(
+            f"unknown label facts {', '.join(unknown)}; choose from {', '.join(LABEL_CLASSES)}"
+        )
+    return {fact: LABEL_CLASSES[fact] for fact in facts}
 
 
 def _input_size(folder: Path) -> int:
@@ -960,6 +989,32 @@ def build_style_head(out: str | Path = DEMO_DIR, *, n: int = 2000, seed: int = S
 # Command line
 
 
+def _add_label_options(
+    parser: argparse.ArgumentParser, *, file_like: float, label_loss: float
+) -> None:
+    parser.add_argument(
+        "--file-like",
+        type=float,
+        default=file_like,
+        help=f"share of pictures drawn at 2x the input size and JPEG-saved (default {file_like})",
+    )
+    parser.add_argument(
+        "--label-loss",
+        type=float,
+        default=label_loss,
+        help=f"weight of the auxiliary classification losses (default {label_loss}; 0: none)",
+    )
+    parser.add_argument(
+        "--label-facts",
+        default="style,position",
+        help=f"facts the auxiliary losses classify, comma-separated, of {', '.join(LABEL_CLASSES)}",
+    )
+
+
+def _facts(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m clipsearch.demo {build,finetune,samples,style-head,eval}``."""
     parser = argparse.ArgumentParser(
@@ -978,6 +1033,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=TRAIN_SEED)
     b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     b.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    _add_label_options(b, file_like=0.0, label_loss=0.0)
     b.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     f = sub.add_parser(
         "finetune", help="fine-tune a built demo model so its embeddings tell styles apart"
@@ -1004,20 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--style-groups", type=float, default=0.5, help="share of groups that are style groups"
     )
     f.add_argument("--style-only", type=float, default=0.35, help="share of style-alone captions")
-    f.add_argument(
-        "--file-like", type=float, default=0.3, help="share of 128 px JPEG-saved pictures"
-    )
-    f.add_argument(
-        "--label-loss",
-        type=float,
-        default=1.0,
-        help="weight of the auxiliary classification losses (default 1; 0 turns them off)",
-    )
-    f.add_argument(
-        "--label-facts",
-        default="style,position",
-        help=f"facts the auxiliary losses classify, comma-separated, of {', '.join(LABEL_CLASSES)}",
-    )
+    _add_label_options(f, file_like=0.3, label_loss=1.0)
     f.add_argument(
         "--image-size", type=int, help="fine-tune at this input size (default: the base's)"
     )
@@ -1049,6 +1092,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
                 threads=args.threads,
                 precision=args.precision,
+                file_like=args.file_like,
+                label_loss=args.label_loss,
+                label_facts=_facts(args.label_facts),
                 resume=args.resume,
             )
             print(report.gallery.table())
@@ -1074,7 +1120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 style_only=args.style_only,
                 file_like=args.file_like,
                 label_loss=args.label_loss,
-                label_facts=tuple(n.strip() for n in args.label_facts.split(",") if n.strip()),
+                label_facts=_facts(args.label_facts),
                 image_size=args.image_size,
                 style_head=not args.no_style_head,
                 resume=args.resume,

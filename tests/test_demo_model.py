@@ -157,3 +157,16 @@ def test_resize_input_interpolates_the_position_grid_and_keeps_the_rest(tmp_path
     for bad in (100, 0, -8):
         with pytest.raises(ClipsearchError, match="not a positive multiple of the patch"):
             demo.resize_input(DEMO_DIR, tmp_path / "bad", bad)
+
+
+@pytest.mark.parametrize("command", ["build", "finetune"])
+def test_unknown_label_facts_are_refused_before_training(
+    command: str, tmp_path, capsys: pytest.CaptureFixture[str]
+):
+    argv = [command, "--steps", "1", "--out", str(tmp_path / "out")]
+    argv += ["--work-dir", str(tmp_path / "work"), "--label-loss", "1"]
+    assert demo.main([*argv, "--label-facts", "style,colour"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown label facts colour; choose from style, position")
+    assert "\n" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
