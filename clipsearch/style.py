@@ -881,6 +881,15 @@ class IndexStyles:
         stored = self.index.catalog.get_meta(LABELS_META_KEY)
         return tuple(stored) if stored else DEFAULT_STYLE_LABELS
 
+    def labels(self) -> tuple[str, ...]:
+        """The labels new images can get: the trained head's, else :meth:`zero_shot_labels`.
+
+        Raises:
+            StyleHeadError: the saved head is unreadable or was trained on another backbone.
+        """
+        head = self.head()
+        return tuple(head.labels) if head is not None else self.zero_shot_labels()
+
     def labeller(self) -> Labeller:
         """The trained head when there is one, else zero-shot over :meth:`zero_shot_labels`."""
         if self._labeller is None:

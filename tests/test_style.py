@@ -106,6 +106,7 @@ def test_indexing_attaches_zero_shot_labels(index_dir):
         assert all(s.style in DEFAULT_STYLE_LABELS for s in stored)
         assert all(0.0 < s.style_score <= 1.0 for s in stored)
         stats = index.styles.stats()
+        assert index.styles.labels() == DEFAULT_STYLE_LABELS
     assert stats.source == "zero-shot"
     assert stats.total == 12 and stats.unlabelled == 0
 
@@ -114,6 +115,7 @@ def test_trained_head_separates_classes_and_labels_the_index(index_dir, training
     with ImageIndex.open(index_dir) as index:
         report = index.styles.train(training_dir)
         key = index.identity.key
+        assert index.styles.labels() == tuple(sorted(KINDS))
 
     m = report.metrics
     assert m.labels == tuple(sorted(KINDS))

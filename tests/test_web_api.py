@@ -228,6 +228,15 @@ def test_k_at_the_limit_is_fine(client):
 def test_unknown_style_names_the_known_ones(client):
     detail = client.get("/api/search", params={"q": "x", "style": "oil"}).json()["detail"]
     assert "photo" in detail and "sketch" in detail
+    assert "cartoon" in detail  # a label the labeller gives, though no image has it yet
+
+
+def test_a_label_the_labeller_gives_filters_before_any_image_has_it(client, index):
+    assert "cartoon" in index.styles.labels()
+    assert "cartoon" not in index.catalog.style_counts()
+    hits = client.get("/api/search", params={"q": "shape", "style": "cartoon"})
+    assert hits.status_code == 200, hits.text
+    assert hits.json()["count"] == 0
 
 
 @pytest.mark.parametrize(

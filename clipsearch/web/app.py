@@ -22,6 +22,7 @@ sees what a concurrently running indexer has committed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -38,7 +39,13 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..catalog import StoredImage
-from ..errors import ClipsearchError, EmptyIndexError, ImageReadError, QueryError
+from ..errors import (
+    ClipsearchError,
+    EmptyIndexError,
+    ImageReadError,
+    QueryError,
+    StyleHeadError,
+)
 from ..images import decode_image, load_image
 from ..index import ImageIndex, SearchResult
 from ..search import MAX_QUERY_CHARS, Term, combine
@@ -156,10 +163,15 @@ class Service:
     def check_styles(self, styles: Sequence[str]) -> list[str] | None:
         if not styles:
             return None
-        known = sorted(s for s in self.index.catalog.style_counts() if s is not None)
+        # A label the labeller gives is a fair filter even before any image has it; with a
+        # head that does not fit this model, the labels in use are still searchable.
+        known_set = {s for s in self.index.catalog.style_counts() if s is not None}
+        with contextlib.suppress(StyleHeadError):
+            known_set.update(self.index.styles.labels())
+        known = sorted(known_set)
         for style in styles:
             if style not in known:
-                has = f"this index has: {', '.join(known)}" if known else "no image has one yet"
+                has = f"known labels: {', '.join(known)}" if known else "no image has one yet"
                 raise QueryError(f"unknown style {style!r}; {has}")
         return list(dict.fromkeys(styles))
 
