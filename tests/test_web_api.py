@@ -4,6 +4,7 @@ images are served (by id), thumbnails are cached and revalidated."""
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -419,3 +420,30 @@ def test_serve_without_the_web_extra_says_how_to_install_it(monkeypatch, tmp_pat
     assert result.exit_code == 1
     assert result.output.count("\n") == 1
     assert "uvicorn" in result.output and "pip install 'clipsearch[web]'" in result.output
+
+
+def test_file_names_that_are_not_utf8_are_shown_not_a_500(tmp_path, tiny_model):
+    # Linux allows any bytes in a name; os.fsdecode keeps the undecodable ones as surrogates,
+    # which JSON cannot carry. The API shows them as U+FFFD and still serves the file by id.
+    folder = tmp_path / os.fsdecode(b"f\xeate")
+    draw_image(folder / os.fsdecode(b"caf\xe9.png"), "red", "circle")
+    (folder / os.fsdecode(b"bro\xffken.jpg")).write_bytes(b"\xff\xd8 not really a JPEG")
+    with ImageIndex.create(tmp_path / "index", model=tiny_model) as ix:
+        ix.add([folder])
+    with TestClient(create_app(tmp_path / "index"), base_url="http://127.0.0.1") as client:
+        hits = client.get("/api/search", params={"q": "a red circle"})
+        assert hits.status_code == 200, hits.text
+        (hit,) = hits.json()["results"]
+        assert hit["path"].endswith("f\ufffdte/caf\ufffd.png")
+        record = client.get(f"/api/images/{hit['id']}")
+        assert record.status_code == 200 and record.json()["path"] == hit["path"]
+        served = client.get(hit["image_url"])
+        assert served.status_code == 200
+        assert served.content == (folder / os.fsdecode(b"caf\xe9.png")).read_bytes()
+        assert client.get(hit["thumb_url"]).status_code == 200
+        errors = client.get("/api/errors")
+        assert errors.status_code == 200, errors.text
+        assert [e["path"].rsplit("/", 1)[-1] for e in errors.json()] == ["bro\ufffdken.jpg"]
+        info = client.get("/api/info")
+        assert info.status_code == 200, info.text
+        assert info.json()["roots"][0].endswith("f\ufffdte")

@@ -35,7 +35,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from .. import __version__
 from ..catalog import StoredImage
@@ -75,11 +75,24 @@ FILE_CACHE_CONTROL = "private, max-age=3600"
 # --- response models ------------------------------------------------------------------------
 
 
+def _displayable(path: str) -> str:
+    # A file name that is not UTF-8 comes from os.fsdecode with surrogates, which JSON cannot
+    # carry. Shown with U+FFFD instead: paths here are for people, files are reached by id.
+    try:
+        raw = path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
+ShownPath = Annotated[str, BeforeValidator(_displayable)]
+
+
 class Hit(BaseModel):
     """One search result."""
 
     id: int
-    path: str
+    path: ShownPath
     score: float = Field(description="Cosine similarity to the query, -1..1.")
     style: str | None = None
     style_score: float | None = None
@@ -98,7 +111,7 @@ class ImageOut(BaseModel):
     """An indexed image."""
 
     id: int
-    path: str
+    path: ShownPath
     style: str | None = None
     style_score: float | None = None
     width: int
@@ -116,7 +129,7 @@ class Limits(BaseModel):
 
 
 class InfoOut(BaseModel):
-    path: str
+    path: ShownPath
     count: int
     model: str
     pretrained: str | None
@@ -124,7 +137,7 @@ class InfoOut(BaseModel):
     dim: int
     image_size: int
     index_type: str
-    roots: list[str]
+    roots: list[ShownPath]
     errors: int
     schema_version: int
     created: float
@@ -134,7 +147,7 @@ class InfoOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    path: str
+    path: ShownPath
     reason: str
     at: float
 
