@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from . import synth
-from .encoder import DEMO_DIR, MODELS_DIR
+from .encoder import DEMO_DIR, MODELS_DIR, RANDOM_INIT_NOTICE, _dropping_log
 from .errors import ClipsearchError
 from .train import (
     CaptionedImage,
@@ -510,7 +510,8 @@ def calibrate_steps(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = open_clip.create_model(ARCHITECTURE)
+            with _dropping_log(RANDOM_INIT_NOTICE):  # random weights are the point here
+                model = open_clip.create_model(ARCHITECTURE)
             ctx = model.context_length
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
             pixels = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE)

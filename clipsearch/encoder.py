@@ -46,6 +46,7 @@ DEMO_MODEL = "demo"
 DEMO_DIR = Path(__file__).parent / "models" / "demo"
 LOCAL_DIR_PREFIX = "local-dir:"
 HF_HUB_PREFIX = "hf-hub:"
+RANDOM_INIT_NOTICE = "No pretrained weights loaded"  # open_clip's warning for random weights
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -591,8 +592,12 @@ def load_spec(
                 towers = "both"
                 # Every weight is about to be overwritten by the checkpoint: skip the random
                 # initialisation (a second for ViT-B-16).
+                # Otherwise random weights were asked for: open_clip's warning that it
+                # "initialized randomly" would only alarm.
                 init = (
-                    _skip_init() if kwargs.get("require_pretrained") else contextlib.nullcontext()
+                    _skip_init()
+                    if kwargs.get("require_pretrained")
+                    else _dropping_log(RANDOM_INIT_NOTICE)
                 )
                 with init:
                     model = open_clip.create_model(open_clip_name, **kwargs)
@@ -661,6 +666,21 @@ def _skip_init() -> Iterator[None]:
     finally:
         for m, n, fn in saved:
             setattr(m, n, fn)
+
+
+@contextlib.contextmanager
+def _dropping_log(prefix: str) -> Iterator[None]:
+    """Drop the root logger's records that start with ``prefix`` for the duration."""
+    root = logging.getLogger()
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ exactly open_clip's own."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -73,10 +74,15 @@ def test_builtin_name_with_checkpoint_file(tiny_builtin):
     assert enc.identity.key == other.identity.key
 
 
-def test_builtin_name_random_weights(tiny_builtin):
+def test_builtin_name_random_weights(tiny_builtin, caplog):
     name, _ = tiny_builtin
-    enc = load_encoder(name, "random", device="cpu")
+    with caplog.at_level(logging.WARNING):
+        enc = load_encoder(name, "random", device="cpu")
     assert enc.identity.pretrained == "random" and enc.identity.weights_sha256 is None
+    # Random weights were asked for: no warning that they are random.
+    assert not [r for r in caplog.records if "pretrained" in r.getMessage()], caplog.text
+    logging.getLogger().warning("No pretrained weights loaded: a later record still shows")
+    assert "later record" in caplog.text
 
 
 def test_builtin_name_without_pretrained_is_refused(tiny_builtin):
