@@ -55,13 +55,13 @@ _EXPORTS = {
             "StyleHead",
             "StyleMetrics",
             "StyleStats",
-            "StyleTrainReport",
             "TrainOptions",
             "ZeroShotLabeller",
             "classify_image",
         ],
         "style",
     ),
+    "StyleTrainReport": "styletrain",
 }
 
 if TYPE_CHECKING:
@@ -92,11 +92,11 @@ if TYPE_CHECKING:
         StyleHead,
         StyleMetrics,
         StyleStats,
-        StyleTrainReport,
         TrainOptions,
         ZeroShotLabeller,
         classify_image,
     )
+    from .styletrain import StyleTrainReport
 
 
 __version__ = "0.1.0"

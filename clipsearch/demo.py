@@ -961,7 +961,8 @@ def build_style_head(out: str | Path = DEMO_DIR, *, n: int = 2000, seed: int = S
         ``head.metrics``.
     """
     from .encoder import load_encoder
-    from .style import STYLE_DIR, TrainingSet, TrainOptions, train_head
+    from .style import STYLE_DIR, TrainOptions
+    from .styletrain import TrainingSet, train_head
 
     encoder = load_encoder(f"local-dir:{Path(out).resolve()}", device="cpu")
     vectors, targets = style_vectors(encoder, n, seed)

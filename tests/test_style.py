@@ -172,13 +172,13 @@ def _no_decoding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("an image was decoded or encoded")
 
-    from clipsearch import encoder, images, indexer, style
+    from clipsearch import encoder, images, indexer, styletrain
 
     for module, name in [
         (images, "decode_image_sized"),
         (images, "decode_image"),
         (indexer, "decode_image_sized"),
-        (style, "decode_image"),
+        (styletrain, "decode_image"),
     ]:
         monkeypatch.setattr(module, name, refuse)
     monkeypatch.setattr(encoder.Encoder, "encode_pixels", refuse)
