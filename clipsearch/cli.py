@@ -189,6 +189,14 @@ def main(ctx: click.Context, index_dir: Path) -> None:
     "cosine 0.995.",
 )
 @click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="Compile the image model with torch.compile first: 20-60 s once, then about 9% "
+    "faster on a CPU. For runs of thousands of images; needs a C++ compiler on CPUs, and "
+    "runs uncompiled with a warning where it cannot compile.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
@@ -250,6 +258,7 @@ def index_cmd(
     precision: str,
     batch_size: int | None,
     exact_decode: bool,
+    compile_: bool,
     workers: int | None,
     exclude: tuple[str, ...],
     hidden: bool,
@@ -290,6 +299,7 @@ def index_cmd(
                     batch_size=batch_size,
                     workers=workers,
                     exact_decode=exact_decode,
+                    compile=compile_,
                     progress=progress,
                     executor=remote,
                 )

@@ -57,10 +57,20 @@ def require_ray() -> Any:
 class EncoderWorker:
     """Runs inside a Ray actor: one model per actor, many shards per model."""
 
-    def __init__(self, spec: dict[str, Any], key: str, device: str, precision: str, draft: bool):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        key: str,
+        device: str,
+        precision: str,
+        draft: bool,
+        compile: bool = False,
+    ):
         from .encoder import ModelSpec, load_spec
 
         self.encoder = load_spec(ModelSpec(**spec), device=device, precision=precision)
+        if compile:
+            self.encoder.compile_image_tower()
         if self.encoder.identity.key != key:
             raise ClipsearchError(
                 f"worker on {os.uname().nodename} loaded different weights for "
@@ -94,9 +104,10 @@ class RayExecutor:
         device: str,
         precision: str,
         draft: bool,
+        compile: bool = False,
     ):
         self.options = options
-        self._args = (spec, key, device, precision, draft)
+        self._args = (spec, key, device, precision, draft, compile)
 
     def prepared(
         self, candidates: list[_Candidate], gone_shas: frozenset[str]

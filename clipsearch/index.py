@@ -352,6 +352,7 @@ class ImageIndex:
         batch_size: int | None = None,
         workers: int | None = None,
         exact_decode: bool = False,
+        compile: bool = False,
         progress: Progress | None = None,
         executor: RayOptions | None = None,
     ) -> IndexReport:
@@ -370,6 +371,10 @@ class ImageIndex:
             workers: decoding threads (default: up to 4).
             exact_decode: decode every pixel of JPEGs instead of DCT-scaled drafts at twice
                 the model's input size (slower; embeddings differ by cosine < 0.005).
+            compile: compile the image tower with ``torch.compile`` first: 20-60 s once, then
+                about 9% faster on a CPU (see :meth:`Encoder.compile_image_tower`); for runs of
+                thousands of images. Where it cannot compile, a warning is logged and the run
+                goes on uncompiled.
             progress: receives start/advance/close events.
             executor: run the decoding and encoding on Ray with these options instead of in
                 this process (see :mod:`clipsearch.distributed`); each Ray shard is committed
@@ -390,6 +395,7 @@ class ImageIndex:
                 self.device,
                 self.precision,
                 draft=not exact_decode,
+                compile=compile,
             )
             batch_size = executor.shard_size
         if batch_size is None:
@@ -402,6 +408,7 @@ class ImageIndex:
             batch_size=batch_size,
             workers=workers or IndexOptions.workers,
             draft=not exact_decode,
+            compile=compile,
         )
         with self.writing():
             indexer = Indexer(

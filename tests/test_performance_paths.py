@@ -411,3 +411,68 @@ def test_a_missing_vector_file_is_rebuilt_in_the_recorded_type(cli, tiny_model, 
     assert hit_paths(cli, "a blue square", "-k", "3") == before
     with ImageIndex.open(folder) as idx:
         assert idx.vectors.index_type == "ivfpq"
+
+
+# --- the compiled image tower -----------------------------------------------------------------
+
+
+def test_compiled_image_tower_gives_the_same_vectors(tiny_model):
+    eager = load_encoder(tiny_model, device="cpu")
+    compiled = load_encoder(tiny_model, device="cpu")
+    compiled.compile_image_tower()
+    torch.manual_seed(0)
+    pixels = torch.randn(7, 3, eager.image_size, eager.image_size)
+    first = compiled.encode_pixels(pixels[:3])  # compiles for batches of 3
+    assert compiled.compiled
+    # 7 runs as 3 + 3 + 1 padded to 3; 2 as 2 padded to 3: one compiled shape for all.
+    rest, small = compiled.encode_pixels(pixels), compiled.encode_pixels(pixels[5:])
+    want = eager.encode_pixels(pixels)
+    assert first.shape == (3, eager.dim) and rest.shape == (7, eager.dim)
+    assert small.shape == (2, eager.dim)
+    for got, ref in ((first, want[:3]), (rest, want), (small, want[5:])):
+        assert cosines(got, ref).min() >= 1 - 1e-5
+
+
+def test_a_tower_that_will_not_compile_runs_uncompiled(tiny_model, monkeypatch, caplog):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler\nfound on PATH")
+
+        return run
+
+    encoder = load_encoder(tiny_model, device="cpu")
+    want = encoder.encode_pixels(torch.zeros(2, 3, encoder.image_size, encoder.image_size))
+    monkeypatch.setattr(torch, "compile", broken)
+    encoder.compile_image_tower()
+    with caplog.at_level("WARNING"):
+        got = encoder.encode_pixels(torch.zeros(2, 3, encoder.image_size, encoder.image_size))
+    assert not encoder.compiled
+    assert np.allclose(got, want, atol=1e-6)
+    assert "could not compile the image tower (no C++ compiler found on PATH)" in caplog.text
+
+
+def test_cli_index_compile_flag_stores_the_same_vectors(tmp_path, tiny_model, photos, monkeypatch):
+    from clipsearch.encoder import Encoder
+
+    compiled: list[Encoder] = []
+    original = Encoder.compile_image_tower
+
+    def spy(self: Encoder) -> None:
+        compiled.append(self)
+        original(self)
+
+    monkeypatch.setattr(Encoder, "compile_image_tower", spy)
+    runner = CliRunner()
+    for name, extra in (("plain", []), ("compiled", ["--compile"])):
+        args = ["--index", str(tmp_path / name), "index", str(photos), "--model", tiny_model]
+        result = runner.invoke(main_cli(), [*args, *extra, "--precision", "fp32", "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["added"] == 5
+    (encoder,) = compiled
+    assert encoder.compiled  # it really ran compiled, not the fallback
+    with ImageIndex.open(tmp_path / "plain") as a, ImageIndex.open(tmp_path / "compiled") as b:
+        va, vb = stored_vectors(a), stored_vectors(b)
+    assert va.keys() == vb.keys()
+    keys = sorted(va)
+    cos = cosines(np.stack([va[k] for k in keys]), np.stack([vb[k] for k in keys]))
+    assert cos.min() >= 1 - 1e-5, cos
