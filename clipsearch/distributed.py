@@ -54,29 +54,43 @@ def require_ray() -> Any:
     return ray
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What each actor needs to prepare and encode as the index would.
+
+    Attributes:
+        spec: the index's model spec, as ``{"model": ..., "pretrained": ...}``.
+        key: the index's model identity key; a worker whose weights differ refuses to run.
+        device: the device each worker runs the model on.
+        precision: the model's precision there.
+        draft: decode JPEGs as DCT drafts (see :class:`clipsearch.indexer.IndexOptions`).
+        compile: compile each worker's image tower (see ``Encoder.compile_image_tower``).
+    """
+
+    spec: dict[str, Any]
+    key: str
+    device: str
+    precision: str
+    draft: bool = True
+    compile: bool = False
+
+
 class EncoderWorker:
     """Runs inside a Ray actor: one model per actor, many shards per model."""
 
-    def __init__(
-        self,
-        spec: dict[str, Any],
-        key: str,
-        device: str,
-        precision: str,
-        draft: bool,
-        compile: bool = False,
-    ):
+    def __init__(self, setup: WorkerSetup):
         from .encoder import ModelSpec, load_spec
 
-        self.encoder = load_spec(ModelSpec(**spec), device=device, precision=precision)
-        if compile:
-            self.encoder.compile_image_tower()
-        if self.encoder.identity.key != key:
+        spec = ModelSpec(**setup.spec)
+        self.encoder = load_spec(spec, device=setup.device, precision=setup.precision)
+        if self.encoder.identity.key != setup.key:
             raise ClipsearchError(
                 f"worker on {os.uname().nodename} loaded different weights for "
-                f"{ModelSpec(**spec).describe()} than the index was built with"
+                f"{spec.describe()} than the index was built with"
             )
-        self.draft = draft
+        if setup.compile:
+            self.encoder.compile_image_tower()
+        self.draft = setup.draft
 
     def process(self, shard: Sequence[_Candidate], gone_shas: frozenset[str]) -> list[_Prepared]:
         import torch
@@ -96,18 +110,9 @@ class EncoderWorker:
 class RayExecutor:
     """Prepares and encodes candidates on Ray; yields them to the indexer as shards finish."""
 
-    def __init__(
-        self,
-        options: RayOptions,
-        spec: dict[str, Any],
-        key: str,
-        device: str,
-        precision: str,
-        draft: bool,
-        compile: bool = False,
-    ):
+    def __init__(self, options: RayOptions, setup: WorkerSetup):
         self.options = options
-        self._args = (spec, key, device, precision, draft, compile)
+        self.setup = setup
 
     def prepared(
         self, candidates: list[_Candidate], gone_shas: frozenset[str]
@@ -127,7 +132,7 @@ class RayExecutor:
             )(EncoderWorker)
             n = self.options.actors or self._default_actors(ray)
             n = max(1, min(n, -(-len(candidates) // self.options.shard_size) or 1))
-            actors = [actor_cls.remote(*self._args) for _ in range(n)]
+            actors = [actor_cls.remote(self.setup) for _ in range(n)]
             pool = ActorPool(actors)
             gone_ref = ray.put(gone_shas)
             size = self.options.shard_size

@@ -386,10 +386,9 @@ class ImageIndex:
         roots = check_roots(paths)
         remote = None
         if executor is not None:
-            from .distributed import RayExecutor
+            from .distributed import RayExecutor, WorkerSetup
 
-            remote = RayExecutor(
-                executor,
+            setup = WorkerSetup(
                 {"model": self.spec.model, "pretrained": self.spec.pretrained},
                 self.identity.key,
                 self.device,
@@ -397,6 +396,7 @@ class ImageIndex:
                 draft=not exact_decode,
                 compile=compile,
             )
+            remote = RayExecutor(executor, setup)
             batch_size = executor.shard_size
         if batch_size is None:
             batch_size = default_batch_size(self.device)
