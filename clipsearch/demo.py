@@ -8,16 +8,16 @@ still show real retrieval::
     clipsearch index sample_images --model demo
     clipsearch search "a red circle"
 
-The model is rebuilt with::
+The shipped model is rebuilt in two steps (``--steps N`` instead of ``--minutes`` repeats a
+run's exact step count, recorded in its ``metrics.json``)::
 
-    python -m clipsearch.demo build --minutes 30     # or --steps N to repeat a build exactly
+    python -m clipsearch.demo build --out build/demo-base             # 65 minutes
+    python -m clipsearch.demo finetune --base build/demo-base --minutes 18
     python -m clipsearch.demo eval                   # recall of the shipped model
-    python -m clipsearch.demo style-head             # train the style head on the weights
 
 ``finetune`` continues a built model on captions that stress the style, re-measures the
-gallery and retrains the style head; run it on the output of ``build`` (``--base``), once::
-
-    python -m clipsearch.demo finetune --minutes 15  # or --steps N to repeat it exactly
+gallery and retrains the style head (``style-head`` does that alone); run it once, on the
+output of ``build``.
 
 ``build`` generates training pictures on the fly with fixed seeds, trains the
 ``clipsearch-demo`` architecture (``clipsearch/models/clipsearch-demo.json``) with
@@ -535,7 +535,7 @@ def calibrate_steps(
 def build(
     out: str | Path = DEMO_DIR,
     *,
-    minutes: float = 30.0,
+    minutes: float = 65.0,
     steps: int | None = None,
     work_dir: str | Path = "build/demo-train",
     batch_size: int = 64,
@@ -543,8 +543,8 @@ def build(
     seed: int = TRAIN_SEED,
     threads: int | None = None,
     precision: str = "bf16",
-    file_like: float = 0.0,
-    label_loss: float = 0.0,
+    file_like: float = 0.3,
+    label_loss: float = 1.0,
     label_facts: Sequence[str] = ("style", "position"),
     resume: bool = False,
     progress: bool = True,
@@ -710,8 +710,8 @@ def finetune(
         style_rate: how often captions outside style groups state the style.
         style_groups: share of each batch's groups that are style groups.
         style_only: share of the other pairs captioned with the style alone.
-        file_like: share of the pictures drawn at 128 pixels and saved as JPEG before being
-            resized, as the gallery's and the style head's are.
+        file_like: share of the pictures drawn at twice the input size and saved as JPEG
+            before being resized, as the gallery's and the style head's are.
         label_loss: weight of the auxiliary classification losses on the picture embedding
             (see ``TrainConfig.labels``); 0 trains on captions alone.
         label_facts: the picture facts those losses classify: any of ``style``,
@@ -730,6 +730,7 @@ def finetune(
 
     from .encoder import file_sha256
 
+    labels = _label_classes(label_facts)
     base, out = Path(base).resolve(), Path(out)
     weights = base / "open_clip_model.safetensors"
     if not weights.is_file():
@@ -745,7 +746,6 @@ def finetune(
             f"the model in {base} was fine-tuned already; fine-tune a model fresh from "
             "`python -m clipsearch.demo build` (pass it as --base)"
         )
-    labels = _label_classes(label_facts)
     base_sha = file_sha256(weights)
     size = _input_size(base)
     if image_size is not None and image_size != size:
@@ -1025,7 +1025,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="train the demo model from scratch and write it")
     b.add_argument(
-        "--minutes", type=float, default=30.0, help="wall-clock training budget (default 30)"
+        "--minutes", type=float, default=65.0, help="wall-clock training budget (default 65)"
     )
     b.add_argument("--steps", type=int, help="exact training steps (overrides --minutes)")
     b.add_argument("--out", type=Path, default=DEMO_DIR, help=f"model folder (default {DEMO_DIR})")
@@ -1035,7 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=TRAIN_SEED)
     b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     b.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    _add_label_options(b, file_like=0.0, label_loss=0.0)
+    _add_label_options(b, file_like=0.3, label_loss=1.0)
     b.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     f = sub.add_parser(
         "finetune", help="fine-tune a built demo model so its embeddings tell styles apart"

@@ -102,16 +102,6 @@ def test_shipped_files(encoder: Encoder):
     assert set(metrics["gallery"]["kinds"]) == set(demo.QUERY_KINDS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bar not met yet (0.95): the shipped demo weights give the style head about 0.67 "
-    "accuracy; pixel art is confused with cartoon and flat. Fine-tunes with style-heavy "
-    "captions reached 0.78, and with an auxiliary style-classification loss 0.87 (the loss's "
-    "own linear classifier plateaus at 0.86-0.88), each at a cost to another bar (position "
-    "R@5 0.75, or colour+shape R@1 0.87 with a position loss as well; at 96 px input 0.875 "
-    "with colour+shape R@1 0.76), so none was shipped. Drop this mark once weights that pass "
-    "are shipped.",
-)
 def test_shipped_style_head_labels_fresh_pictures(encoder: Encoder):
     """The shipped style head names the style of pictures drawn with a seed it never saw."""
     head = StyleHead.load(DEMO_DIR / STYLE_DIR, backbone=encoder.identity.key)
@@ -134,15 +124,22 @@ def test_model_files_stay_small():
 def test_resize_input_interpolates_the_position_grid_and_keeps_the_rest(tmp_path):
     from safetensors.torch import load_file
 
-    out = demo.resize_input(DEMO_DIR, tmp_path / "demo96", 96)
+    patch = json.loads((DEMO_DIR / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"][
+        "patch_size"
+    ]
+    grid = demo.IMAGE_SIZE // patch
+    size = demo.IMAGE_SIZE * 3 // 2
+    out = demo.resize_input(DEMO_DIR, tmp_path / "demo-larger", size)
     resized = load_encoder(f"local-dir:{out}", device="cpu")
-    assert resized.image_size == 96
+    assert resized.image_size == size
 
     before = load_file(DEMO_DIR / "open_clip_model.safetensors")
     after = load_file(out / "open_clip_model.safetensors")
     assert set(before) == set(after)
     pos = "visual.positional_embedding"
-    assert before[pos].shape == (1 + 8 * 8, 128) and after[pos].shape == (1 + 12 * 12, 128)
+    bigger = size // patch
+    assert before[pos].shape == (1 + grid * grid, 128)
+    assert after[pos].shape == (1 + bigger * bigger, 128)
     assert np.array_equal(after[pos][0].numpy(), before[pos][0].float().numpy())  # class token
     for name in set(before) - {pos}:
         assert np.array_equal(after[name].numpy(), before[name].float().numpy()), name
@@ -154,7 +151,7 @@ def test_resize_input_interpolates_the_position_grid_and_keeps_the_rest(tmp_path
     text = ["a red circle"]
     assert np.allclose(resized.encode_texts(text), load_encoder("demo").encode_texts(text))
 
-    for bad in (100, 0, -8):
+    for bad in (size + 1, 0, -patch):
         with pytest.raises(ClipsearchError, match="not a positive multiple of the patch"):
             demo.resize_input(DEMO_DIR, tmp_path / "bad", bad)
 
