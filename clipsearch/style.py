@@ -472,6 +472,7 @@ class StyleHead(Labeller):
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         tmp = out / f".{HEAD_WEIGHTS}.tmp"
         save_file(state, str(tmp))
+        os.chmod(tmp, 0o644)  # safetensors makes it owner-only; head.json next to it is not
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         os.replace(tmp, out / HEAD_WEIGHTS)
         meta = {

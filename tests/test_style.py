@@ -129,6 +129,8 @@ def test_trained_head_separates_classes_and_labels_the_index(index_dir, training
 
     head_dir = index_dir / "style"
     assert (head_dir / HEAD_WEIGHTS).is_file()
+    # As readable as the rest of the index: another user who can open it can use its head.
+    assert (head_dir / HEAD_WEIGHTS).stat().st_mode & 0o777 == 0o644
     meta = json.loads((head_dir / HEAD_META).read_text())
     assert meta["backbone"] == key and meta["labels"] == list(m.labels)
     assert meta["metrics"]["accuracy"] == m.accuracy
