@@ -509,28 +509,9 @@ class StyleHead(Labeller):
 
         folder = Path(folder)
         meta_path, weights_path = folder / HEAD_META, folder / HEAD_WEIGHTS
-        if not meta_path.is_file():
-            raise StyleHeadError(
-                f"no style head in {folder}; train one with `clipsearch style train DIR`"
-            )
+        meta = read_head_meta(folder, backbone)
+        labels, key, dim = meta["labels"], meta["backbone"], meta["dim"]
         fix = f"delete {folder} and train the head again"
-        try:
-            meta = json.loads(meta_path.read_text())
-            labels, key, dim = meta["labels"], meta["backbone"], int(meta["dim"])
-            if meta.get("format", 0) > HEAD_FORMAT:
-                raise StyleHeadError(
-                    f"style head {meta_path} has format {meta['format']}, newer than this "
-                    f"clipsearch understands ({HEAD_FORMAT}); upgrade clipsearch"
-                )
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise StyleHeadError(f"style head {meta_path} is unreadable ({e}); {fix}") from e
-        if backbone is not None and key != backbone:
-            raise StyleHeadError(
-                f"style head {folder} was trained on backbone {key}, not on this index's model "
-                f"({backbone}); its predictions would be meaningless. Train a head for this "
-                "model with `clipsearch style train DIR`, or `clipsearch style reset` to go "
-                "back to zero-shot labels"
-            )
         try:
             data = weights_path.read_bytes()
             if (
@@ -554,6 +535,45 @@ class StyleHead(Labeller):
         known = TrainOptions.__dataclass_fields__
         options = TrainOptions(**{k: v for k, v in meta.get("options", {}).items() if k in known})
         return cls(model, labels, key, metrics, options)
+
+
+def read_head_meta(folder: str | os.PathLike[str], backbone: str | None = None) -> dict[str, Any]:
+    """A saved head's ``head.json`` (labels, backbone, dims, metrics), without its weights.
+
+    Args:
+        folder: the folder :meth:`StyleHead.save` wrote.
+        backbone: the :attr:`ModelIdentity.key` the head must belong to; None skips the check.
+
+    Raises:
+        StyleHeadError: no head there, its metadata is unreadable or from a newer clipsearch,
+            or it was trained on another backbone.
+    """
+    folder = Path(folder)
+    meta_path = folder / HEAD_META
+    if not meta_path.is_file():
+        raise StyleHeadError(
+            f"no style head in {folder}; train one with `clipsearch style train DIR`"
+        )
+    fix = f"delete {folder} and train the head again"
+    try:
+        meta = json.loads(meta_path.read_text())
+        key = meta["backbone"]
+        meta["labels"], meta["dim"] = list(meta["labels"]), int(meta["dim"])
+        if meta.get("format", 0) > HEAD_FORMAT:
+            raise StyleHeadError(
+                f"style head {meta_path} has format {meta['format']}, newer than this "
+                f"clipsearch understands ({HEAD_FORMAT}); upgrade clipsearch"
+            )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StyleHeadError(f"style head {meta_path} is unreadable ({e}); {fix}") from e
+    if backbone is not None and key != backbone:
+        raise StyleHeadError(
+            f"style head {folder} was trained on backbone {key}, not on this index's model "
+            f"({backbone}); its predictions would be meaningless. Train a head for this "
+            "model with `clipsearch style train DIR`, or `clipsearch style reset` to go "
+            "back to zero-shot labels"
+        )
+    return meta
 
 
 # --- an index's styles ----------------------------------------------------------------------
@@ -599,8 +619,12 @@ class IndexStyles:
         Raises:
             StyleHeadError: the saved head is unreadable or was trained on another backbone.
         """
-        head = self.head()
-        return tuple(head.labels) if head is not None else self.zero_shot_labels()
+        if self._labeller is not None:
+            return tuple(self._labeller.labels)
+        if not self.has_head():
+            return self.zero_shot_labels()
+        # head.json alone: asked on every filtered web search, so no weights, no torch.
+        return tuple(read_head_meta(self.head_dir, self.index.identity.key)["labels"])
 
     def labeller(self) -> Labeller:
         """The trained head when there is one, else zero-shot over :meth:`zero_shot_labels`."""

@@ -116,6 +116,10 @@ def test_trained_head_separates_classes_and_labels_the_index(index_dir, training
         report = index.styles.train(training_dir)
         key = index.identity.key
         assert index.styles.labels() == tuple(sorted(KINDS))
+    with ImageIndex.open(index_dir) as index, pytest.MonkeyPatch.context() as mp:
+        # A fresh process asks for the labels from head.json alone, never loading the weights.
+        mp.setattr(StyleHead, "load", lambda *a, **k: pytest.fail("the weights were loaded"))
+        assert index.styles.labels() == tuple(sorted(KINDS))
 
     m = report.metrics
     assert m.labels == tuple(sorted(KINDS))
