@@ -745,17 +745,6 @@ def _dropping_log(prefix: str) -> Iterator[None]:
         root.removeFilter(keep)
 
 
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def _checkpoint(name: str, kwargs: dict[str, Any], local: str | None, cache_dir: str | None):
     """The weights file open_clip would load for these arguments, if it is already local."""
     import open_clip
@@ -787,7 +776,7 @@ def _create_text_only(
     if not path or not str(path).endswith(".safetensors"):
         return None
     args = {k: v for k, v in kwargs.items() if k not in ("pretrained", "require_pretrained")}
-    with _skip_init(), _quiet_root_logger():  # "no pretrained weights loaded": they follow
+    with _skip_init(), _dropping_log(RANDOM_INIT_NOTICE):  # the weights follow below
         model = open_clip.create_model(name, load_weights=False, **args)
     pp = open_clip.get_model_preprocess_cfg(model)
     with safe_open(str(path), framework="pt", device="cpu") as f:
