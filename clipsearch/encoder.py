@@ -365,9 +365,10 @@ class Encoder:
         """Run the image tower through ``torch.compile`` (inductor, frozen weights) from the
         next batch on.
 
-        The first batch pays for the compilation (20-60 s for ViT-B/16 on a CPU, and it
-        needs a C++ compiler there), later ones run faster: 9% for bf16 ViT-B/16 on a 2-core
-        CPU (benchmarks/RESULTS.md), so it suits runs of thousands of images. Batches are
+        The first batch pays for the compilation (15-30 s for ViT-B/16 on a CPU, and it
+        needs a C++ compiler there), later ones run faster: the bf16 ViT-B/16 tower 9%,
+        indexing end to end 6% on a 2-core CPU (benchmarks/RESULTS.md), so it suits runs of
+        thousands of images. Batches are
         padded or split to the first batch's size, so that it compiles once. Where the
         compilation fails, a warning is logged and the tower runs as before.
         """

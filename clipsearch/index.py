@@ -371,8 +371,8 @@ class ImageIndex:
             workers: decoding threads (default: up to 4).
             exact_decode: decode every pixel of JPEGs instead of DCT-scaled drafts at twice
                 the model's input size (slower; embeddings differ by cosine < 0.005).
-            compile: compile the image tower with ``torch.compile`` first: 20-60 s once, then
-                about 9% faster on a CPU (see :meth:`Encoder.compile_image_tower`); for runs of
+            compile: compile the image tower with ``torch.compile`` first: 15-30 s once, then
+                about 6% faster on a CPU (see :meth:`Encoder.compile_image_tower`); for runs of
                 thousands of images. Where it cannot compile, a warning is logged and the run
                 goes on uncompiled.
             progress: receives start/advance/close events.
