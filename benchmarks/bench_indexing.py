@@ -84,7 +84,7 @@ def matmul_peak() -> dict[str, float]:
 
 
 def _prepare(path: str, draft: int | None, preprocess) -> object:
-    from clipsearch.images import decode_image_sized, read_bytes
+    from clipsearch.media.files import decode_image_sized, read_bytes
 
     img, _ = decode_image_sized(read_bytes(path), path, draft_size=draft)
     return preprocess(img).numpy()
@@ -219,7 +219,7 @@ def child_index(args: argparse.Namespace) -> dict:
             # the steady state, and the compile is the one-off price reported next to it.
             import torch
 
-            from clipsearch.encoder import default_batch_size
+            from clipsearch.models.runtime import default_batch_size
 
             t = time.perf_counter()
             index.encoder.compile_image_tower()

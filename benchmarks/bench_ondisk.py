@@ -76,9 +76,9 @@ BUILD = (
     + """
 import json, sys, time
 from pathlib import Path
-from clipsearch.catalog import Catalog
-from clipsearch.ondisk import OnDiskIVF
-from clipsearch.vectors import VectorIndex, _training_sample, plan_layout
+from clipsearch.store.catalog import Catalog
+from clipsearch.store.ondisk import OnDiskIVF
+from clipsearch.store.vectors import VectorIndex, _training_sample, plan_layout
 
 catalog = Catalog.open(Path(sys.argv[1]) / "catalog.sqlite")
 out, kind, dim = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -117,7 +117,7 @@ import ctypes, json, os, sys, time
 from pathlib import Path
 import numpy as np
 import faiss
-from clipsearch.vectors import VectorIndex
+from clipsearch.store.vectors import VectorIndex
 
 folder, dim = Path(sys.argv[1]), int(sys.argv[2])
 queries, truth = np.load(sys.argv[3]), np.load(sys.argv[4])

@@ -36,7 +36,7 @@ def main() -> None:
     import ray
 
     from clipsearch import ImageIndex
-    from clipsearch.distributed import RayOptions
+    from clipsearch.index.distributed import RayOptions
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     photos = work / "photos"

@@ -91,7 +91,7 @@ for i in top:
 def build_index(folder: Path, n: int, env: dict[str, str]) -> None:
     """An index of n clustered vectors with fake file records, saved flat."""
     from clipsearch import ImageIndex
-    from clipsearch.catalog import NewImage
+    from clipsearch.store.catalog import NewImage
 
     marker = folder / f"built-{n}"
     if marker.exists():
@@ -118,7 +118,7 @@ def ensure_text_record(folder: Path) -> str:
     """Make sure the model has its text-tower record (written when torch loads it, as
     `clipsearch index` does); returns how the text queries will run."""
     from clipsearch import ImageIndex
-    from clipsearch.texttower import cached_text_encoder
+    from clipsearch.models.texttower import cached_text_encoder
 
     with ImageIndex.open(folder, device="cpu") as index:
         if cached_text_encoder(index.spec, index.identity) is None:
@@ -133,9 +133,9 @@ def warm(folder: Path, n: int, queries: list[str]) -> list[Row]:
     import torch
 
     from clipsearch import ImageIndex
-    from clipsearch.catalog import Catalog
-    from clipsearch.encoder import load_spec
-    from clipsearch.texttower import NumpyTextEncoder
+    from clipsearch.models.loading import load_spec
+    from clipsearch.models.texttower import NumpyTextEncoder
+    from clipsearch.store.catalog import Catalog
 
     rows = []
     with ImageIndex.open(folder, device="cpu", precision="auto") as index:
@@ -219,8 +219,8 @@ import json, sys, time
 t0 = time.perf_counter()
 import numpy
 t1 = time.perf_counter()
-from clipsearch.cli import main
-from clipsearch.index import ImageIndex
+from clipsearch.cli.main import main
+from clipsearch.index.imageindex import ImageIndex
 t2 = time.perf_counter()
 index = ImageIndex.open(sys.argv[1])
 t3 = time.perf_counter()
@@ -235,7 +235,7 @@ t7 = time.perf_counter()
 loaded = [m for m in ("torch", "open_clip", "torchvision") if m in sys.modules]
 print(json.dumps({
     "import numpy": t1 - t0,
-    "import clipsearch.cli and .index (SQLAlchemy included)": t2 - t1,
+    "import clipsearch.cli.main and .index (SQLAlchemy included)": t2 - t1,
     "open the catalog": t3 - t2,
     "text encoder: record, tokenizer tables, mapped weights": t4 - t3,
     "first text encoding (pages of the weights read in)": t5 - t4,

@@ -2,7 +2,7 @@
 
 For N unit vectors of 512 dimensions, random (the pessimistic case: no structure to exploit)
 and clustered (shaped like CLIP embeddings, see ``_common.clustered_unit``), this builds each
-index type of ``clipsearch.vectors`` with the knobs ``plan_layout`` picks for N and reports,
+index type of ``clipsearch.store.vectors`` with the knobs ``plan_layout`` picks for N and reports,
 for single queries on one thread as `clipsearch search` runs them:
 
 * p50 latency, against the baseline of ranking every vector with NumPy in Python;
@@ -52,7 +52,7 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 import faiss, numpy
-from clipsearch.vectors import VectorIndex
+from clipsearch.store.vectors import VectorIndex
 before = rss()
 vi, _ = VectorIndex.load(Path(sys.argv[1]), int(sys.argv[2]))
 print(rss() - before)
@@ -61,7 +61,7 @@ print(rss() - before)
 
 def make_catalog(folder: Path, vecs: np.ndarray):
     """A catalog holding the vectors under ids 1..N, written with plain SQL for speed."""
-    from clipsearch.catalog import Catalog
+    from clipsearch.store.catalog import Catalog
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -121,7 +121,7 @@ def measure(vi, queries: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 def run(kind: str, args: argparse.Namespace) -> list[Row]:
-    from clipsearch.vectors import VectorIndex, catalog_vectors, plan_layout
+    from clipsearch.store.vectors import VectorIndex, catalog_vectors, plan_layout
 
     n = args.n
     t = time.perf_counter()
@@ -145,7 +145,7 @@ def run(kind: str, args: argparse.Namespace) -> list[Row]:
         t = time.perf_counter()
         training = None
         if layout.trained:
-            from clipsearch.vectors import _training_sample
+            from clipsearch.store.vectors import _training_sample
 
             training = _training_sample(catalog, layout)
         vi = VectorIndex.create(DIM, layout, training)

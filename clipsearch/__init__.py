@@ -16,12 +16,10 @@ from typing import TYPE_CHECKING
 # Names are imported on first use (PEP 562), so that `clipsearch --help` or a text search does
 # not pay for modules it never touches (SQLAlchemy, torch through the style head, ...).
 _EXPORTS = {
-    "ErrorRecord": "catalog",
-    "DEFAULT_MODEL": "encoder",
-    "DEFAULT_PRETRAINED": "encoder",
-    "Encoder": "encoder",
-    "ModelSpec": "encoder",
-    "load_encoder": "encoder",
+    "ErrorRecord": "store.catalog",
+    **dict.fromkeys(["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "ModelSpec"], "models.identity"),
+    "Encoder": "models.encoder",
+    **dict.fromkeys(["load_encoder", "load_text_encoder"], "models.loading"),
     **dict.fromkeys(
         [
             "ClipsearchError",
@@ -38,36 +36,20 @@ _EXPORTS = {
         ],
         "errors",
     ),
-    "ImageIndex": "index",
-    "IndexInfo": "index",
-    "SearchResult": "index",
-    "IndexReport": "indexer",
-    "Progress": "indexer",
-    "Query": "search",
-    "Term": "search",
+    **dict.fromkeys(["ImageIndex", "IndexInfo", "SearchResult"], "index.imageindex"),
+    "IndexReport": "index.pipeline",
+    "Progress": "progress",
+    **dict.fromkeys(["Query", "Term"], "index.query"),
+    **dict.fromkeys(["IndexStyles", "StyleApplyReport", "StyleStats"], "index.styles"),
     **dict.fromkeys(
-        [
-            "DEFAULT_STYLE_LABELS",
-            "ClassMetrics",
-            "IndexStyles",
-            "Prediction",
-            "StyleApplyReport",
-            "StyleHead",
-            "StyleMetrics",
-            "StyleStats",
-            "TrainOptions",
-            "ZeroShotLabeller",
-            "classify_image",
-        ],
-        "style",
+        ["DEFAULT_STYLE_LABELS", "Prediction", "ZeroShotLabeller", "classify_image"], "style.labels"
     ),
-    "StyleTrainReport": "styletrain",
+    **dict.fromkeys(["ClassMetrics", "StyleHead", "StyleMetrics", "TrainOptions"], "style.head"),
+    "StyleTrainReport": "style.training",
 }
 
 if TYPE_CHECKING:
-    from .catalog import ErrorRecord
-    from .encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, Encoder, ModelSpec, load_encoder
-    from .errors import (
+    from clipsearch.errors import (
         ClipsearchError,
         CorruptIndexError,
         EmptyIndexError,
@@ -80,23 +62,23 @@ if TYPE_CHECKING:
         StyleError,
         StyleHeadError,
     )
-    from .index import ImageIndex, IndexInfo, SearchResult
-    from .indexer import IndexReport, Progress
-    from .search import Query, Term
-    from .style import (
+    from clipsearch.index.imageindex import ImageIndex, IndexInfo, SearchResult
+    from clipsearch.index.pipeline import IndexReport
+    from clipsearch.index.query import Query, Term
+    from clipsearch.index.styles import IndexStyles, StyleApplyReport, StyleStats
+    from clipsearch.models.encoder import Encoder
+    from clipsearch.models.identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
+    from clipsearch.models.loading import load_encoder, load_text_encoder
+    from clipsearch.progress import Progress
+    from clipsearch.store.catalog import ErrorRecord
+    from clipsearch.style.head import ClassMetrics, StyleHead, StyleMetrics, TrainOptions
+    from clipsearch.style.labels import (
         DEFAULT_STYLE_LABELS,
-        ClassMetrics,
-        IndexStyles,
         Prediction,
-        StyleApplyReport,
-        StyleHead,
-        StyleMetrics,
-        StyleStats,
-        TrainOptions,
         ZeroShotLabeller,
         classify_image,
     )
-    from .styletrain import StyleTrainReport
+    from clipsearch.style.training import StyleTrainReport
 
 
 __version__ = "0.1.0"
@@ -138,6 +120,7 @@ __all__ = [
     "ZeroShotLabeller",
     "classify_image",
     "load_encoder",
+    "load_text_encoder",
 ]
 
 

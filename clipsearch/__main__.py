@@ -1,5 +1,5 @@
 """`python -m clipsearch`: the same as the `clipsearch` command."""
 
-from .cli import run
+from clipsearch.cli.main import run
 
 run()

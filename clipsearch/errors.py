@@ -54,3 +54,10 @@ class StyleHeadError(StyleError):
 
 class TrainingError(ClipsearchError):
     """Training data, settings or checkpoints are unusable; the message says which and why."""
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line, cut at ``limit`` characters: for messages that
+    quote a third-party library's error."""
+    text = " ".join(str(e).split())
+    return text[:limit] + ("…" if len(text) > limit else "")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pytest
 
-from clipsearch.cli import main
+from clipsearch.cli.main import main
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..errors import ClipsearchError
+from clipsearch.errors import ClipsearchError
 
 # import name -> the name pip knows it by
 REQUIRED = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
@@ -42,7 +42,7 @@ def require() -> None:
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from .app import create_app
+        from clipsearch.web.app import create_app
 
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ Routes (JSON unless noted; ``{id}`` is an image id, the only way to name an imag
     GET  /api/images/{id}/file      the image file itself
     GET  /openapi.json              the OpenAPI schema
 
-Query terms use the syntax of :mod:`clipsearch.search`, except that an image term names an
+Query terms use the syntax of :mod:`clipsearch.index.query`, except that an image term names an
 indexed image by id (``@42``, ``0.5:@42``): no path from a request ever reaches the file system.
 Requests share one ImageIndex; the model and FAISS take turns under a lock, and every search
 sees what a concurrently running indexer has committed.
@@ -37,20 +37,20 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field
 
-from .. import __version__
-from ..catalog import StoredImage
-from ..errors import (
+from clipsearch import __version__
+from clipsearch.errors import (
     ClipsearchError,
     EmptyIndexError,
     ImageReadError,
     QueryError,
     StyleHeadError,
 )
-from ..images import decode_image, load_image
-from ..index import ImageIndex, SearchResult
-from ..search import MAX_QUERY_CHARS, Term, combine
-from .guards import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders
-from .thumbs import THUMBS_DIR, ThumbnailCache
+from clipsearch.index.imageindex import ImageIndex, SearchResult
+from clipsearch.index.query import MAX_QUERY_CHARS, Term, combine
+from clipsearch.media.files import decode_image, load_image
+from clipsearch.store.catalog import StoredImage
+from clipsearch.web.guards import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders
+from clipsearch.web.thumbs import THUMBS_DIR, ThumbnailCache
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_K = 200

@@ -7,8 +7,8 @@ import ipaddress
 import socket
 from typing import Any
 
-from ..errors import ClipsearchError
-from .guards import LOOPBACK_HOSTS
+from clipsearch.errors import ClipsearchError
+from clipsearch.web.guards import LOOPBACK_HOSTS
 
 
 def is_loopback(host: str) -> bool:

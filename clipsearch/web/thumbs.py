@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image, features
 
-from ..catalog import StoredImage
-from ..images import load_image
+from clipsearch.media.files import load_image
+from clipsearch.store.catalog import StoredImage
 
 THUMB_SIZE = 256
 THUMBS_DIR = "thumbs"

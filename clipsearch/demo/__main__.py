@@ -1,0 +1,5 @@
+import sys
+
+from clipsearch.demo.build import main
+
+sys.exit(main())

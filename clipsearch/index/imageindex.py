@@ -1,0 +1,738 @@
+"""`ImageIndex`: the public face of an index directory.
+
+An index is a folder::
+
+    catalog.sqlite   the catalog (source of truth): images, roots, vectors, errors, meta
+    vectors.faiss    the FAISS index, derived from the catalog's vectors
+    vectors.json     which catalog generation vectors.faiss reflects
+    lock             held by the one process that may write
+
+Readers never lock: SQLite's WAL gives them the last committed state, and a FAISS file that
+lags behind the catalog is brought up to date in memory from the stored vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipsearch.errors import (
+    ClipsearchError,
+    EmptyIndexError,
+    ImageReadError,
+    IndexLockedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    QueryError,
+)
+from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport, check_roots
+from clipsearch.index.query import Query, check_k, combine, path_filter, rank
+from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
+from clipsearch.models.loading import load_spec
+from clipsearch.models.runtime import default_batch_size
+from clipsearch.progress import Progress
+from clipsearch.store import catalog as _catalog
+from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
+from clipsearch.store.repair import RepairReport, repair_store
+from clipsearch.store.vectors import IndexLayout, VectorIndex, catalog_vectors, open_index
+
+if TYPE_CHECKING:
+    from clipsearch.index.distributed import RayOptions
+    from clipsearch.index.styles import IndexStyles
+    from clipsearch.models.encoder import Encoder
+    from clipsearch.models.texttower import NumpyTextEncoder
+    from clipsearch.style.labels import Prediction
+
+LOCK_FILE = "lock"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One hit: an indexed image and its cosine similarity to the query."""
+
+    id: int
+    path: str
+    score: float
+    style: str | None = None
+    style_score: float | None = None
+    width: int = 0
+    height: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReindexReport:
+    """What :meth:`ImageIndex.reindex` built."""
+
+    layout: IndexLayout
+    vectors: int
+    memory_bytes: int  # estimated RAM of the new index
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index_type": self.layout.type,
+            "layout": self.layout.to_dict(),
+            "vectors": self.vectors,
+            "memory_bytes": self.memory_bytes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What `clipsearch info` shows."""
+
+    path: str
+    count: int
+    model: str
+    pretrained: str | None
+    weights_sha256: str | None
+    dim: int
+    image_size: int
+    index_type: str
+    roots: tuple[str, ...]
+    errors: int
+    schema_version: int
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["roots"] = list(self.roots)
+        return d
+
+
+class ImageIndex:
+    """An index of images on disk: add folders, search by text, image or both.
+
+    Open one with :meth:`open`, :meth:`create` or :meth:`open_or_create`; use it as a context
+    manager or call :meth:`close`. The model is loaded on first use.
+
+    Example::
+
+        with ImageIndex.open_or_create("indexes/photos", model="demo") as index:
+            index.add(["~/Pictures"])
+            for hit in index.search("a red circle", k=5):
+                print(hit.score, hit.path)
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        catalog: Catalog,
+        identity: ModelIdentity,
+        spec: ModelSpec,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+    ):
+        self.path = path
+        self.catalog = catalog
+        self.identity = identity
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self._encoder: Encoder | None = None
+        self._text_encoder: Encoder | None = None
+        self._numpy_text: NumpyTextEncoder | None | bool = None  # False: not available
+        self._vectors: VectorIndex | None = None
+        self._vectors_generation: int | None = None
+        self._writer = False  # this object holds the write lock
+
+    # --- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, device: str = "auto", precision: str = "fp32"
+    ) -> ImageIndex:
+        """Open an existing index.
+
+        Raises:
+            IndexNotFoundError: no index at ``path``.
+            CorruptIndexError: the catalog cannot be read.
+        """
+        folder = Path(path).expanduser().absolute()
+        if not (folder / CATALOG_FILE).is_file():
+            raise IndexNotFoundError(
+                f"no index at {folder}; create one with `clipsearch --index {folder} index FOLDER`"
+            )
+        catalog = Catalog.open(folder / CATALOG_FILE)
+        model = catalog.get_meta("model")
+        if model is None:
+            catalog.close()
+            raise IndexNotFoundError(
+                f"{folder} holds no finished index (no model recorded); create it with "
+                f"`clipsearch --index {folder} index FOLDER`"
+            )
+        identity = ModelIdentity.from_dict(model)
+        spec = ModelSpec(**catalog.get_meta("model_spec"))
+        return cls(folder, catalog, identity, spec, device=device, precision=precision)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        model: str | None = None,
+        pretrained: str | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> ImageIndex:
+        """Create a new index for a model (loaded now, to learn its width and preprocessing)."""
+        folder = Path(path).expanduser().absolute()
+        if (folder / CATALOG_FILE).exists() and not _unfinished(folder):
+            raise ClipsearchError(f"an index already exists at {folder}")
+        spec = ModelSpec.from_user(model, pretrained)
+        encoder = load_spec(spec, device=device, precision=precision)
+        folder.mkdir(parents=True, exist_ok=True)
+        _adopt_bundled_style_head(spec, folder)
+        catalog = Catalog.open(folder / CATALOG_FILE, create=True)
+        catalog.set_meta(
+            model=encoder.identity.to_dict(),
+            model_spec={"model": spec.model, "pretrained": spec.pretrained},
+            index_type="flat",
+            created=time.time(),
+            generation=0,
+        )
+        index = cls(folder, catalog, encoder.identity, spec, device=device, precision=precision)
+        index._encoder = encoder
+        return index
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike[str],
+        model: str | None = None,
+        pretrained: str | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> ImageIndex:
+        """Open the index at ``path``, or create it. A model given for an existing index must
+        be the one it was built with.
+
+        Raises:
+            IndexMismatchError: the index was built with another model.
+        """
+        folder = Path(path).expanduser().absolute()
+        if not (folder / CATALOG_FILE).is_file() or _unfinished(folder):
+            return cls.create(folder, model, pretrained, device=device, precision=precision)
+        index = cls.open(folder, device=device, precision=precision)
+        if model is not None or pretrained is not None:
+            try:
+                index.check_model(ModelSpec.from_user(model, pretrained))
+            except BaseException:
+                index.close()
+                raise
+        return index
+
+    def check_model(self, spec: ModelSpec) -> None:
+        """Refuse a model other than the one this index's vectors were made with."""
+        if spec_key(spec) != self.identity.key:
+            raise IndexMismatchError(
+                f"index {self.path} was built with model {self.identity.describe()}, not "
+                f"{spec.describe()}; vectors of different models cannot be compared. Use "
+                "another --index for the new model, or leave out --model to use the index's own"
+            )
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> ImageIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- model and vectors ------------------------------------------------------------------
+
+    @property
+    def encoder(self) -> Encoder:
+        """The index's model, loaded on first use and checked against what the index records."""
+        if self._encoder is None:
+            encoder = load_spec(self.spec, device=self.device, precision=self.precision)
+            if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
+                raise IndexMismatchError(
+                    f"the weights of model {self.spec.describe()} changed since index "
+                    f"{self.path} was built (was {self.identity.describe()}, now "
+                    f"{encoder.identity.describe()}); restore them or index into a new folder"
+                )
+            self._encoder = encoder
+            self._text_encoder = None
+        return self._encoder
+
+    @property
+    def text_encoder(self) -> Encoder | NumpyTextEncoder:
+        """The model for text queries. On the CPU in fp32 (or ``auto``), the text tower in
+        NumPy when the model's cache record allows it (no torch import; the same vectors
+        whatever else this process loaded: see :mod:`clipsearch.models.texttower`); else the full
+        model when it is loaded; else only its text tower in torch (a third of the weights
+        to read, for a fast first search)."""
+        if self._numpy_text is None:
+            from clipsearch.models.texttower import applies, cached_text_encoder
+
+            found = None
+            if applies(self.device, self.precision):
+                found = cached_text_encoder(self.spec, self.identity)
+            self._numpy_text = found if found is not None else False  # looked once
+        if self._numpy_text:
+            return self._numpy_text
+        if self._encoder is not None:
+            return self._encoder
+        if self._text_encoder is None:
+            encoder = load_spec(
+                self.spec, device=self.device, precision=self.precision, towers="text"
+            )
+            if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
+                return self.encoder  # raises the mismatch error with the full story
+            self._text_encoder = encoder
+        return self._text_encoder
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The FAISS index, loaded on first use and synced with the catalog."""
+        generation = self.catalog.generation()
+        if self._vectors is None:
+            # Readers map the file (instant, shared pages); a writer will change it: copy it in.
+            mmap = not self._writer
+            vi, saved = open_index(self.path, self.catalog, self.identity.dim, mmap=mmap)
+            self._vectors, self._vectors_generation = vi, saved
+        if self._vectors_generation != generation:
+            self._vectors.sync(self.catalog)
+            self._vectors_generation = generation
+        return self._vectors
+
+    def save_vectors(self) -> None:
+        """Write the FAISS file for the current catalog generation (writers only)."""
+        if self._vectors is not None:
+            if self._vectors.needs_compaction:  # HNSW tombstones: rebuild the graph
+                self._vectors.compact(self.catalog)
+            self._vectors.save(self.path, self.catalog.generation())
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the index's write lock; a second writer is refused at once.
+
+        The lock is an ``flock`` on ``lock``: the kernel releases it when the holder dies, even
+        by SIGKILL, so a crashed run never blocks the next one.
+        """
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise IndexLockedError(
+                    f"index {self.path} is being written by process {holder}; wait for it to "
+                    "finish (searches keep working meanwhile)"
+                ) from e
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self._writer = True
+            yield
+        finally:
+            self._writer = False
+            os.close(fd)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def add(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        exclude: Sequence[str] = (),
+        include_hidden: bool = False,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        exact_decode: bool = False,
+        compile: bool = False,
+        progress: Progress | None = None,
+        executor: RayOptions | None = None,
+    ) -> IndexReport:
+        """Index the images below some folders, incrementally.
+
+        Unchanged files are skipped, changed ones re-encoded, moved ones recognised by their
+        content, and files gone from these folders removed. A file that cannot be read is
+        recorded in :meth:`errors` and the run goes on.
+
+        Args:
+            paths: folders to index.
+            exclude: glob patterns for files or folders to skip.
+            include_hidden: also index dot-files and dot-folders.
+            batch_size: images per model call and per committed transaction (default: what
+                suits the device, see :data:`clipsearch.models.runtime.BATCH_SIZES`).
+            workers: decoding threads (default: up to 4).
+            exact_decode: decode every pixel of JPEGs instead of DCT-scaled drafts at twice
+                the model's input size (slower; embeddings differ by cosine < 0.005).
+            compile: compile the image tower with ``torch.compile`` first: 15-30 s once, then
+                about 6% faster on a CPU (see :meth:`Encoder.compile_image_tower`); for runs of
+                thousands of images. Where it cannot compile, a warning is logged and the run
+                goes on uncompiled.
+            progress: receives start/advance/close events.
+            executor: run the decoding and encoding on Ray with these options instead of in
+                this process (see :mod:`clipsearch.index.distributed`); each Ray shard is committed
+                as one batch.
+
+        Raises:
+            IndexLockedError: another process is writing to this index.
+        """
+        roots = check_roots(paths)
+        remote = None
+        if executor is not None:
+            from clipsearch.index.distributed import RayExecutor, WorkerSetup
+
+            setup = WorkerSetup(
+                {"model": self.spec.model, "pretrained": self.spec.pretrained},
+                self.identity.key,
+                self.device,
+                self.precision,
+                draft=not exact_decode,
+                compile=compile,
+            )
+            remote = RayExecutor(executor, setup)
+            batch_size = executor.shard_size
+        if batch_size is None:
+            batch_size = default_batch_size(self.device)
+        if batch_size < 1:
+            raise ClipsearchError(f"batch size must be at least 1 (got {batch_size})")
+        options = IndexOptions(
+            exclude=tuple(exclude),
+            include_hidden=include_hidden,
+            batch_size=batch_size,
+            workers=workers or IndexOptions.workers,
+            draft=not exact_decode,
+            compile=compile,
+        )
+        with self.writing():
+            indexer = Indexer(
+                self.catalog,
+                self.vectors,
+                lambda: self.encoder,
+                options,
+                progress,
+                save=self.save_vectors,
+                styles=self.styles.label,
+                executor=remote,
+            )
+            report = indexer.run(roots)
+            self._vectors_generation = self.catalog.generation()
+        return report
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Drop images from the index by id; returns how many were there."""
+        with self.writing():
+            present = list(self.catalog.images(list(ids)))
+            self.catalog.remove(present)
+            self.vectors.remove(np.asarray(present, dtype=np.int64))
+            self._vectors_generation = self.catalog.generation()
+            self.save_vectors()
+        return len(present)
+
+    def reindex(
+        self, index_type: str = "auto", *, memory_budget: int | None = None
+    ) -> ReindexReport:
+        """Rebuild the vector index from the stored vectors, in another FAISS layout.
+
+        The type is recorded and kept by later runs of :meth:`add` (new vectors go into the
+        trained index) and by every reader.
+
+        Args:
+            index_type: ``flat`` (exact), ``hnsw``, ``ivf``, ``ivfpq``, ``ivf-ondisk`` (inverted
+                lists in a memory-mapped file, for collections larger than RAM), or ``auto``:
+                exact up to 250k images, then HNSW if it fits ``memory_budget``, else IVF-PQ if
+                that fits, else IVF on disk (see :func:`clipsearch.store.vectors.plan_layout`).
+            memory_budget: bytes the vector index may use (default: a quarter of the RAM).
+
+        Raises:
+            IndexLockedError: another process is writing to this index.
+        """
+        started = time.monotonic()
+        with self.writing():
+            generation = self.catalog.generation()
+            vi = VectorIndex.build(
+                self.catalog,
+                self.identity.dim,
+                index_type,
+                budget_bytes=memory_budget,
+                folder=self.path,
+            )
+            layout = vi.layout
+            self.catalog.set_meta(index_type=layout.type, index_layout=layout.to_dict())
+            vi.save(self.path, generation)
+            vi.vector_source = catalog_vectors(self.catalog)
+            self._vectors, self._vectors_generation = vi, generation
+        return ReindexReport(
+            layout=layout,
+            vectors=vi.ntotal,
+            memory_bytes=layout.memory_bytes(vi.ntotal, self.identity.dim),
+            seconds=time.monotonic() - started,
+        )
+
+    def repair(self) -> RepairReport:
+        """Check the catalog and rebuild the FAISS file from the vectors stored in it.
+
+        Images whose stored vector is missing or unusable are dropped from the catalog and
+        listed in the report; the next :meth:`add` of their folders encodes them again.
+
+        Raises:
+            IndexLockedError: another process is writing to this index.
+            CorruptIndexError: the catalog itself is damaged: restore it or index again.
+        """
+        with self.writing():
+            report, rebuilt = repair_store(self.catalog, self.path, self.identity.dim)
+            self._vectors, self._vectors_generation = rebuilt, self.catalog.generation()
+        return report
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.catalog.count()
+
+    @property
+    def count(self) -> int:
+        return self.catalog.count()
+
+    def info(self) -> IndexInfo:
+        meta = self.catalog
+        return IndexInfo(
+            path=str(self.path),
+            count=meta.count(),
+            model=self.identity.model,
+            pretrained=self.identity.pretrained,
+            weights_sha256=self.identity.weights_sha256,
+            dim=self.identity.dim,
+            image_size=self.identity.image_size,
+            index_type=meta.get_meta("index_type", "flat"),
+            roots=tuple(sorted(meta.roots().values())),
+            errors=len(meta.errors()),
+            schema_version=int(meta.get_meta("schema_version", _catalog.SCHEMA_VERSION)),
+            created=float(meta.get_meta("created", 0.0)),
+        )
+
+    def errors(self) -> list[ErrorRecord]:
+        """Files that could not be indexed, with the reason, by path."""
+        return self.catalog.errors()
+
+    @cached_property
+    def styles(self) -> IndexStyles:
+        """Style labels: train a head, relabel, count (see :class:`~clipsearch.IndexStyles`)."""
+        from clipsearch.index.styles import IndexStyles
+
+        return IndexStyles(self)
+
+    def classify(
+        self, image: str | os.PathLike[str], labels: str | Sequence[str]
+    ) -> list[Prediction]:
+        """Zero-shot classify an image among any labels with the index's model.
+
+        Args:
+            image: an image file; an indexed, unchanged file uses its stored vector.
+            labels: two or more labels, as a sequence or ``"cat,dog,car"``.
+
+        Returns:
+            Every label with its softmax probability (they sum to 1), most probable first.
+
+        Raises:
+            QueryError: the image cannot be read.
+            StyleError: the labels are invalid.
+        """
+        from clipsearch.style.labels import classify_vector, parse_labels
+
+        names = parse_labels(labels)
+        return classify_vector(self.encoder, self._image_vector(str(image))[0], names)
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """The unit vector of a text, as the index's model sees it."""
+        return self.query_vector(Query.text(text))
+
+    def embed_image(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The unit vector of an image file, as the index's model sees it."""
+        return self.query_vector(Query.image(str(path)))
+
+    def query_vector(self, query: Query) -> np.ndarray:
+        """The combined, normalized vector of a query's terms."""
+        vectors = np.zeros((len(query.terms), self.identity.dim), dtype=np.float32)
+        text_pos = [i for i, t in enumerate(query.terms) if t.kind == "text"]
+        if text_pos:
+            encoded = self.text_encoder.encode_texts([query.terms[i].value for i in text_pos])
+            vectors[text_pos] = encoded
+        for i, term in enumerate(query.terms):
+            if term.kind == "image":
+                vectors[i] = self._image_vector(term.value)[0]
+        return combine(query.terms, vectors)
+
+    def _image_vector(self, path: str) -> tuple[np.ndarray, int | None]:
+        """An image's vector, from the catalog when the file is indexed and unchanged, and its
+        id in that case."""
+        from clipsearch.media.files import load_image
+
+        p = Path(path).expanduser()
+        try:
+            if not p.exists():
+                raise QueryError(f"query image {path}: no such file")
+            if p.is_dir():
+                raise QueryError(f"query image {path}: is a folder, not an image")
+            resolved = str(p.resolve())
+            st = p.stat()
+        except (OSError, RuntimeError) as e:  # permission denied, symlink loop, name too long
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise QueryError(f"query image {path}: {reason}") from e
+        stored = self.catalog.find_path(resolved)
+        if stored is not None and (st.st_size, st.st_mtime_ns) == (stored.size, stored.mtime_ns):
+            vec = self.catalog.vector(stored.id)
+            if vec is not None:
+                return vec, stored.id
+        try:
+            img = load_image(p)
+        except ImageReadError as e:
+            raise QueryError(f"query image {path}: {e.reason}") from e
+        return self.encoder.encode_images([img])[0], None
+
+    def search(
+        self,
+        query: str | Query | None = None,
+        *,
+        k: int = 10,
+        plus: Sequence[str] = (),
+        minus: Sequence[str] = (),
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        styles: Sequence[str] | None = None,
+    ) -> list[SearchResult]:
+        """Rank indexed images by cosine similarity to a query.
+
+        Args:
+            query: a term string (``"beach"``, ``"2:beach"``, ``"@photo.jpg"``) or a
+                :class:`Query`.
+            k: how many results at most.
+            plus: more terms to add to the query.
+            minus: terms to subtract from it.
+            min_score: drop results below this cosine similarity.
+            path_prefix: only images whose absolute path starts with this.
+            styles: only images with one of these style labels.
+
+        Raises:
+            QueryError: the query or an option is invalid.
+            EmptyIndexError: nothing is indexed yet.
+        """
+        k = check_k(k)
+        if isinstance(query, Query):
+            q = query if not (plus or minus) else query + Query.parse(None, plus, minus)
+        else:
+            q = Query.parse(query, plus, minus)
+        filters = {"min_score": min_score, "path_prefix": path_prefix, "styles": styles}
+        if len(q.terms) == 1 and q.terms[0].kind == "image":
+            return self.similar(q.terms[0].value, k=k, **filters)
+        self._check_not_empty()
+        return self.search_vector(self.query_vector(q), k=k, **filters)
+
+    def similar(
+        self,
+        image: str | os.PathLike[str] | int,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        styles: Sequence[str] | None = None,
+    ) -> list[SearchResult]:
+        """Images that look like a given one (a file path or an indexed id), never itself."""
+        k = check_k(k)
+        self._check_not_empty()
+        if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+            vec = self.catalog.vector(int(image))
+            if vec is None:
+                raise QueryError(f"no image with id {image} in this index")
+            own: int | None = int(image)
+        else:
+            vec, own = self._image_vector(str(image))
+        return self.search_vector(
+            vec,
+            k=k,
+            min_score=min_score,
+            path_prefix=path_prefix,
+            styles=styles,
+            exclude=[own] if own is not None else [],
+        )
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        styles: Sequence[str] | None = None,
+        exclude: Sequence[int] = (),
+    ) -> list[SearchResult]:
+        """Rank indexed images against a unit vector (see :meth:`search`)."""
+        k = check_k(k)
+        allowed = None
+        if path_prefix is not None or styles is not None:
+            roots = self.catalog.roots().values()
+            prefix = path_filter(path_prefix, roots) if path_prefix else None
+            allowed = self.catalog.ids_matching(path_prefix=prefix, styles=styles)
+            if len(allowed) == 0:
+                return []
+        # Ask for a few extra so excluded ids and ties at the cut-off don't shorten the list.
+        scores, ids = self.vectors.search(vector[None, :], k + len(exclude) + 8, allowed)
+        hits = rank(scores[0], ids[0], k, min_score=min_score, exclude=exclude)
+        records = self.catalog.images([i for i, _ in hits])
+        out = []
+        for image_id, score in hits:
+            rec = records.get(image_id)
+            if rec is None:  # removed by a concurrent writer after our FAISS snapshot
+                continue
+            out.append(
+                SearchResult(
+                    id=image_id,
+                    path=rec.path,
+                    score=score,
+                    style=rec.style,
+                    style_score=rec.style_score,
+                    width=rec.width,
+                    height=rec.height,
+                )
+            )
+        return out
+
+    def _check_not_empty(self) -> None:
+        if self.catalog.count() == 0:
+            raise EmptyIndexError(
+                f"index {self.path} is empty; add images with `clipsearch index FOLDER`"
+            )
+
+
+def _unfinished(folder: Path) -> bool:
+    """True for a catalog whose creation was interrupted before the model was recorded."""
+    catalog = Catalog.open(folder / CATALOG_FILE)
+    try:
+        return catalog.get_meta("model") is None and catalog.count() == 0
+    finally:
+        catalog.close()
+
+
+def _adopt_bundled_style_head(spec: ModelSpec, folder: Path) -> None:
+    """A model folder may ship a trained style head in ``style/`` (the demo model does): a new
+    index of that model starts with it instead of zero-shot labels."""
+    import shutil
+
+    from clipsearch.models.identity import weights_file
+    from clipsearch.style.head import HEAD_META, STYLE_DIR
+
+    weights = weights_file(spec)
+    if weights is None:
+        return
+    bundled = Path(weights).parent / STYLE_DIR
+    if (bundled / HEAD_META).is_file() and not (folder / STYLE_DIR).exists():
+        shutil.copytree(bundled, folder / STYLE_DIR)

@@ -1,0 +1,235 @@
+"""What names a model and what identifies its vectors, without importing torch.
+
+A model is named the way open_clip names it:
+
+* a built-in architecture plus ``pretrained``: a tag (``dfn2b``, ``openai``) resolved through
+  open_clip's registry and the Hugging Face cache, or a local checkpoint file
+  (``.pt``/``.bin``/``.safetensors``), or ``random`` for untrained weights (benchmarks, tests);
+* ``hf-hub:org/repo``: config and weights from the Hugging Face hub or its local cache;
+* ``local-dir:/path``: a folder with ``open_clip_config.json`` and a checkpoint;
+* ``demo``: the small model that ships inside this package (``clipsearch/models/demo``).
+
+:class:`ModelSpec` is what the user asked for; :class:`ModelIdentity` is what a loaded model
+is, recorded in every index so that vectors of different models never mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipsearch.errors import ModelLoadError
+from clipsearch.store.fileio import atomic_write
+
+DEFAULT_MODEL = "ViT-B-16-quickgelu"
+
+
+DEFAULT_PRETRAINED = "dfn2b"
+
+
+RANDOM_WEIGHTS = "random"
+
+
+DEMO_MODEL = "demo"
+
+
+DEMO_DIR = Path(__file__).parent / "demo"
+
+
+LOCAL_DIR_PREFIX = "local-dir:"
+
+
+HF_HUB_PREFIX = "hf-hub:"
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+TOWERS = ("both", "text")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a user asked for: an open_clip model name and where its weights come from."""
+
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = DEFAULT_PRETRAINED
+
+    @classmethod
+    def from_user(cls, model: str | None, pretrained: str | None) -> ModelSpec:
+        """Fill in defaults the way the CLI documents them.
+
+        With no model, the default model and its default weights. A schema-named model
+        (``hf-hub:``, ``local-dir:``) or ``demo`` carries its own weights, so ``pretrained``
+        must be empty for it.
+        """
+        if model is None:
+            return cls(DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
+        model = model.strip()
+        if not model:
+            raise ModelLoadError("empty model name; pass an open_clip model name such as ViT-B-16")
+        if model == DEMO_MODEL or model.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)):
+            if pretrained:
+                raise ModelLoadError(
+                    f"model {model} carries its own weights; drop --pretrained {pretrained}"
+                )
+            if model.startswith(LOCAL_DIR_PREFIX):
+                path = Path(model[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve()
+                model = f"{LOCAL_DIR_PREFIX}{path}"
+            return cls(model, None)
+        if pretrained and looks_like_path(pretrained):
+            pretrained = str(Path(pretrained).expanduser().resolve())
+        return cls(model, pretrained)
+
+    def describe(self) -> str:
+        return f"{self.model} ({self.pretrained})" if self.pretrained else self.model
+
+
+def looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith(CHECKPOINT_SUFFIXES) or Path(value).is_file()
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What an index records about the model that made its vectors.
+
+    Two identities are compatible when their ``key`` is equal: the weights' checksum where the
+    weights are a local file (so a moved folder still matches), otherwise name plus tag.
+    """
+
+    model: str
+    pretrained: str | None
+    weights_sha256: str | None
+    dim: int
+    image_size: int
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        if self.weights_sha256:
+            return f"sha256:{self.weights_sha256}"
+        return f"{self.model}|{self.pretrained}"
+
+    def describe(self) -> str:
+        tag = self.pretrained or (self.weights_sha256 or "")[:12]
+        return f"{self.model} ({tag})" if tag else self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "dim": self.dim,
+            "image_size": self.image_size,
+            "preprocess": self.preprocess,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
+        return cls(
+            model=data["model"],
+            pretrained=data.get("pretrained"),
+            weights_sha256=data.get("weights_sha256"),
+            dim=int(data["dim"]),
+            image_size=int(data["image_size"]),
+            preprocess=dict(data.get("preprocess") or {}),
+        )
+
+
+MODELS_DIR = Path(__file__).parent
+
+
+def weights_file(spec: ModelSpec) -> str | None:
+    """The local file holding the spec's weights, or None for tags, hub models and random."""
+    if spec.model == DEMO_MODEL or spec.model.startswith(LOCAL_DIR_PREFIX):
+        folder = DEMO_DIR if spec.model == DEMO_MODEL else Path(spec.model[len(LOCAL_DIR_PREFIX) :])
+        return checkpoint_in_folder(folder) if folder.is_dir() else None
+    if spec.pretrained and spec.pretrained != RANDOM_WEIGHTS and looks_like_path(spec.pretrained):
+        return spec.pretrained if Path(spec.pretrained).is_file() else None
+    return None
+
+
+# open_clip's choice among the checkpoints of a local-dir: folder, best first.
+_PREFERRED_CHECKPOINTS = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
+
+
+def checkpoint_in_folder(folder: Path) -> str | None:
+    """The checkpoint open_clip loads from a ``local-dir:`` folder (the rule of its
+    ``create_model``, kept here so that finding it does not import torch): a preferred name
+    if there is one, else the first ``*.safetensors``, else the first ``*.bin``/``*.pth`` by
+    name."""
+    found = sorted(p for ext in ("safetensors", "bin", "pth") for p in folder.glob(f"*.{ext}"))
+    if not found:
+        return None
+    preferred = [p for name in _PREFERRED_CHECKPOINTS for p in found if p.name == name]
+    if preferred:
+        return str(preferred[0])
+    return str(min(found, key=lambda p: p.suffix != ".safetensors"))  # stable: first by name
+
+
+def spec_key(spec: ModelSpec) -> str:
+    """The :attr:`ModelIdentity.key` the spec's model will have, computed without loading it."""
+    path = weights_file(spec)
+    if path:
+        return f"sha256:{file_sha256(path)}"
+    return f"{spec.model}|{spec.pretrained}"
+
+
+def cache_home() -> Path:
+    """clipsearch's own cache: ``$XDG_CACHE_HOME/clipsearch`` (``~/.cache/clipsearch``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clipsearch"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, remembered in the cache by path, size, times and inode: a
+    600 MB checkpoint takes 0.4 s to hash, at every model load otherwise."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    memo = cache_home() / "sha256" / (hashlib.sha256(real.encode()).hexdigest()[:32] + ".json")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        known = json.loads(memo.read_text())
+        if known["path"] == real and known["stat"] == stamp:
+            return str(known["sha256"])
+    digest = hashlib.sha256()
+    with open(real, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    if os.stat(real).st_mtime_ns == st.st_mtime_ns:  # not rewritten while we read it
+        with contextlib.suppress(OSError):
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            entry = {"path": real, "stat": stamp, "sha256": sha}
+            atomic_write(memo, json.dumps(entry).encode(), durable=False)
+    return sha
+
+
+def hf_cache_dir(cache_dir: str | None) -> str:
+    """The Hugging Face hub cache folder: ``cache_dir``, else what huggingface_hub reads from
+    HF_HUB_CACHE / HF_HOME (importing it costs a few ms, and no torch)."""
+    if cache_dir:
+        return str(cache_dir)
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)

@@ -1,0 +1,138 @@
+"""Torch at run time: the device and precision, thread limits, and the text pass that stops
+at the end-of-text token. torch is imported inside each function, on first use."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipsearch.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+from clipsearch.models.identity import DEVICES, PRECISIONS
+
+# Images per model call by device: CPU throughput is flat from 8 to 32 (benchmarks/RESULTS.md)
+# and smaller batches commit sooner; GPUs need large batches to fill.
+BATCH_SIZES = {"cpu": 16, "cuda": 128, "mps": 64}
+
+
+def pick_device(device: str = "auto") -> str:
+    """Resolve ``auto`` to the best available device and check that an explicit one exists."""
+    import torch
+
+    if device not in DEVICES:
+        raise ModelLoadError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device cuda requested but no CUDA GPU is available; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device mps requested but MPS is not available; use --device cpu")
+    return device
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """``auto`` means fp16 on CUDA/MPS, bf16 on CPUs with native bf16 arithmetic (AVX512-BF16
+    or AMX: ~2x fp32 speed, embeddings within cosine 0.999 of fp32), else fp32. Explicit
+    values are checked."""
+    if precision not in PRECISIONS:
+        raise ModelLoadError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
+    if precision == "auto":
+        if device in ("cuda", "mps"):
+            return "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp16" and device == "cpu":
+        raise ModelLoadError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+    return precision
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX). Elsewhere
+    PyTorch emulates bf16 and it runs slower than fp32."""
+    import torch
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        with contextlib.suppress(Exception):
+            if check is not None and check():
+                return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def default_batch_size(device: str) -> int:
+    """Images per model call for a device (``auto`` resolved first)."""
+    return BATCH_SIZES.get(pick_device(device), 32)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def encode_text(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text``, run only up to the last end-of-text token.
+
+    CLIP's text transformer is causal and pools at the end-of-text token, so the padding
+    after it cannot change the result: a 5-word query needs ~10 of the 77 positions, a
+    seventh of the work. Models that pool elsewhere or attend both ways run in full.
+    """
+    import open_clip
+    import torch
+
+    pool = getattr(model, "text_pool_type", None)
+    mask = getattr(model, "attn_mask", None)
+    if type(model) is not open_clip.CLIP or mask is None or pool not in ("argmax", "eos"):
+        return model.encode_text(tokens)
+    if pool == "argmax":
+        ends = tokens.argmax(dim=-1)
+    else:
+        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    n = int(ends.max()) + 1
+    tokens = tokens[:, :n]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:n].to(cast_dtype)
+    x = model.transformer(x, attn_mask=mask[:n, :n])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), ends]
+    if model.text_projection is not None:
+        if isinstance(model.text_projection, torch.nn.Linear):
+            x = model.text_projection(x)
+        else:
+            x = x @ model.text_projection
+    return x
+
+
+def normalize(features: torch.Tensor) -> np.ndarray:
+    import torch
+
+    features = features.float()
+    features = torch.nn.functional.normalize(features, dim=-1)
+    return features.cpu().numpy().astype(np.float32, copy=False)

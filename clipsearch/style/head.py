@@ -1,0 +1,289 @@
+"""Style labels: an MLP head on the CLIP image embedding, and zero-shot labels before one exists.
+
+Every indexed image gets a style label (``photo``, ``cartoon``, ``sketch``, ...) and its
+probability. Labels come from the stored, normalized CLIP image vectors, so labelling or
+relabelling an index never decodes an image again:
+
+* until a head is trained, from CLIP zero-shot classification: each label's prompt ensemble
+  ("a photo of a pencil sketch.", "an illustration in the style of a pencil sketch.", ...) is
+  encoded, the normalized text vectors are averaged per label and renormalized, and an image
+  gets the softmax of its cosine similarities (times CLIP's logit scale, 100);
+* once a head is trained on labelled folders (``DIR/<label>/*.jpg``), from
+  :class:`StyleClassifier`, an MLP (dim -> 256 -> labels) on the same vectors.
+
+A head lives next to its index (``<index>/style/head.safetensors`` and ``head.json``) and records
+the backbone it was trained on (:attr:`clipsearch.models.identity.ModelIdentity.key`); it is refused
+against any other backbone. Training one lives in :mod:`clipsearch.style.training`.
+
+Example::
+
+    with ImageIndex.open("indexes/photos") as index:
+        report = index.styles.train("labelled/")   # DIR/<label>/*.jpg
+        print(report.metrics.accuracy)
+        index.search("a bridge", styles=["sketch"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipsearch.errors import StyleHeadError
+from clipsearch.style.labels import Labeller
+
+STYLE_DIR = "style"
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_META = "head.json"
+HEAD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    """Validation precision, recall and F1 of one label; ``support`` is its validation count."""
+
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class StyleMetrics:
+    """How a trained head does on its held-out validation split.
+
+    ``confusion[i][j]`` counts validation images of ``labels[i]`` predicted as ``labels[j]``.
+    """
+
+    labels: tuple[str, ...]
+    accuracy: float
+    per_class: tuple[ClassMetrics, ...]
+    confusion: tuple[tuple[int, ...], ...]
+    train_size: int
+    val_size: int
+    epochs: int
+    best_epoch: int
+    val_loss: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        d["per_class"] = [asdict(c) for c in self.per_class]
+        d["confusion"] = [list(row) for row in self.confusion]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StyleMetrics:
+        return cls(
+            labels=tuple(d["labels"]),
+            accuracy=float(d["accuracy"]),
+            per_class=tuple(ClassMetrics(**c) for c in d["per_class"]),
+            confusion=tuple(tuple(int(x) for x in row) for row in d["confusion"]),
+            train_size=int(d["train_size"]),
+            val_size=int(d["val_size"]),
+            epochs=int(d["epochs"]),
+            best_epoch=int(d["best_epoch"]),
+            val_loss=float(d["val_loss"]),
+        )
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train a style head.
+
+    Args:
+        val_fraction: share of each label's images held out for validation (stratified).
+        hidden: width of the hidden layer.
+        dropout: dropout after the hidden layer.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: vectors per optimizer step.
+        max_epochs: upper bound on training epochs.
+        patience: stop after this many epochs without a lower validation loss.
+        min_delta: how much lower the validation loss must get to count as lower.
+        seed: seeds the split, the initial weights, dropout and the batch order.
+    """
+
+    val_fraction: float = 0.2
+    hidden: int = 256
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    max_epochs: int = 300
+    patience: int = 20
+    min_delta: float = 1e-4
+    seed: int = 0
+
+
+# --- the MLP head ---------------------------------------------------------------------------
+
+
+class StyleHead(Labeller):
+    """A trained :class:`StyleClassifier` with its labels and the backbone it belongs to.
+
+    Args:
+        model: the classifier.
+        labels: class names, in output order.
+        backbone: :attr:`ModelIdentity.key` of the CLIP model whose vectors it was trained on.
+        metrics: validation metrics from training.
+        options: the options it was trained with.
+    """
+
+    source = "head"
+
+    def __init__(
+        self,
+        model: Any,
+        labels: Sequence[str],
+        backbone: str,
+        metrics: StyleMetrics | None = None,
+        options: TrainOptions | None = None,
+    ):
+        self.model = model.eval()
+        self.labels = tuple(labels)
+        self.backbone = backbone
+        self.metrics = metrics
+        self.options = options or TrainOptions()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.center.shape[0])
+
+    def predict_proba(self, vectors: np.ndarray, batch: int = 8192) -> np.ndarray:
+        import torch
+
+        x = np.array(vectors, dtype=np.float32)  # a writable copy: stored vectors are read-only
+        out = np.empty((len(x), len(self.labels)), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, len(x), batch):
+                logits = self.model(torch.from_numpy(x[s : s + batch]))
+                out[s : s + batch] = torch.softmax(logits, dim=1).numpy()
+        return out
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``head.safetensors`` and ``head.json`` into a folder; returns the JSON's path.
+
+        Each file is replaced atomically, weights first: ``head.json`` names the weights'
+        checksum, so a crash between the two leaves a pair that :meth:`load` refuses, never a
+        silent mix.
+        """
+        from safetensors.torch import save_file
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        tmp = out / f".{HEAD_WEIGHTS}.tmp"
+        save_file(state, str(tmp))
+        os.chmod(tmp, 0o644)  # safetensors makes it owner-only; head.json next to it is not
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        os.replace(tmp, out / HEAD_WEIGHTS)
+        meta = {
+            "format": HEAD_FORMAT,
+            "labels": list(self.labels),
+            "backbone": self.backbone,
+            "dim": self.dim,
+            "hidden": int(self.model.net[0].out_features),
+            "dropout": float(self.model.net[2].p),
+            "weights_sha256": digest,
+            "options": asdict(self.options),
+            "metrics": self.metrics.to_dict() if self.metrics else None,
+            "trained_at": time.time(),
+        }
+        tmp_meta = out / f".{HEAD_META}.tmp"
+        tmp_meta.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp_meta, out / HEAD_META)
+        return out / HEAD_META
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], backbone: str | None = None) -> StyleHead:
+        """Load a saved head, refusing one trained on another backbone.
+
+        Args:
+            folder: the folder :meth:`save` wrote.
+            backbone: the :attr:`ModelIdentity.key` the head must belong to; None skips the
+                check.
+
+        Raises:
+            StyleHeadError: no head there, its files are unreadable or do not belong together,
+                or it was trained on another backbone.
+        """
+        from safetensors.torch import load_file
+
+        from clipsearch.style.classifier import StyleClassifier
+
+        folder = Path(folder)
+        meta_path, weights_path = folder / HEAD_META, folder / HEAD_WEIGHTS
+        meta = read_head_meta(folder, backbone)
+        labels, key, dim = meta["labels"], meta["backbone"], meta["dim"]
+        fix = f"delete {folder} and train the head again"
+        try:
+            data = weights_path.read_bytes()
+            if (
+                meta.get("weights_sha256")
+                and hashlib.sha256(data).hexdigest() != meta["weights_sha256"]
+            ):
+                raise StyleHeadError(
+                    f"style head {weights_path} does not match {meta_path} (an interrupted "
+                    f"save?); {fix}"
+                )
+            state = load_file(str(weights_path))
+            model = StyleClassifier(
+                dim, len(labels), int(meta.get("hidden", 256)), float(meta.get("dropout", 0.0))
+            )
+            model.load_state_dict(state)
+        except StyleHeadError:
+            raise
+        except Exception as e:  # safetensors and torch raise many types for a bad file
+            raise StyleHeadError(f"style head {weights_path} is unreadable ({e}); {fix}") from e
+        metrics = StyleMetrics.from_dict(meta["metrics"]) if meta.get("metrics") else None
+        known = TrainOptions.__dataclass_fields__
+        options = TrainOptions(**{k: v for k, v in meta.get("options", {}).items() if k in known})
+        return cls(model, labels, key, metrics, options)
+
+
+def read_head_meta(folder: str | os.PathLike[str], backbone: str | None = None) -> dict[str, Any]:
+    """A saved head's ``head.json`` (labels, backbone, dims, metrics), without its weights.
+
+    Args:
+        folder: the folder :meth:`StyleHead.save` wrote.
+        backbone: the :attr:`ModelIdentity.key` the head must belong to; None skips the check.
+
+    Raises:
+        StyleHeadError: no head there, its metadata is unreadable or from a newer clipsearch,
+            or it was trained on another backbone.
+    """
+    folder = Path(folder)
+    meta_path = folder / HEAD_META
+    if not meta_path.is_file():
+        raise StyleHeadError(
+            f"no style head in {folder}; train one with `clipsearch style train DIR`"
+        )
+    fix = f"delete {folder} and train the head again"
+    try:
+        meta = json.loads(meta_path.read_text())
+        key = meta["backbone"]
+        meta["labels"], meta["dim"] = list(meta["labels"]), int(meta["dim"])
+        if meta.get("format", 0) > HEAD_FORMAT:
+            raise StyleHeadError(
+                f"style head {meta_path} has format {meta['format']}, newer than this "
+                f"clipsearch understands ({HEAD_FORMAT}); upgrade clipsearch"
+            )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StyleHeadError(f"style head {meta_path} is unreadable ({e}); {fix}") from e
+    if backbone is not None and key != backbone:
+        raise StyleHeadError(
+            f"style head {folder} was trained on backbone {key}, not on this index's model "
+            f"({backbone}); its predictions would be meaningless. Train a head for this "
+            "model with `clipsearch style train DIR`, or `clipsearch style reset` to go "
+            "back to zero-shot labels"
+        )
+    return meta

@@ -1,0 +1,83 @@
+"""Indexing through Ray gives what the local executor gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from clipsearch import ImageIndex
+from clipsearch.cli.main import main
+from tests.helpers import draw_image
+
+
+def test_without_ray_the_message_says_how_to_install(tmp_path, photo_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    result = CliRunner().invoke(
+        main, ["--index", str(tmp_path / "i"), "index", str(photo_dir), "--executor", "ray"]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "clipsearch: error: --executor ray needs Ray: pip install 'clipsearch[ray]'"
+    )
+    assert not (tmp_path / "i").exists()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def vectors_by_path(index: ImageIndex) -> dict[str, np.ndarray]:
+    records = index.catalog.images(index.catalog.ids().tolist())
+    return {r.path: index.catalog.vector(i) for i, r in records.items()}
+
+
+@pytest.mark.slow
+def test_ray_matches_local(ray_local, tmp_path, tiny_model, photo_dir):
+    (photo_dir / "broken.jpg").write_text("not a photo")
+    with ImageIndex.open_or_create(tmp_path / "local", model=tiny_model) as local:
+        want = local.add([photo_dir])
+        local_vectors = vectors_by_path(local)
+        local_errors = [(e.path, e.reason) for e in local.errors()]
+    with ImageIndex.open_or_create(tmp_path / "ray", model=tiny_model) as dist:
+        from clipsearch.index.distributed import RayOptions
+
+        got = dist.add([photo_dir], executor=RayOptions(actors=2, shard_size=5))
+        ray_vectors = vectors_by_path(dist)
+        assert [(e.path, e.reason) for e in dist.errors()] == local_errors
+        assert (got.added, got.failed) == (want.added, want.failed) == (12, 1)
+        assert ray_vectors.keys() == local_vectors.keys()
+        for path, vec in local_vectors.items():
+            assert np.allclose(ray_vectors[path], vec, atol=1e-5), path
+        # Incremental on Ray too: a new file and a moved one.
+        draw_image(photo_dir / "late.png", "orange", "circle")
+        (photo_dir / "shapes" / "red_square.png").rename(photo_dir / "moved.png")
+        again = dist.add([photo_dir], executor=RayOptions(actors=1, shard_size=4))
+        assert (again.added, again.moved, again.unchanged) == (1, 1, 11)
+        assert set(dist.vectors.ids().tolist()) == set(dist.catalog.ids().tolist())
+
+
+@pytest.mark.slow
+def test_cli_ray_executor(ray_local, tmp_path, tiny_model, photo_dir):
+    result = CliRunner().invoke(
+        main,
+        [
+            "--index",
+            str(tmp_path / "idx"),
+            "index",
+            str(photo_dir),
+            "--model",
+            tiny_model,
+            "--executor",
+            "ray",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert '"added": 12' in result.output
