@@ -21,7 +21,6 @@ from clipsearch.models.identity import DEMO_DIR
 from clipsearch.models.loading import load_encoder
 from clipsearch.style.head import STYLE_DIR, StyleHead
 
-
 # The weights ship with the package: a missing file is a failure, never a skip.
 pytestmark = pytest.mark.slow
 
