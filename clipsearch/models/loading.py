@@ -32,6 +32,7 @@ from clipsearch.models.identity import (
     looks_like_path,
     weights_file,
 )
+from clipsearch.models.openclip_private import safe_weight_names
 from clipsearch.models.runtime import encode_text, pick_device, pick_precision, torch_threads
 from clipsearch.models.texttower import NumpyTextEncoder, applies, cached_text_encoder, remember
 
@@ -338,7 +339,6 @@ def _check_tag_reachable_or_cached(
     spec: ModelSpec, tag_cfg: dict[str, Any], cache_dir: str | None
 ) -> None:
     from open_clip.constants import HF_WEIGHTS_NAME
-    from open_clip.pretrained import _get_safe_alternatives
 
     hub = tag_cfg.get("hf_hub", "")
     if not hub:
@@ -346,7 +346,7 @@ def _check_tag_reachable_or_cached(
     # open_clip's convention: "org/repo/filename", or "org/repo/" for the default file name.
     repo, filename = os.path.split(hub)
     filename = filename or HF_WEIGHTS_NAME
-    _check_cached_or_online(spec, repo, [*_get_safe_alternatives(filename), filename], cache_dir)
+    _check_cached_or_online(spec, repo, [*safe_weight_names(filename), filename], cache_dir)
 
 
 def _check_hub_reachable_or_cached(spec: ModelSpec, hf_repo: str) -> None:

@@ -52,6 +52,7 @@ from clipsearch.models.identity import (
     spec_key,
     weights_file,
 )
+from clipsearch.models.openclip_private import default_text_cleaner
 from clipsearch.models.tokenizer import ClipTokenizer
 from clipsearch.store.fileio import atomic_write
 
@@ -577,7 +578,7 @@ def describe(model: Any, tokenizer: Any) -> TextTowerConfig | None:
         return None
     if (
         type(tokenizer) is not oc_tokenizer.SimpleTokenizer
-        or tokenizer.clean_fn is not oc_tokenizer._clean_lower
+        or tokenizer.clean_fn is not default_text_cleaner()
         or tokenizer.reduction_fn is not None
         or len(tokenizer.encoder) != 49408
         or not tokenizer.context_length

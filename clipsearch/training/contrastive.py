@@ -46,6 +46,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from clipsearch.errors import ImageReadError, TrainingError
 from clipsearch.models.loading import register_model_configs
+from clipsearch.models.openclip_private import hf_hub_model_config
 
 if TYPE_CHECKING:
     import torch
@@ -484,9 +485,7 @@ def _model_config(name: str, model: torch.nn.Module) -> dict[str, Any]:
         with open(Path(name[len("local-dir:") :]) / CONFIG_NAME, encoding="utf-8") as f:
             cfg = json.load(f)["model_cfg"]
     elif name.startswith("hf-hub:"):
-        from open_clip.factory import _get_hf_config
-
-        cfg = _get_hf_config(name[len("hf-hub:") :])["model_cfg"]
+        cfg = hf_hub_model_config(name[len("hf-hub:") :])["model_cfg"]
     else:
         cfg = open_clip.get_model_config(name)
         if cfg is None:
