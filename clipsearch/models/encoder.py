@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from PIL import Image
 from clipsearch.errors import ModelLoadError, one_line
 from clipsearch.models.identity import ModelIdentity
-from clipsearch.models.runtime import BATCH_SIZES, encode_text, normalize, torch_threads
+from clipsearch.models.runtime import BATCH_SIZES, encode_text, normalize
+from clipsearch.threads import TORCH, limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class Encoder:
             # A query or two is a few small matmuls: more threads only wait on each other
             # (10x slower on a busy 2-core machine than one thread).
             few = self.device == "cpu" and len(chunk) <= 4
-            with torch.inference_mode(), torch_threads(1 if few else None):
+            with torch.inference_mode(), limit_threads(1 if few else None, TORCH):
                 features = encode_text(self.model, tokens)
             out[start : start + len(chunk)] = normalize(features)
         return out

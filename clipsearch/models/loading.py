@@ -33,8 +33,9 @@ from clipsearch.models.identity import (
     weights_file,
 )
 from clipsearch.models.openclip_private import safe_weight_names
-from clipsearch.models.runtime import encode_text, pick_device, pick_precision, torch_threads
+from clipsearch.models.runtime import encode_text, pick_device, pick_precision
 from clipsearch.models.texttower import NumpyTextEncoder, applies, cached_text_encoder, remember
+from clipsearch.threads import TORCH, limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def load_spec(
     clip_model.eval()
     size = pp.get("size", 224)
     image_size = int(size if isinstance(size, int) else size[0])
-    with torch.inference_mode(), torch_threads(1 if device == "cpu" else None):
+    with torch.inference_mode(), limit_threads(1 if device == "cpu" else None, TORCH):
         dim = int(encode_text(clip_model, tokenizer(["x"]).to(device)).shape[-1])
     identity = ModelIdentity(
         model=spec.model,

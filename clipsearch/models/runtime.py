@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,21 +78,6 @@ def cpu_has_native_bf16() -> bool:
 def default_batch_size(device: str) -> int:
     """Images per model call for a device (``auto`` resolved first)."""
     return BATCH_SIZES.get(pick_device(device), 32)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    if n is None or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def encode_text(model: Any, tokens: torch.Tensor) -> torch.Tensor:

@@ -29,14 +29,13 @@ damaged or missing file. ``random`` weights are never recorded (each load draws 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +54,7 @@ from clipsearch.models.identity import (
 from clipsearch.models.openclip_private import default_text_cleaner
 from clipsearch.models.tokenizer import ClipTokenizer
 from clipsearch.store.fileio import atomic_write
+from clipsearch.threads import BLAS, TORCH, limit_threads
 
 if TYPE_CHECKING:
     import torch
@@ -389,55 +389,9 @@ class NumpyTextEncoder:
             chunk = list(texts[start : start + batch_size])
             # A query or two is a few thin matrix products: a second BLAS thread only waits
             # (and on a busy 2-core machine makes a 40 ms forward take 0.1-0.9 s).
-            with _blas_threads(1 if len(chunk) <= 4 else None):
+            with limit_threads(1 if len(chunk) <= 4 else None, BLAS):
                 out[start : start + len(chunk)] = self.tower(self.tokenizer(chunk))
         return out
-
-
-@contextlib.contextmanager
-def _blas_threads(n: int | None) -> Iterator[None]:
-    """Run with n threads in NumPy's BLAS, where it is an OpenBLAS we can reach (Linux
-    wheels); elsewhere, or with n None, as is."""
-    control = _numpy_openblas() if n else None
-    if control is None:
-        yield
-        return
-    get, set_ = control
-    before = int(get())
-    set_(n)
-    try:
-        yield
-    finally:
-        set_(before)
-
-
-@functools.cache
-def _numpy_openblas() -> tuple[Any, Any] | None:
-    """(get, set) of the thread count of the OpenBLAS that NumPy loaded, or None. Found among
-    the mapped libraries under NumPy's own folders (FAISS brings its own OpenBLAS)."""
-    import ctypes
-
-    site = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line})
-    except OSError:
-        return None
-    for path in paths:
-        if not path.startswith(os.path.join(site, "numpy")):  # numpy/ or numpy.libs/
-            continue
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and set_ is not None:
-                    set_.argtypes = [ctypes.c_int]
-                    return get, set_
-    return None
 
 
 def cache_root() -> Path:
@@ -725,16 +679,16 @@ def _parity(model: Any, tokenizer: Any, encoder: NumpyTextEncoder) -> bool:
     seconds of torch on a busy 2-core machine, and tests nothing more)."""
     import torch
 
-    from clipsearch.models.runtime import encode_text, torch_threads
+    from clipsearch.models.runtime import encode_text
 
     ours = encoder.tokenizer(list(PROBES))
     if not np.array_equal(ours, tokenizer(list(PROBES)).numpy()):
         return False
     short = ours[ours.argmax(axis=1) < 24]
     device = next(model.parameters()).device
-    with torch.inference_mode(), torch_threads(1 if device.type == "cpu" else None):
+    with torch.inference_mode(), limit_threads(1 if device.type == "cpu" else None, TORCH):
         reference = encode_text(model, torch.from_numpy(short).to(device)).float()
         reference = torch.nn.functional.normalize(reference, dim=-1).cpu().numpy()
-    with _blas_threads(1):
+    with limit_threads(1, BLAS):
         got = encoder.tower(short)
     return got.shape == reference.shape and float(np.abs(got - reference).max()) < PARITY_TOLERANCE

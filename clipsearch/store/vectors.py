@@ -9,14 +9,13 @@ inverted lists in a memory-mapped file of their own (see :mod:`clipsearch.store.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ import numpy as np
 from clipsearch.errors import ClipsearchError, CorruptIndexError
 from clipsearch.store.fileio import atomic_write
 from clipsearch.store.ondisk import OnDiskIVF, remove_unused_lists
+from clipsearch.threads import FAISS, limit_threads
 
 if TYPE_CHECKING:
     from clipsearch.store.catalog import Catalog
@@ -265,7 +265,7 @@ class VectorIndex:
             pq_index.do_polysemous_training = False  # only for Hamming filtering: unused, slow
         # The quantizer is trained, so this trains the PQ codebooks: many small k-means whose
         # threads mostly wait on each other (10x slower with 2 threads on a busy machine).
-        with _omp_threads(1):
+        with limit_threads(1, FAISS):
             index.train(training)
         _configure(index, layout)
         if layout.ondisk:  # no lists file yet: vectors go to the delta until the first save
@@ -376,7 +376,7 @@ class VectorIndex:
                 fetch = min(k * RERANK_FACTOR + 16, max(int(self.index.ntotal), 1))
                 rerank = True
         # One query is latency-bound: extra OpenMP threads only add synchronisation cost.
-        with _omp_threads(1 if len(queries) == 1 else None):
+        with limit_threads(1 if len(queries) == 1 else None, FAISS):
             scores, ids = self.index.search(queries, fetch, params=params)
         del keep
         if rerank:
@@ -762,20 +762,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         if e.errno in _FIXABLE_WRITE_ERRORS:
             raise _write_error(path, len(data), e) from e
         raise
-
-
-@contextlib.contextmanager
-def _omp_threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    faiss = _faiss()
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def _write_error(path: Path, nbytes: int, e: OSError) -> ClipsearchError:
