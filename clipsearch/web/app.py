@@ -16,8 +16,10 @@ Routes (JSON unless noted; ``{id}`` is an image id, the only way to name an imag
 
 Query terms use the syntax of :mod:`clipsearch.index.query`, except that an image term names an
 indexed image by id (``@42``, ``0.5:@42``): no path from a request ever reaches the file system.
-Requests share one ImageIndex; the model and FAISS take turns under a lock, and every search
-sees what a concurrently running indexer has committed.
+Every search is a call of :class:`~clipsearch.ImageIndex` (``search_indexed``, ``similar``), so
+the API gives the Python API's results and errors. Requests share one ImageIndex; the model and
+FAISS take turns under a lock, and every search sees what a concurrently running indexer has
+committed.
 """
 
 from __future__ import annotations
