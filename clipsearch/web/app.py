@@ -51,6 +51,7 @@ MAX_K = 200
 DEFAULT_K = 24
 MAX_TERMS = 16
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+UPLOAD_LIMIT = f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB"
 MAX_ID = 2**63 - 1
 # Formats every current browser shows; others (TIFF, HEIC, ...) are sent as JPEG.
 BROWSER_TYPES = {
@@ -301,7 +302,7 @@ def search(
 def search_image(
     request: Request,
     svc: Svc,
-    image: Annotated[UploadFile, File(description="An image file, at most 20 MB.")],
+    image: Annotated[UploadFile, File(description=f"An image file, at most {UPLOAD_LIMIT}.")],
     plus: Plus = (),  # type: ignore[assignment]
     minus: Minus = (),  # type: ignore[assignment]
     k: K = DEFAULT_K,
@@ -313,7 +314,7 @@ def search_image(
     data = image.file.read(MAX_UPLOAD_BYTES + 1)
     name = os.path.basename(image.filename or "") or "upload"
     if len(data) > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, f"uploaded file {name} is larger than 20 MB")
+        raise HTTPException(413, f"uploaded file {name} is larger than {UPLOAD_LIMIT}")
     hits = svc.search(
         style,
         svc.index.search_indexed,
@@ -491,7 +492,7 @@ def create_app(
     app.add_middleware(
         BodyLimit,
         limit=MAX_UPLOAD_BYTES + 64 * 1024,  # the form's own bytes around the file
-        message=f"the upload is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB",
+        message=f"the upload is larger than {UPLOAD_LIMIT}",
     )
     app.add_middleware(SecurityHeaders)
     if allowed_hosts is not None:
