@@ -285,6 +285,7 @@ WEB_SEARCH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_web_text_search_does_not_import_torch(tmp_path, tiny_model, photo_dir):
     with ImageIndex.create(tmp_path / "index", model=tiny_model, device="cpu") as ix:
         ix.add([photo_dir])
