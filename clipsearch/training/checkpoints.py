@@ -31,13 +31,6 @@ RESUME_MUST_MATCH = ("model", "pretrained", "batch_size", "seed")
 """Settings a resumed run must share with its checkpoint: they decide the data order."""
 
 
-def _write_shared(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically and leave it readable by all, as other model files are
-    (the temp file behind the atomic write is made owner-only)."""
-    atomic_write(path, data)
-    os.chmod(path, 0o644)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -128,7 +121,7 @@ class Checkpointer:
         torch.save(dict(state), buffer)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write_shared(path, buffer.getvalue())
+            atomic_write(path, buffer.getvalue())
         except OSError as e:
             raise TrainingError(f"cannot write checkpoint {path}: {e}") from e
         for old in checkpoint_files(self.folder)[: -self.keep]:
@@ -212,8 +205,8 @@ def export_model(
     }
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_shared(out / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
-        _write_shared(out / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+        atomic_write(out / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+        atomic_write(out / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
     except OSError as e:
         raise TrainingError(f"cannot write the trained model to {out}: {e}") from e
     return out
