@@ -28,8 +28,10 @@ from clipsearch.models.identity import DEMO_DIR, ModelSpec, checkpoint_in_folder
 from clipsearch.models.loading import load_encoder, load_text_encoder
 from clipsearch.models.texttower import (
     NumpyTextEncoder,
+    TextTowerConfig,
     cache_root,
     cached_text_encoder,
+    describe,
     gelu,
     quick_gelu,
 )
@@ -188,6 +190,33 @@ def test_numpy_vectors_equal_open_clips(which, tiny_model_dir, quick_model_dir):
     # One at a time (one BLAS thread) and many at once agree.
     one = np.stack([fast.encode_texts([t])[0] for t in TEXTS[:4]])
     assert np.abs(one - got[:4]).max() < 1e-5
+
+
+def test_describe_reads_the_tower_shape_from_the_model(quick_model_dir):
+    """describe's checks (model, tokenizer, blocks, LayerNorms, projection) together give the
+    shape of a standard tower, and None once one part is not standard."""
+    name = f"local-dir:{quick_model_dir}"
+    model = open_clip.create_model(name)
+    tokenizer = open_clip.get_tokenizer(name)
+    config = describe(model, tokenizer)
+    assert config == TextTowerConfig(
+        context_length=16,
+        vocab_size=49408,
+        width=64,
+        heads=2,
+        layers=2,
+        mlp_width=256,
+        quick_gelu=True,
+        ln_eps=1e-5,
+        pool="argmax",
+        eos_id=model.text_eos_id,
+        projection="matrix",
+        projection_bias=False,
+    )
+    model.transformer.resblocks[1].mlp.gelu = torch.nn.GELU(approximate="tanh")
+    assert describe(model, tokenizer) is None
+    model.transformer.resblocks[1].mlp.gelu = torch.nn.GELU()  # exact, unlike block 0
+    assert describe(model, tokenizer) is None  # one activation for all blocks
 
 
 # --- the CLI -------------------------------------------------------------------------------
