@@ -95,9 +95,8 @@ class ModelSpec:
                 raise ModelLoadError(
                     f"model {model} carries its own weights; drop --pretrained {pretrained}"
                 )
-            if named.kind == "local-dir":
-                folder = Path(model[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve()
-                return cls(f"{LOCAL_DIR_PREFIX}{folder}", None)
+            if named.kind == "local-dir" and named.local_dir is not None:
+                return cls(f"{LOCAL_DIR_PREFIX}{named.local_dir.expanduser().resolve()}", None)
             return named
         if pretrained and looks_like_path(pretrained):
             pretrained = str(Path(pretrained).expanduser().resolve())
