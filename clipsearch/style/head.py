@@ -180,7 +180,7 @@ class StyleHead(Labeller):
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         weights = save(state)
         digest = hashlib.sha256(weights).hexdigest()
-        _write_readable(out / HEAD_WEIGHTS, weights)
+        atomic_write(out / HEAD_WEIGHTS, weights)
         meta = {
             "format": HEAD_FORMAT,
             "labels": list(self.labels),
@@ -193,7 +193,7 @@ class StyleHead(Labeller):
             "metrics": self.metrics.to_dict() if self.metrics else None,
             "trained_at": time.time(),
         }
-        _write_readable(out / HEAD_META, json.dumps(meta, indent=2).encode())
+        atomic_write(out / HEAD_META, json.dumps(meta, indent=2).encode())
         return out / HEAD_META
 
     @classmethod
@@ -284,9 +284,3 @@ def read_head_meta(folder: str | os.PathLike[str], backbone: str | None = None) 
 def _retrain(folder: Path) -> str:
     """The fix for a head that cannot be used."""
     return f"delete {folder} and train the head again"
-
-
-def _write_readable(path: Path, data: bytes) -> None:
-    """Replace a head file atomically, readable by all (a temp file is owner-only)."""
-    atomic_write(path, data)
-    os.chmod(path, 0o644)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipsearch.errors import TrainingError
-from clipsearch.models.identity import HF_HUB_PREFIX, LOCAL_DIR_PREFIX
+from clipsearch.models.identity import ModelSpec
 from clipsearch.models.openclip_private import hf_hub_model_config
 from clipsearch.store.fileio import atomic_write
 from clipsearch.training.config import TrainConfig
@@ -151,11 +151,12 @@ def model_config(name: str, model: torch.nn.Module) -> dict[str, Any]:
     import open_clip
     from open_clip.transformer import QuickGELU
 
-    if name.startswith(LOCAL_DIR_PREFIX):
-        with open(Path(name[len(LOCAL_DIR_PREFIX) :]) / CONFIG_NAME, encoding="utf-8") as f:
+    spec = ModelSpec(name, None)
+    if spec.local_dir is not None:
+        with open(spec.local_dir / CONFIG_NAME, encoding="utf-8") as f:
             cfg = json.load(f)["model_cfg"]
-    elif name.startswith(HF_HUB_PREFIX):
-        cfg = hf_hub_model_config(name[len(HF_HUB_PREFIX) :])["model_cfg"]
+    elif spec.hf_repo is not None:
+        cfg = hf_hub_model_config(spec.hf_repo)["model_cfg"]
     else:
         cfg = open_clip.get_model_config(name)
         if cfg is None:

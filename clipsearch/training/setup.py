@@ -25,20 +25,12 @@ log = logging.getLogger(__name__)
 def model_source(config: TrainConfig) -> tuple[str, str | None]:
     """The name and pretrained tag to load ``config.model`` with: the shipped demo model as its
     folder, and a bare architecture without ``pretrained`` with random weights."""
-    from clipsearch.models.identity import (
-        DEMO_DIR,
-        DEMO_MODEL,
-        HF_HUB_PREFIX,
-        LOCAL_DIR_PREFIX,
-        RANDOM_WEIGHTS,
-    )
+    from clipsearch.models.identity import RANDOM_WEIGHTS, ModelSpec
 
-    name = config.model.strip()
-    if name == DEMO_MODEL:
-        return f"{LOCAL_DIR_PREFIX}{DEMO_DIR}", config.pretrained
-    if not name.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)) and not config.pretrained:
-        return name, RANDOM_WEIGHTS
-    return name, config.pretrained
+    spec = ModelSpec(config.model.strip(), config.pretrained)
+    if spec.kind == "builtin" and not spec.pretrained:
+        return spec.model, RANDOM_WEIGHTS
+    return spec.open_clip_name, spec.pretrained
 
 
 def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
