@@ -1,0 +1,289 @@
+"""Commands that build and maintain an index: index, reindex, repair."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from clipsearch.cli.options import (
+    F,
+    device_options,
+    index_dir,
+    json_option,
+    model_options,
+    open_index,
+)
+from clipsearch.cli.output import TqdmProgress, echo_json, echo_path_line
+from clipsearch.store.vectors import INDEX_CHOICES
+
+if TYPE_CHECKING:
+    from clipsearch.index.distributed import RayOptions
+    from clipsearch.index.pipeline import IndexReport
+    from clipsearch.store.vectors import IndexLayout
+
+
+def pipeline_options(f: F) -> F:
+    """How the local pipeline reads, decodes and encodes."""
+    f = click.option("--hidden", is_flag=True, help="Also index dot-files and dot-folders.")(f)
+    f = click.option(
+        "--exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Skip files or folders matching this glob, e.g. '*.tmp' or 'raw/*' (repeatable).",
+    )(f)
+    f = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Threads that read and decode images ahead of the model (default: up to 4).",
+    )(f)
+    f = click.option(
+        "--compile",
+        "compile_",
+        is_flag=True,
+        help="Compile the image model with torch.compile first: a slow start once, then a "
+        "somewhat faster run, so it pays only for large collections. Needs a C++ compiler on "
+        "CPUs; runs uncompiled with a warning where it cannot compile.",
+    )(f)
+    f = click.option(
+        "--exact-decode",
+        is_flag=True,
+        help="Decode every pixel of JPEGs. By default a JPEG is decoded at a reduced size (DCT "
+        "scaling) still at least twice the model's input: faster, with nearly the same "
+        "vectors.",
+    )(f)
+    f = click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Images per model call and per committed transaction (default: 16 on the CPU, 128 "
+        "on CUDA, 64 on MPS).",
+    )(f)
+    return f
+
+
+def ray_options(f: F) -> F:
+    """Where the work runs, and the Ray cluster's share of it."""
+    f = click.option(
+        "--shard-size",
+        type=click.IntRange(min=1),
+        default=64,
+        show_default=True,
+        help="Files per Ray task, and per committed transaction with --executor ray.",
+    )(f)
+    f = click.option(
+        "--ray-gpus",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="GPUs reserved per Ray actor (fractions share a GPU).",
+    )(f)
+    f = click.option(
+        "--ray-cpus",
+        type=click.FloatRange(min=0),
+        default=1.0,
+        show_default=True,
+        help="CPUs reserved per Ray actor.",
+    )(f)
+    f = click.option(
+        "--ray-actors", type=click.IntRange(min=1), help="Encoder actors (default: one per CPU)."
+    )(f)
+    f = click.option(
+        "--ray-address",
+        metavar="ADDR",
+        envvar="RAY_ADDRESS",
+        help="Ray cluster to use (e.g. ray://head:10001 or auto); default: a local Ray instance.",
+    )(f)
+    f = click.option(
+        "--executor",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="Where images are decoded and encoded: this process, or Ray actors (needs the ray "
+        "extra; workers must see the same paths).",
+    )(f)
+    return f
+
+
+@click.command("index")
+@click.argument(
+    "paths",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@model_options
+@device_options
+@pipeline_options
+@ray_options
+@json_option
+@click.pass_context
+def index_cmd(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    model: str | None,
+    pretrained: str | None,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+    exact_decode: bool,
+    compile_: bool,
+    workers: int | None,
+    exclude: tuple[str, ...],
+    hidden: bool,
+    executor: str,
+    ray_address: str | None,
+    ray_actors: int | None,
+    ray_cpus: float,
+    ray_gpus: float,
+    shard_size: int,
+    as_json: bool,
+) -> None:
+    """Index the images below one or more folders.
+
+    Runs incrementally: unchanged files are skipped, changed files re-encoded, moved files
+    recognised by their content, and deleted files dropped. Files that cannot be read are
+    listed by `clipsearch errors`; they never stop the run.
+    """
+    from clipsearch.index.imageindex import ImageIndex
+
+    remote = None
+    if executor == "ray":
+        remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size)
+    index = ImageIndex.open_or_create(
+        index_dir(ctx), model, pretrained, device=device, precision=precision
+    )
+    with index:
+        try:
+            report = index.add(
+                paths,
+                exclude=exclude,
+                include_hidden=hidden,
+                batch_size=batch_size,
+                workers=workers,
+                exact_decode=exact_decode,
+                compile=compile_,
+                progress=TqdmProgress(disable=as_json),
+                executor=remote,
+            )
+        except KeyboardInterrupt:
+            click.echo(
+                "clipsearch: interrupted; what was committed is kept, run the same command "
+                "again to resume",
+                err=True,
+            )
+            sys.exit(130)
+    _print_index_report(report, as_json)
+
+
+def _ray(
+    address: str | None, actors: int | None, cpus: float, gpus: float, shard: int
+) -> RayOptions:
+    from clipsearch.index.distributed import RayOptions, require_ray
+
+    require_ray()
+    return RayOptions(address, actors, cpus, gpus, shard)
+
+
+def _print_index_report(report: IndexReport, as_json: bool) -> None:
+    d = report.to_dict()
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    click.echo(
+        f"added {d['added']}, updated {d['updated']}, moved {d['moved']}, removed {d['removed']}, "
+        f"unchanged {d['unchanged']}, failed {d['failed']} in {d['seconds']:.1f}s"
+    )
+    if report.failed:
+        click.echo("see `clipsearch errors` for the files that could not be indexed", err=True)
+
+
+@click.command()
+@click.option(
+    "--type",
+    "index_type",
+    type=click.Choice(INDEX_CHOICES),
+    default="auto",
+    show_default=True,
+    help="flat: exact; hnsw: graph, fastest approximate search, the most memory of the "
+    "approximate layouts; ivf: inverted lists over exact vectors; ivfpq: compressed, a "
+    "fraction of the memory; ivf-ondisk: ivf with its lists in a memory-mapped file, for "
+    "collections larger than RAM. auto: flat up to 250k images, then hnsw if it fits the "
+    "memory budget, else ivfpq if it fits, else ivf-ondisk.",
+)
+@click.option(
+    "--memory-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="GB",
+    help="RAM the vector index may use, for --type auto (default: a quarter of the RAM).",
+)
+@json_option
+@click.pass_context
+def reindex(
+    ctx: click.Context, index_type: str, memory_budget: float | None, as_json: bool
+) -> None:
+    """Rebuild the vector index from the stored vectors, in another layout.
+
+    No image is read again. The layout is recorded in the index and kept by later `clipsearch
+    index` runs; approximate layouts keep searches fast at a million images.
+    """
+    budget = int(memory_budget * 2**30) if memory_budget is not None else None
+    with open_index(ctx) as index:
+        report = index.reindex(index_type, memory_budget=budget)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    click.echo(
+        f"reindexed {report.vectors} vectors as {report.layout.type}"
+        f"{_layout_knobs(report.layout)} in {report.seconds:.1f}s, "
+        f"~{report.memory_bytes / 2**20:.0f} MiB"
+    )
+
+
+def _layout_knobs(layout: IndexLayout) -> str:
+    """The settings of a vector index layout, as reindex prints them after its type."""
+    knobs = {k: v for k, v in layout.to_dict().items() if k != "type"}
+    return {
+        "flat": "",
+        "hnsw": f" (M={knobs['m']}, efSearch={knobs['ef_search']})",
+        "ivf": f" ({knobs['nlist']} lists, nprobe={knobs['nprobe']})",
+        "ivfpq": f" ({knobs['nlist']} lists, nprobe={knobs['nprobe']}, {knobs['pq_m']} bytes)",
+        "ivf-ondisk": f" ({knobs['nlist']} lists on disk, nprobe={knobs['nprobe']})",
+    }[layout.type]
+
+
+@click.command()
+@json_option
+@click.pass_context
+def repair(ctx: click.Context, as_json: bool) -> None:
+    """Check the index and rebuild its vector file from the catalog.
+
+    Run it when a command reports a damaged vector index. The catalog (catalog.sqlite) is
+    checked with SQLite's integrity check; images whose stored vector is missing or damaged
+    are dropped and listed, and the next `clipsearch index` of their folders encodes them
+    again. A damaged catalog cannot be repaired: restore it from a backup or index again.
+    """
+    with open_index(ctx) as index:
+        report = index.repair()
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    click.echo(f"catalog check: {report.catalog_check}")
+    click.echo(f"vector file was {report.vector_file}; rebuilt with {report.vectors} vectors")
+    for path in report.missing_vectors:
+        echo_path_line(f"no stored vector: {path}")
+    for path in report.bad_vectors:
+        echo_path_line(f"damaged stored vector: {path}")
+    if report.orphan_vectors:
+        click.echo(f"deleted {report.orphan_vectors} stored vectors that belonged to no image")
+    if report.dropped:
+        click.echo(
+            f"dropped {report.dropped} images without a usable vector; run `clipsearch index` "
+            "on their folders to encode them again",
+            err=True,
+        )

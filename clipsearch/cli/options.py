@@ -1,0 +1,99 @@
+"""Options that several commands share, and the index that the global --index names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from clipsearch.models.identity import DEVICES, PRECISIONS
+
+if TYPE_CHECKING:
+    from clipsearch.index.imageindex import ImageIndex
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_INDEX = "indexes/default"
+
+
+def index_dir(ctx: click.Context) -> Path:
+    """The index folder given by the global --index (or CLIPSEARCH_INDEX)."""
+    return ctx.obj["index"]
+
+
+def open_index(ctx: click.Context, **kwargs: Any) -> ImageIndex:
+    """Open the existing index that --index names; keyword arguments go to ImageIndex.open."""
+    from clipsearch.index.imageindex import ImageIndex
+
+    return ImageIndex.open(index_dir(ctx), **kwargs)
+
+
+def model_options(f: F) -> F:
+    f = click.option(
+        "--pretrained",
+        metavar="TAG|FILE",
+        help="Pretrained weights: an open_clip tag (dfn2b, openai, ...), a checkpoint file "
+        "(.pt/.bin/.safetensors), or 'random'. Only with a built-in model name.",
+    )(f)
+    f = click.option(
+        "--model",
+        metavar="NAME",
+        help="open_clip model: a name (ViT-B-16), hf-hub:org/repo, local-dir:/path, or 'demo'. "
+        "Default for a new index: ViT-B-16 with DFN-2B weights; an existing index uses its own.",
+    )(f)
+    return f
+
+
+def device_options(f: F) -> F:
+    f = click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="auto",
+        show_default=True,
+        help="Numeric precision of the model (auto: fp16 on GPUs, bf16 on CPUs with native "
+        "bf16 such as AVX512-BF16 or AMX, else fp32). With auto or fp32, text queries on the "
+        "CPU run in NumPy fp32, without torch, for a model loaded once before. Vectors of any "
+        "precision mix in one index.",
+    )(f)
+    f = click.option(
+        "--device",
+        type=click.Choice(DEVICES),
+        default="auto",
+        show_default=True,
+        help="Where the model runs.",
+    )(f)
+    return f
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+def k_option(f: F) -> F:
+    return click.option(
+        "-k", "k", type=int, default=10, show_default=True, help="Number of results."
+    )(f)
+
+
+def filter_options(f: F) -> F:
+    f = click.option(
+        "--style",
+        "styles",
+        multiple=True,
+        metavar="LABEL",
+        help="Only images with this style label (repeatable).",
+    )(f)
+    f = click.option(
+        "--prefix",
+        "path_prefix",
+        metavar="PATH",
+        help="Only images whose absolute path starts with this: a folder, or a folder and the "
+        "start of a name (relative to the current folder). An error if it lies outside the "
+        "indexed folders.",
+    )(f)
+    f = click.option(
+        "--min-score", type=float, default=None, help="Drop results below this cosine similarity."
+    )(f)
+    return f

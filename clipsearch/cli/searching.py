@@ -1,0 +1,154 @@
+"""Commands that query an index or a model: search, similar, embed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from clipsearch.cli.options import (
+    device_options,
+    filter_options,
+    index_dir,
+    json_option,
+    k_option,
+    model_options,
+    open_index,
+)
+from clipsearch.cli.output import allow_quick_exit, echo_json, echo_path_line
+
+if TYPE_CHECKING:
+    from clipsearch.index.imageindex import SearchResult
+
+
+@click.command()
+@click.argument("query", required=False)
+@click.option(
+    "--plus", multiple=True, metavar="TERM", help="Add a term: text, WEIGHT:text or @image."
+)
+@click.option("--minus", multiple=True, metavar="TERM", help="Subtract a term (repeatable).")
+@k_option
+@filter_options
+@json_option
+@device_options
+@click.pass_context
+def search(
+    ctx: click.Context,
+    query: str | None,
+    plus: tuple[str, ...],
+    minus: tuple[str, ...],
+    k: int,
+    min_score: float | None,
+    path_prefix: str | None,
+    styles: tuple[str, ...],
+    as_json: bool,
+    device: str,
+    precision: str,
+) -> None:
+    """Search by text, by image, or a weighted mix.
+
+    A TERM is text ("a red circle"), an image file prefixed with @ ("@photos/cat.jpg"), and
+    may start with a weight ("2:sunset"). --plus terms pull results towards them, --minus
+    terms push them away; all are combined into one vector.
+
+    \b
+        clipsearch search "beach" --plus "2:sunset" --minus "people"
+        clipsearch search @photos/cat.jpg --minus "indoors"
+    """
+    if query is None and not plus:
+        raise click.UsageError("give a QUERY or at least one --plus term")
+    with open_index(ctx, device=device, precision=precision) as index:
+        hits = index.search(
+            query,
+            k=k,
+            plus=plus,
+            minus=minus,
+            min_score=min_score,
+            path_prefix=path_prefix,
+            styles=styles or None,
+        )
+    _print_hits(hits, as_json)
+
+
+@click.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@k_option
+@filter_options
+@json_option
+@device_options
+@click.pass_context
+def similar(
+    ctx: click.Context,
+    image: Path,
+    k: int,
+    min_score: float | None,
+    path_prefix: str | None,
+    styles: tuple[str, ...],
+    as_json: bool,
+    device: str,
+    precision: str,
+) -> None:
+    """Find images that look like IMAGE (never IMAGE itself)."""
+    with open_index(ctx, device=device, precision=precision) as index:
+        hits = index.similar(
+            image, k=k, min_score=min_score, path_prefix=path_prefix, styles=styles or None
+        )
+    _print_hits(hits, as_json)
+
+
+def _print_hits(hits: Sequence[SearchResult], as_json: bool) -> None:
+    """Print search results, best first: a JSON list, or one `score  path  [style]` line each."""
+    allow_quick_exit()
+    if as_json:
+        echo_json([h.to_dict() for h in hits])
+        return
+    if not hits:
+        click.echo("no results", err=True)
+    for h in hits:
+        style = f"  [{h.style}]" if h.style else ""
+        echo_path_line(f"{h.score:.4f}  {h.path}{style}")
+
+
+@click.command()
+@click.option("--text", metavar="TEXT", help="Text to embed.")
+@click.option("--image", type=click.Path(path_type=Path), help="Image file to embed.")
+@model_options
+@device_options
+@json_option
+@click.pass_context
+def embed(
+    ctx: click.Context,
+    text: str | None,
+    image: Path | None,
+    model: str | None,
+    pretrained: str | None,
+    device: str,
+    precision: str,
+    as_json: bool,
+) -> None:
+    """Print the normalized embedding of a text or an image.
+
+    Uses the index's model when the index exists and no --model is given; otherwise the given
+    (or default) model.
+    """
+    if (text is None) == (image is None):
+        raise click.UsageError("give exactly one of --text or --image")
+    from clipsearch.index.oneshot import embed_query
+    from clipsearch.index.query import Query
+
+    query = Query.text(text) if text is not None else Query.image(str(image))
+    vector = embed_query(
+        query,
+        index=index_dir(ctx),
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        precision=precision,
+    )
+    if as_json:
+        click.echo(json.dumps([float(x) for x in vector]))
+    else:
+        click.echo(" ".join(f"{x:.6f}" for x in vector))

@@ -1,0 +1,62 @@
+"""`clipsearch index`, `reindex` and `repair` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from clipsearch.cli.main import main
+from tests.helpers import draw_image
+
+
+def test_index_prints_a_summary(run, tiny_model, photo_dir):
+    result = run("index", photo_dir, "--model", tiny_model)
+    assert result.exit_code == 0
+    assert "added 12, updated 0, moved 0, removed 0, unchanged 0, failed 0" in result.output
+    result = run("index", photo_dir, "--json")
+    assert json.loads(result.output)["unchanged"] == 12
+
+
+def test_index_env_var(tmp_path, tiny_model, photo_dir, monkeypatch):
+    monkeypatch.setenv("CLIPSEARCH_INDEX", str(tmp_path / "from-env"))
+    runner = CliRunner()
+    assert runner.invoke(main, ["index", str(photo_dir), "--model", tiny_model]).exit_code == 0
+    assert (tmp_path / "from-env" / "catalog.sqlite").is_file()
+
+
+def test_model_mismatch_via_cli(run, indexed, tmp_path):
+    from tests.helpers import save_tiny_model
+
+    other = save_tiny_model(tmp_path / "other", seed=9)
+    result = run("index", indexed, "--model", f"local-dir:{other}")
+    assert result.exit_code == 1 and "was built with model" in result.output
+
+
+def test_new_image_found_in_search_after_reindex(run, indexed):
+    draw_image(indexed / "late.png", "orange", "circle")
+    run("index", indexed)
+    paths = {h["path"] for h in json.loads(run("search", "x", "-k", "50", "--json").output)}
+    assert str(indexed / "late.png") in paths
+
+
+def test_reindex_prints_the_layout_and_its_settings(run, indexed):
+    result = run("reindex", "--type", "hnsw")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("reindexed 12 vectors as hnsw (M=")
+    assert "efSearch=" in result.output and "MiB" in result.output
+    report = json.loads(run("reindex", "--type", "ivf", "--json").output)
+    assert report["vectors"] == 12 and report["layout"]["type"] == "ivf"
+    assert json.loads(run("info", "--json").output)["index_type"] == "ivf"
+    assert len(json.loads(run("search", "x", "-k", "5", "--json").output)) == 5
+
+
+def test_repair_reports_a_missing_vector_file_and_rebuilds_it(run, indexed, tmp_path):
+    (tmp_path / "idx" / "vectors.faiss").unlink()
+    result = run("repair")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "catalog check: ok"
+    assert lines[1] == "vector file was missing; rebuilt with 12 vectors"
+    report = json.loads(run("repair", "--json").output)
+    assert (report["vector_file"], report["vectors"]) == ("ok", 12)
