@@ -1,42 +1,76 @@
-"""The README documents every command and option the CLI has, and every command explains
-itself in --help."""
+"""Every command explains itself in --help, docs/cli.md is that help as of today, and the README
+names every command."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 import pytest
 
 from clipsearch.cli.main import main
+from clipsearch.cli.reference import REGENERATE, render, walk
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+CLI_MD = ROOT / "docs" / "cli.md"
 
-
-def commands(group: click.Group = main, prefix: tuple[str, ...] = ()):
-    for name, cmd in sorted(group.commands.items()):
-        path = (*prefix, name)
-        yield path, cmd
-        if isinstance(cmd, click.Group):
-            yield from commands(cmd, path)
+COMMANDS = [ctx for ctx in walk() if ctx.parent is not None]
 
 
-ALL = list(commands())
-
-
-@pytest.mark.parametrize(("path", "cmd"), ALL, ids=[" ".join(p) for p, _ in ALL])
-def test_command_is_documented(path, cmd):
-    assert cmd.help and len(cmd.help) > 20, f"{' '.join(path)} has no help text"
-    assert f"clipsearch {' '.join(path)}" in README, f"README lacks `clipsearch {' '.join(path)}`"
+@pytest.mark.parametrize("ctx", COMMANDS, ids=[ctx.command_path for ctx in COMMANDS])
+def test_command_has_help(ctx: click.Context):
+    cmd = ctx.command
+    assert cmd.help and len(cmd.help) > 20, f"`{ctx.command_path}` has no help text"
     for param in cmd.params:
         if isinstance(param, click.Option):
-            longest = max(param.opts, key=len)
-            assert longest in README, f"README lacks {longest} of `{' '.join(path)}`"
-            assert param.help, f"{longest} of `{' '.join(path)}` has no help"
+            assert param.help, f"{max(param.opts, key=len)} of `{ctx.command_path}` has no help"
 
 
-def test_global_options_are_documented():
+@pytest.mark.parametrize("ctx", COMMANDS, ids=[ctx.command_path for ctx in COMMANDS])
+def test_readme_names_command(ctx: click.Context):
+    assert f"`{ctx.command_path}" in README, f"README.md lacks `{ctx.command_path}`"
+
+
+def test_readme_names_global_options():
     for param in main.params:
         if isinstance(param, click.Option):
             assert max(param.opts, key=len) in README
     assert "CLIPSEARCH_INDEX" in README
+
+
+def test_walk_reaches_every_command():
+    paths = {ctx.command_path for ctx in COMMANDS}
+    assert {"clipsearch index", "clipsearch search", "clipsearch style train"} <= paths
+    for ctx in COMMANDS:
+        assert ctx.command_path.startswith("clipsearch ")
+
+
+def test_reference_holds_every_option():
+    text = render()
+    for ctx in COMMANDS:
+        assert f"## {ctx.command_path}\n" in text
+        for param in ctx.command.params:
+            if isinstance(param, click.Option):
+                assert max(param.opts, key=len) in text
+
+
+def test_cli_md_is_current():
+    assert CLI_MD.exists(), f"docs/cli.md is missing; generate it: {REGENERATE}"
+    stale = f"docs/cli.md is out of date; regenerate it: {REGENERATE}"
+    assert CLI_MD.read_text() == render(), stale
+
+
+def test_generator_runs_as_a_module(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "clipsearch.cli.reference"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "40"},
+    )
+    assert out.stdout == render()

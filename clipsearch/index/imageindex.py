@@ -35,17 +35,19 @@ from clipsearch.errors import (
     QueryError,
 )
 from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport, check_roots
-from clipsearch.index.query import Query, check_k, combine, path_filter, rank
+from clipsearch.index.query import Query, Term, check_k, combine, path_filter, rank
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.loading import load_spec
 from clipsearch.models.runtime import default_batch_size
 from clipsearch.progress import Progress
-from clipsearch.store import catalog as _catalog
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
+from clipsearch.store.migrations import SCHEMA_VERSION
 from clipsearch.store.repair import RepairReport, repair_store
 from clipsearch.store.vectors import IndexLayout, VectorIndex, catalog_vectors, open_index
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from clipsearch.index.distributed import RayOptions
     from clipsearch.index.styles import IndexStyles
     from clipsearch.models.encoder import Encoder
@@ -516,7 +518,7 @@ class ImageIndex:
             index_type=meta.get_meta("index_type", "flat"),
             roots=tuple(sorted(meta.roots().values())),
             errors=len(meta.errors()),
-            schema_version=int(meta.get_meta("schema_version", _catalog.SCHEMA_VERSION)),
+            schema_version=int(meta.get_meta("schema_version", SCHEMA_VERSION)),
             created=float(meta.get_meta("created", 0.0)),
         )
 
@@ -711,6 +713,113 @@ class ImageIndex:
             raise EmptyIndexError(
                 f"index {self.path} is empty; add images with `clipsearch index FOLDER`"
             )
+
+    # --- queries from outside: images by id or as pixels, never a path ----------------------
+
+    def embed_pixels(self, image: Image.Image | bytes, name: str = "image") -> np.ndarray:
+        """The unit vector of an image given as pixels or as an encoded file's bytes (an
+        upload), as the index's model sees it.
+
+        Raises:
+            QueryError: the bytes are not a readable image (``name`` says which).
+        """
+        from clipsearch.media.files import decode_image
+
+        if isinstance(image, bytes):
+            if not image:
+                raise QueryError(f"query image {name} is empty")
+            try:
+                image = decode_image(image, name, draft_size=self.identity.image_size)
+            except ImageReadError as e:
+                raise QueryError(f"query image {name}: {e.reason}") from e
+        elif image.mode != "RGB":
+            image = image.convert("RGB")
+        return self.encoder.encode_images([image])[0]
+
+    def search_indexed(
+        self,
+        query: str | Query | None = None,
+        *,
+        plus: Sequence[str] = (),
+        minus: Sequence[str] = (),
+        image: Image.Image | bytes | None = None,
+        image_name: str = "image",
+        k: int = 10,
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        styles: Sequence[str] | None = None,
+    ) -> list[SearchResult]:
+        """Like :meth:`search`, for a query from outside (the web API) that must never reach
+        the file system: an image term names an indexed image by its id (``@42``,
+        ``0.5:@42``), never a file, and ``image`` puts a picture given as pixels or bytes (an
+        upload) first, with weight 1. Indexed images the query is made of are left out of the
+        results.
+
+        Args:
+            query: the main term, or a :class:`Query` whose image terms are ids.
+            plus: more terms to add.
+            minus: terms to subtract.
+            image: a PIL image or an image file's bytes (see :meth:`embed_pixels`).
+            image_name: what error messages call ``image``.
+            k: how many results at most.
+            min_score: drop results below this cosine similarity.
+            path_prefix: only images whose absolute path starts with this.
+            styles: only images with one of these style labels.
+
+        Raises:
+            QueryError: a term is invalid or names no indexed image, the query has no
+                positive term, or ``image`` cannot be decoded.
+            EmptyIndexError: nothing is indexed yet.
+        """
+        k = check_k(k)
+        terms = _terms_of(query, plus, minus, with_image=image is not None)
+        self._check_not_empty()
+        ids = {i: _indexed_id(t) for i, t in enumerate(terms) if t.kind == "image"}
+        vectors = np.zeros((len(terms), self.identity.dim), dtype=np.float32)
+        for i, image_id in ids.items():
+            vec = self.catalog.vector(image_id) if image_id < 2**63 else None  # SQLite's range
+            if vec is None:
+                raise QueryError(f"no image with id {terms[i].value} in this index")
+            vectors[i] = vec
+        filters = {"min_score": min_score, "path_prefix": path_prefix, "styles": styles}
+        if image is None and len(terms) == 1 and ids:
+            return self.similar(ids[0], k=k, **filters)
+        text = [i for i, t in enumerate(terms) if t.kind == "text"]
+        if text:
+            vectors[text] = self.text_encoder.encode_texts([terms[i].value for i in text])
+        own = [image_id for i, image_id in ids.items() if not terms[i].negative]
+        if image is not None:
+            terms.insert(0, Term("image", image_name))
+            vectors = np.vstack([self.embed_pixels(image, image_name)[None, :], vectors])
+        return self.search_vector(combine(terms, vectors), k=k, exclude=own, **filters)
+
+
+def _terms_of(
+    query: str | Query | None, plus: Sequence[str], minus: Sequence[str], *, with_image: bool
+) -> list[Term]:
+    """The terms of :meth:`ImageIndex.search_indexed`'s query; with no image given as pixels,
+    at least one must be positive."""
+    if isinstance(query, Query):
+        terms = list(query.terms)
+    else:
+        terms = [Term.parse(query)] if query is not None else []
+    terms += [Term.parse(t) for t in plus] + [Term.parse(t, negative=True) for t in minus]
+    if not with_image and all(t.negative for t in terms):
+        raise QueryError("the query is empty; give some text or an indexed image (@ID) to search")
+    return terms
+
+
+def _indexed_id(term: Term) -> int:
+    """The id an image term names (``@42``).
+
+    Raises:
+        QueryError: the term names an image any other way (a path).
+    """
+    if not (term.value.isascii() and term.value.isdigit()):
+        raise QueryError(
+            f"image term @{term.value}: an image term names an indexed image by its id, like @42"
+        )
+    return int(term.value)
 
 
 def _unfinished(folder: Path) -> bool:

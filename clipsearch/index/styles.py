@@ -3,6 +3,7 @@ the stored vectors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from clipsearch.errors import StyleHeadError
+from clipsearch.errors import QueryError, StyleHeadError
 from clipsearch.progress import Progress
 from clipsearch.style.head import (
     HEAD_META,
@@ -287,3 +288,21 @@ class IndexStyles:
         finally:
             progress.close()
         return done
+
+    def check(self, names: Sequence[str]) -> list[str]:
+        """Style labels to filter a search by, each once, after checking that each is known:
+        given to an image already, or one the labeller gives (a fair filter before any image
+        has it; with a head that does not fit the model, the labels in use still are).
+
+        Raises:
+            QueryError: a label is unknown; the message lists the known ones.
+        """
+        known_set = {s for s in self.index.catalog.style_counts() if s is not None}
+        with contextlib.suppress(StyleHeadError):
+            known_set.update(self.labels())
+        known = sorted(known_set)
+        for name in names:
+            if name not in known_set:
+                has = f"known labels: {', '.join(known)}" if known else "no image has one yet"
+                raise QueryError(f"unknown style {name!r}; {has}")
+        return list(dict.fromkeys(names))

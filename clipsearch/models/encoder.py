@@ -96,11 +96,10 @@ class Encoder:
         """Run the image tower through ``torch.compile`` (inductor, frozen weights) from the
         next batch on.
 
-        The first batch pays for the compilation (15-30 s for ViT-B/16 on a CPU, and it
-        needs a C++ compiler there), later ones run faster: the bf16 ViT-B/16 tower 9%,
-        indexing end to end 6% on a 2-core CPU (benchmarks/RESULTS.md), so it suits runs of
-        thousands of images. Batches are
-        padded or split to the first batch's size, so that it compiles once. Where the
+        The first batch pays for the compilation (long, and on a CPU it needs a C++
+        compiler), later ones run a little faster (benchmarks/RESULTS.md), so it suits runs
+        of thousands of images. Batches are padded or split to the first batch's size, so
+        that it compiles once. Where the
         compilation fails, a warning is logged and the tower runs as before.
         """
         import torch
@@ -175,8 +174,8 @@ class Encoder:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
             tokens = self.tokenizer(chunk).to(self.device)
-            # A query or two is a few small matmuls: more threads only wait on each other
-            # (10x slower on a busy 2-core machine than one thread).
+            # A query or two is a few small matmuls: more threads only wait on each other,
+            # all the more on a busy machine.
             few = self.device == "cpu" and len(chunk) <= 4
             with torch.inference_mode(), limit_threads(1 if few else None, TORCH):
                 features = encode_text(self.model, tokens)

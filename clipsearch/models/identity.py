@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from clipsearch.errors import ModelLoadError
 from clipsearch.store.fileio import atomic_write
@@ -59,9 +59,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOWERS = ("both", "text")
 
 
+ModelKind = Literal["builtin", "hf-hub", "local-dir", "demo"]
+"""How a model is named: a built-in open_clip architecture (weights from ``pretrained``), an
+``hf-hub:`` repository, a ``local-dir:`` folder, or the shipped ``demo``."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a user asked for: an open_clip model name and where its weights come from."""
+    """What a user asked for: an open_clip model name and where its weights come from.
+
+    The one parser of model names: every other module asks a spec for its :attr:`kind`, its
+    :attr:`local_dir`, :attr:`hf_repo` or :attr:`open_clip_name`, and for what its
+    ``pretrained`` is (:attr:`random_weights`, :attr:`pretrained_file`).
+    """
 
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
@@ -79,18 +89,60 @@ class ModelSpec:
         model = model.strip()
         if not model:
             raise ModelLoadError("empty model name; pass an open_clip model name such as ViT-B-16")
-        if model == DEMO_MODEL or model.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)):
+        named = cls(model, None)
+        if named.kind != "builtin":
             if pretrained:
                 raise ModelLoadError(
                     f"model {model} carries its own weights; drop --pretrained {pretrained}"
                 )
-            if model.startswith(LOCAL_DIR_PREFIX):
-                path = Path(model[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve()
-                model = f"{LOCAL_DIR_PREFIX}{path}"
-            return cls(model, None)
+            if named.kind == "local-dir" and named.local_dir is not None:
+                return cls(f"{LOCAL_DIR_PREFIX}{named.local_dir.expanduser().resolve()}", None)
+            return named
         if pretrained and looks_like_path(pretrained):
             pretrained = str(Path(pretrained).expanduser().resolve())
         return cls(model, pretrained)
+
+    @property
+    def kind(self) -> ModelKind:
+        """Which of the four ways of naming a model this is."""
+        if self.model == DEMO_MODEL:
+            return "demo"
+        if self.model.startswith(LOCAL_DIR_PREFIX):
+            return "local-dir"
+        if self.model.startswith(HF_HUB_PREFIX):
+            return "hf-hub"
+        return "builtin"
+
+    @property
+    def local_dir(self) -> Path | None:
+        """The model folder of a ``local-dir:`` or ``demo`` model, else None."""
+        if self.kind == "demo":
+            return DEMO_DIR
+        if self.kind == "local-dir":
+            return Path(self.model[len(LOCAL_DIR_PREFIX) :])
+        return None
+
+    @property
+    def hf_repo(self) -> str | None:
+        """The ``org/repo`` of an ``hf-hub:`` model, else None."""
+        return self.model[len(HF_HUB_PREFIX) :] if self.kind == "hf-hub" else None
+
+    @property
+    def open_clip_name(self) -> str:
+        """The name open_clip's ``create_model`` takes: ``demo`` is its ``local-dir:`` folder."""
+        return f"{LOCAL_DIR_PREFIX}{DEMO_DIR}" if self.kind == "demo" else self.model
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether untrained weights were asked for (``--pretrained random``)."""
+        return self.pretrained == RANDOM_WEIGHTS
+
+    @property
+    def pretrained_file(self) -> str | None:
+        """``pretrained`` where it names a checkpoint file rather than a tag (it may not
+        exist), else None."""
+        p = self.pretrained
+        return p if p and p != RANDOM_WEIGHTS and looks_like_path(p) else None
 
     def describe(self) -> str:
         return f"{self.model} ({self.pretrained})" if self.pretrained else self.model
@@ -152,12 +204,11 @@ MODELS_DIR = Path(__file__).parent
 
 def weights_file(spec: ModelSpec) -> str | None:
     """The local file holding the spec's weights, or None for tags, hub models and random."""
-    if spec.model == DEMO_MODEL or spec.model.startswith(LOCAL_DIR_PREFIX):
-        folder = DEMO_DIR if spec.model == DEMO_MODEL else Path(spec.model[len(LOCAL_DIR_PREFIX) :])
+    folder = spec.local_dir
+    if folder is not None:
         return checkpoint_in_folder(folder) if folder.is_dir() else None
-    if spec.pretrained and spec.pretrained != RANDOM_WEIGHTS and looks_like_path(spec.pretrained):
-        return spec.pretrained if Path(spec.pretrained).is_file() else None
-    return None
+    path = spec.pretrained_file
+    return path if path and Path(path).is_file() else None
 
 
 # open_clip's choice among the checkpoints of a local-dir: folder, best first.
@@ -202,8 +253,8 @@ def cache_home() -> Path:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file, remembered in the cache by path, size, times and inode: a
-    600 MB checkpoint takes 0.4 s to hash, at every model load otherwise."""
+    """The SHA-256 of a file, remembered in the cache by path, size, times and inode, so that
+    a large checkpoint is not read through again at every model load."""
     real = os.path.realpath(path)
     st = os.stat(real)
     stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
@@ -227,7 +278,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def hf_cache_dir(cache_dir: str | None) -> str:
     """The Hugging Face hub cache folder: ``cache_dir``, else what huggingface_hub reads from
-    HF_HUB_CACHE / HF_HOME (importing it costs a few ms, and no torch)."""
+    HF_HUB_CACHE / HF_HOME (a light import, without torch)."""
     if cache_dir:
         return str(cache_dir)
     from huggingface_hub import constants

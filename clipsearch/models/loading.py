@@ -12,6 +12,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,6 @@ from clipsearch.errors import ModelLoadError, one_line
 from clipsearch.models.encoder import Encoder
 from clipsearch.models.identity import (
     DEMO_DIR,
-    DEMO_MODEL,
-    HF_HUB_PREFIX,
-    LOCAL_DIR_PREFIX,
     MODELS_DIR,
     RANDOM_WEIGHTS,
     TOWERS,
@@ -29,7 +27,6 @@ from clipsearch.models.identity import (
     ModelSpec,
     file_sha256,
     hf_cache_dir,
-    looks_like_path,
     weights_file,
 )
 from clipsearch.models.openclip_private import safe_weight_names
@@ -103,6 +100,47 @@ def load_text_encoder(
     return load_spec(spec, device=device, precision=precision, towers="text")
 
 
+@dataclass(frozen=True)
+class LoadPlan:
+    """What open_clip needs to build a spec's model, worked out before anything is built.
+
+    Args:
+        name: the name ``open_clip.create_model`` takes.
+        kwargs: its keyword arguments besides the device (``pretrained``,
+            ``require_pretrained``, ``force_quick_gelu``, ``cache_dir``).
+        local_weights: the local checkpoint file the weights come from, if any.
+        hf_repo: the Hugging Face repository of an ``hf-hub:`` model.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    local_weights: str | None = None
+    hf_repo: str | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether weights are loaded (not ``random``)."""
+        return bool(self.kwargs.get("require_pretrained"))
+
+    def checkpoint(self) -> str | None:
+        """The weights file open_clip loads for this plan, if it is already local (a hub
+        file in the Hugging Face cache included); None for random weights."""
+        import open_clip
+
+        if not self.pretrained:
+            return None
+        if self.local_weights:
+            return self.local_weights
+        cache_dir = self.kwargs.get("cache_dir")
+        if self.hf_repo:
+            return open_clip.pretrained.download_pretrained_from_hf(
+                self.hf_repo, cache_dir=cache_dir
+            )
+        tag = self.kwargs.get("pretrained")
+        cfg = open_clip.pretrained.get_pretrained_cfg(self.name, tag) if tag else None
+        return open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir) if cfg else None
+
+
 def load_spec(
     spec: ModelSpec,
     *,
@@ -111,129 +149,236 @@ def load_spec(
     cache_dir: str | None = None,
     towers: str = "both",
 ) -> Encoder:
+    """Load the model a :class:`ModelSpec` names: resolve it, create it, identify it, record
+    its text tower for the NumPy path, then cast it to the precision. Arguments and errors as
+    for :func:`load_encoder`."""
     import open_clip
-    import torch
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     device = pick_device(device)
     precision = pick_precision(precision, device)
-    name, pretrained = spec.model, spec.pretrained
-    open_clip_name = f"{LOCAL_DIR_PREFIX}{DEMO_DIR}" if name == DEMO_MODEL else name
-    kwargs: dict[str, Any] = {"device": device, "cache_dir": cache_dir}
-    local_weights: str | None = None
-
-    if name == DEMO_MODEL and not (DEMO_DIR / "open_clip_config.json").is_file():
-        raise ModelLoadError(
-            f"the demo model is missing from this installation ({DEMO_DIR}); reinstall clipsearch"
-        )
-    if open_clip_name.startswith(LOCAL_DIR_PREFIX):
-        folder = Path(open_clip_name[len(LOCAL_DIR_PREFIX) :])
-        if not (folder / "open_clip_config.json").is_file():
-            raise ModelLoadError(
-                f"model {name}: {folder} has no open_clip_config.json; a local-dir: model is a "
-                "folder with open_clip_config.json and a weights file"
-            )
-        local_weights = weights_file(spec)
-        if local_weights is None:
-            raise ModelLoadError(
-                f"model {name}: no weights file (*.safetensors, *.bin, *.pth) in {folder}"
-            )
-        kwargs["require_pretrained"] = True
-    elif open_clip_name.startswith(HF_HUB_PREFIX):
-        _check_hub_reachable_or_cached(spec, hf_repo=open_clip_name[len(HF_HUB_PREFIX) :])
-        kwargs["require_pretrained"] = True
-    else:
-        register_model_configs()
-        if open_clip.get_model_config(name) is None:
-            raise ModelLoadError(
-                f"unknown model {name!r}; see `python -c 'import open_clip; "
-                "print(open_clip.list_models())'` for the names open_clip knows"
-            )
-        if not pretrained:
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            raise ModelLoadError(
-                f"model {name} needs --pretrained: a tag ({', '.join(tags) or 'none known'}), "
-                f"a weights file, or {RANDOM_WEIGHTS!r} for untrained weights"
-            )
-        if pretrained == RANDOM_WEIGHTS:
-            pass
-        elif looks_like_path(pretrained):
-            if not Path(pretrained).is_file():
-                raise ModelLoadError(f"model {name}: weights file {pretrained} does not exist")
-            local_weights = pretrained
-            kwargs["pretrained"] = pretrained
-            kwargs["require_pretrained"] = True
-        else:
-            tag_cfg = open_clip.pretrained.get_pretrained_cfg(name, pretrained)
-            if not tag_cfg:
-                tags = open_clip.list_pretrained_tags_by_model(name)
-                raise ModelLoadError(
-                    f"model {name}: {pretrained!r} is neither a pretrained tag nor a file; "
-                    f"tags for {name}: {', '.join(tags) or 'none'}"
-                )
-            # A tag trained with QuickGELU must run with it, whatever the config name says:
-            # `ViT-B-16` + `openai` is the paper's model only with QuickGELU.
-            if tag_cfg.get("quick_gelu"):
-                kwargs["force_quick_gelu"] = True
-            _check_tag_reachable_or_cached(spec, tag_cfg, cache_dir)
-            kwargs["pretrained"] = pretrained
-            kwargs["require_pretrained"] = True
-
+    plan = resolve(spec, cache_dir)
     if towers not in TOWERS:
         raise ModelLoadError(f"unknown towers {towers!r}; choose one of {', '.join(TOWERS)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            loaded = None
-            if towers == "text":
-                loaded = _create_text_only(open_clip_name, kwargs, local_weights, cache_dir)
-            if loaded is None:
-                towers = "both"
-                # Every weight is about to be overwritten by the checkpoint: skip the random
-                # initialisation (a second for ViT-B-16).
-                # Otherwise random weights were asked for: open_clip's warning that it
-                # "initialized randomly" would only alarm.
-                init = (
-                    _skip_init()
-                    if kwargs.get("require_pretrained")
-                    else dropping_log(RANDOM_INIT_NOTICE)
-                )
-                with init:
-                    model = open_clip.create_model(open_clip_name, **kwargs)
-                loaded = model, open_clip.get_model_preprocess_cfg(model)
-            clip_model, pp = loaded
+            model, pp, towers = create(plan, device=device, towers=towers)
             preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
-        tokenizer = open_clip.get_tokenizer(open_clip_name)
+        tokenizer = open_clip.get_tokenizer(plan.name)
     except ModelLoadError:
         raise
     except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError for all of these
         raise ModelLoadError(f"model {spec.describe()}: could not be loaded: {one_line(e)}") from e
+    identity = identify(spec, plan, model, tokenizer, pp, device)
+    # While the model is still float32: let later text queries skip torch (models.texttower).
+    remember(spec, identity, model, tokenizer, plan.checkpoint, cache_dir)
+    _cast(model, precision)
+    return Encoder(model, preprocess, tokenizer, identity, device, precision, towers)
 
-    clip_model.eval()
-    size = pp.get("size", 224)
-    image_size = int(size if isinstance(size, int) else size[0])
+
+# --- resolve: what the user named -> what open_clip needs ---------------------------------
+
+
+def resolve(spec: ModelSpec, cache_dir: str | None = None) -> LoadPlan:
+    """What open_clip needs for a spec: its name, keyword arguments and local weights file.
+
+    Raises:
+        ModelLoadError: the model is unknown, its folder or weights file is missing, or its
+            weights are not cached and the hub cannot be reached.
+    """
+    if spec.kind in ("demo", "local-dir"):
+        return _resolve_local_dir(spec, cache_dir)
+    if spec.hf_repo is not None:
+        _check_hub_reachable_or_cached(spec, spec.hf_repo)
+        kwargs = {"cache_dir": cache_dir, "require_pretrained": True}
+        return LoadPlan(spec.open_clip_name, kwargs, hf_repo=spec.hf_repo)
+    return _resolve_builtin(spec, cache_dir)
+
+
+def _resolve_local_dir(spec: ModelSpec, cache_dir: str | None) -> LoadPlan:
+    """A ``local-dir:`` folder, or the demo model's folder inside the package."""
+    name, folder = spec.model, spec.local_dir or DEMO_DIR
+    if spec.kind == "demo" and not (DEMO_DIR / "open_clip_config.json").is_file():
+        raise ModelLoadError(
+            f"the demo model is missing from this installation ({DEMO_DIR}); reinstall clipsearch"
+        )
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelLoadError(
+            f"model {name}: {folder} has no open_clip_config.json; a local-dir: model is a "
+            "folder with open_clip_config.json and a weights file"
+        )
+    local_weights = weights_file(spec)
+    if local_weights is None:
+        raise ModelLoadError(
+            f"model {name}: no weights file (*.safetensors, *.bin, *.pth) in {folder}"
+        )
+    kwargs = {"cache_dir": cache_dir, "require_pretrained": True}
+    return LoadPlan(spec.open_clip_name, kwargs, local_weights)
+
+
+def _resolve_builtin(spec: ModelSpec, cache_dir: str | None) -> LoadPlan:
+    """A built-in architecture with ``random`` weights, a checkpoint file or a pretrained tag."""
+    import open_clip
+
+    name, pretrained = spec.model, spec.pretrained
+    register_model_configs()
+    if open_clip.get_model_config(name) is None:
+        raise ModelLoadError(
+            f"unknown model {name!r}; see `python -c 'import open_clip; "
+            "print(open_clip.list_models())'` for the names open_clip knows"
+        )
+    if not pretrained:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ModelLoadError(
+            f"model {name} needs --pretrained: a tag ({', '.join(tags) or 'none known'}), "
+            f"a weights file, or {RANDOM_WEIGHTS!r} for untrained weights"
+        )
+    if spec.random_weights:
+        return LoadPlan(name, {"cache_dir": cache_dir})
+    path = spec.pretrained_file
+    if path is not None:
+        if not Path(path).is_file():
+            raise ModelLoadError(f"model {name}: weights file {path} does not exist")
+        kwargs = {"cache_dir": cache_dir, "pretrained": path, "require_pretrained": True}
+        return LoadPlan(name, kwargs, local_weights=path)
+    return _resolve_tag(spec, cache_dir)
+
+
+def _resolve_tag(spec: ModelSpec, cache_dir: str | None) -> LoadPlan:
+    """A pretrained tag of open_clip's registry, whose weights must be cached or reachable."""
+    import open_clip
+
+    name, tag = spec.model, spec.pretrained
+    tag_cfg = open_clip.pretrained.get_pretrained_cfg(name, tag)
+    if not tag_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ModelLoadError(
+            f"model {name}: {tag!r} is neither a pretrained tag nor a file; "
+            f"tags for {name}: {', '.join(tags) or 'none'}"
+        )
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir}
+    # A tag trained with QuickGELU must run with it, whatever the config name says:
+    # `ViT-B-16` + `openai` is the paper's model only with QuickGELU.
+    if tag_cfg.get("quick_gelu"):
+        kwargs["force_quick_gelu"] = True
+    _check_tag_reachable_or_cached(spec, tag_cfg, cache_dir)
+    kwargs.update(pretrained=tag, require_pretrained=True)
+    return LoadPlan(name, kwargs)
+
+
+# --- create: the open_clip model ----------------------------------------------------------
+
+
+def create(plan: LoadPlan, *, device: str, towers: str = "both") -> tuple[Any, dict[str, Any], str]:
+    """Build the model a plan describes, in eval mode, float32, on ``device``.
+
+    Returns:
+        (model, its preprocess config, the towers loaded): ``text`` reads only the text
+        tower's weights where the checkpoint allows it (see :func:`create_text_only`), and
+        falls back to ``both``.
+    """
+    import open_clip
+
+    loaded = create_text_only(plan, device) if towers == "text" else None
+    if loaded is not None:
+        model, pp = loaded
+    else:
+        towers = "both"
+        # Every weight is about to be overwritten by the checkpoint: skip the random
+        # initialisation, which costs noticeable time for a large model.
+        # Otherwise random weights were asked for: open_clip's warning that it
+        # "initialized randomly" would only alarm.
+        init = _skip_init() if plan.pretrained else dropping_log(RANDOM_INIT_NOTICE)
+        with init:
+            model = open_clip.create_model(plan.name, device=device, **plan.kwargs)
+        pp = open_clip.get_model_preprocess_cfg(model)
+    model.eval()
+    return model, pp, towers
+
+
+def create_text_only(plan: LoadPlan, device: str) -> tuple[Any, dict[str, Any]] | None:
+    """The model with the text tower's weights only, read from a safetensors checkpoint; the
+    image tower is dropped. None where that does not apply (other checkpoint formats, random
+    weights, a checkpoint that needs conversion): the caller loads the whole model then."""
+    import open_clip
+    from safetensors import safe_open
+
+    path = plan.checkpoint()
+    if not path or not str(path).endswith(".safetensors"):
+        return None
+    args = {k: v for k, v in plan.kwargs.items() if k not in ("pretrained", "require_pretrained")}
+    with _skip_init(), dropping_log(RANDOM_INIT_NOTICE):  # the weights follow below
+        model = open_clip.create_model(plan.name, device=device, load_weights=False, **args)
+    pp = open_clip.get_model_preprocess_cfg(model)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("visual.")}  # noqa: SIM118
+    state = _text_state_for(model, state)
+    model.visual = None
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        log.debug("text-only load of %s does not apply: %s", plan.name, result)
+        return None
+    return model.to(device), pp
+
+
+def _text_state_for(model: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's text-tower tensors made to fit ``model`` as the full load would."""
+    import torch
+
+    # assign=True keeps the stored dtype: make it the float32 the full load gives (a
+    # checkpoint stored in fp16, like the demo model's, would otherwise run in fp16).
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    if getattr(model, "logit_bias", None) is not None and "logit_bias" not in state:
+        state["logit_bias"] = torch.zeros_like(model.logit_bias)
+    return state
+
+
+# --- identify: what the vectors will mean ---------------------------------------------------
+
+
+def identify(
+    spec: ModelSpec,
+    plan: LoadPlan,
+    model: Any,
+    tokenizer: Any,
+    preprocess_cfg: dict[str, Any],
+    device: str,
+) -> ModelIdentity:
+    """The :class:`ModelIdentity` of a created model: its embedding width (from one text
+    pass), image size, preprocessing, and the checksum of a local weights file or else the
+    pretrained tag."""
+    import torch
+
+    size = preprocess_cfg.get("size", 224)
     with torch.inference_mode(), limit_threads(1 if device == "cpu" else None, TORCH):
-        dim = int(encode_text(clip_model, tokenizer(["x"]).to(device)).shape[-1])
-    identity = ModelIdentity(
+        dim = int(encode_text(model, tokenizer(["x"]).to(device)).shape[-1])
+    local = plan.local_weights
+    return ModelIdentity(
         model=spec.model,
-        pretrained=None if local_weights else pretrained,
-        weights_sha256=file_sha256(local_weights) if local_weights else None,
+        pretrained=None if local else spec.pretrained,
+        weights_sha256=file_sha256(local) if local else None,
         dim=dim,
-        image_size=image_size,
-        preprocess=_jsonable(pp),
+        image_size=int(size if isinstance(size, int) else size[0]),
+        preprocess=preprocess_record(preprocess_cfg),
     )
 
-    # While the model is still float32: let later text queries skip torch (models.texttower).
-    def checkpoint() -> str | None:
-        if not kwargs.get("require_pretrained"):
-            return None
-        return _checkpoint(open_clip_name, kwargs, local_weights, cache_dir)
 
-    remember(spec, identity, clip_model, tokenizer, checkpoint, cache_dir)
+def preprocess_record(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A preprocess config as an index records it: keys sorted, tuples as lists, so that it
+    equals what a JSON round trip gives back."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(cfg.items())}
+
+
+def _cast(model: Any, precision: str) -> None:
+    """Cast a float32 model to ``fp32``, ``bf16`` or ``fp16`` in place."""
+    import torch
+
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dtype is not torch.float32:
-        clip_model.to(dtype=dtype)
-    return Encoder(clip_model, preprocess, tokenizer, identity, device, precision, towers)
+        model.to(dtype=dtype)
 
 
 @contextlib.contextmanager
@@ -281,61 +426,6 @@ def dropping_log(prefix: str) -> Iterator[None]:
         root.removeFilter(keep)
 
 
-def _checkpoint(name: str, kwargs: dict[str, Any], local: str | None, cache_dir: str | None):
-    """The weights file open_clip would load for these arguments, if it is already local."""
-    import open_clip
-
-    if local:
-        return local
-    if name.startswith(HF_HUB_PREFIX):
-        return open_clip.pretrained.download_pretrained_from_hf(
-            name[len(HF_HUB_PREFIX) :], cache_dir=cache_dir
-        )
-    tag = kwargs.get("pretrained")
-    if tag:
-        cfg = open_clip.pretrained.get_pretrained_cfg(name, tag)
-        return open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir) if cfg else None
-    return None
-
-
-def _create_text_only(
-    name: str, kwargs: dict[str, Any], local: str | None, cache_dir: str | None
-) -> tuple[Any, dict[str, Any]] | None:
-    """The model with the text tower's weights only, read from a safetensors checkpoint; the
-    image tower is dropped. None where that does not apply (other checkpoint formats, random
-    weights, a checkpoint that needs conversion): the caller loads the whole model then."""
-    import open_clip
-    import torch
-    from safetensors import safe_open
-
-    path = _checkpoint(name, kwargs, local, cache_dir) if kwargs.get("require_pretrained") else None
-    if not path or not str(path).endswith(".safetensors"):
-        return None
-    args = {k: v for k, v in kwargs.items() if k not in ("pretrained", "require_pretrained")}
-    with _skip_init(), dropping_log(RANDOM_INIT_NOTICE):  # the weights follow below
-        model = open_clip.create_model(name, load_weights=False, **args)
-    pp = open_clip.get_model_preprocess_cfg(model)
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("visual.")}  # noqa: SIM118
-    # assign=True below keeps the stored dtype: make it the float32 the full load gives (a
-    # checkpoint stored in fp16, like the demo model's, would otherwise run in fp16).
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
-        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
-    if getattr(model, "logit_bias", None) is not None and "logit_bias" not in state:
-        state["logit_bias"] = torch.zeros_like(model.logit_bias)
-    model.visual = None
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        log.debug("text-only load of %s does not apply: %s", name, result)
-        return None
-    return model.to(kwargs.get("device", "cpu")), pp
-
-
-def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(cfg.items())}
-
-
 def _check_tag_reachable_or_cached(
     spec: ModelSpec, tag_cfg: dict[str, Any], cache_dir: str | None
 ) -> None:
@@ -357,8 +447,8 @@ def _check_hub_reachable_or_cached(spec: ModelSpec, hf_repo: str) -> None:
 def _check_cached_or_online(
     spec: ModelSpec, repo: str, filenames: list[str], cache_dir: str | None
 ) -> None:
-    """Fail in a second, with a message that says what to do, instead of after a minute of
-    retries when the weights are not cached and the hub cannot be reached."""
+    """Fail at once, with a message that says what to do, instead of after long retries
+    when the weights are not cached and the hub cannot be reached."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     cache = hf_cache_dir(cache_dir)

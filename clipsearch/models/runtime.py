@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     import torch
 from clipsearch.models.identity import DEVICES, PRECISIONS
 
-# Images per model call by device: CPU throughput is flat from 8 to 32 (benchmarks/RESULTS.md)
-# and smaller batches commit sooner; GPUs need large batches to fill.
+# Images per model call by device: CPU throughput does not grow with larger batches
+# (benchmarks/RESULTS.md) and smaller batches commit sooner; GPUs need large batches to fill.
 BATCH_SIZES = {"cpu": 16, "cuda": 128, "mps": 64}
 
 
@@ -41,7 +41,8 @@ def pick_device(device: str = "auto") -> str:
 
 def pick_precision(precision: str, device: str) -> str:
     """``auto`` means fp16 on CUDA/MPS, bf16 on CPUs with native bf16 arithmetic (AVX512-BF16
-    or AMX: ~2x fp32 speed, embeddings within cosine 0.999 of fp32), else fp32. Explicit
+    or AMX: faster than fp32, with embeddings close to fp32's; benchmarks/RESULTS.md), else
+    fp32. Explicit
     values are checked."""
     if precision not in PRECISIONS:
         raise ModelLoadError(

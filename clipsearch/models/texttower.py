@@ -1,8 +1,8 @@
 """Text queries without torch: CLIP's text tower in NumPy, and the cache that allows it.
 
-A cold ``clipsearch search "text"`` spent most of its time importing torch and open_clip
-(2.6-4 s on a 2-core machine) to run a text transformer that, for one short query, is a few
-milliseconds of matrix products. This module runs that transformer in NumPy: token and
+A cold ``clipsearch search "text"`` spent most of its time importing torch and open_clip to
+run a text transformer that, for one short query, is a handful of small matrix products
+(benchmarks/RESULTS.md). This module runs that transformer in NumPy: token and
 position embeddings, pre-LayerNorm residual blocks with causal multi-head attention and a
 GELU (exact erf form, or QuickGELU) MLP, the final LayerNorm, pooling at the end-of-text token,
 the projection and L2 normalization: what open_clip's ``CLIP.encode_text`` computes, in fp32.
@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsearch.models.identity import (
-    RANDOM_WEIGHTS,
     ModelIdentity,
     ModelSpec,
     cache_home,
@@ -198,7 +197,7 @@ class TextTower:
             x = x + _linear(attn, t[p + "attn.out_proj.weight"], t[p + "attn.out_proj.bias"])
             h = _layer_norm(x, t[p + "ln_2.weight"], t[p + "ln_2.bias"], c.ln_eps)
             h = _linear(h, t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"])
-            h = _quick_gelu(h) if c.quick_gelu else _gelu(h)
+            h = quick_gelu(h) if c.quick_gelu else gelu(h)
             x = x + _linear(h, t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"])
         x = x.reshape(rows, n, c.width)
         x = x[np.arange(len(x)), ends]  # LayerNorm is per position: pool first, then normalize
@@ -247,10 +246,10 @@ _BLOCK_BYTES = 256 << 10
 def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """``x @ weight.T + bias`` for a torch-layout (out, in) weight.
 
-    A query is a few rows of x: OpenBLAS runs such thin products at a third of its speed
-    (it repacks the whole weight for a handful of columns), and ``x @ weight.T`` slower still.
-    ``weight @ x.T`` in blocks of weight rows that fit in L2 is 1.5x faster (22 vs 33 ms for
-    ViT-B-16's text tower, 7 tokens, one thread); one row is a matrix-vector product anyway.
+    A query is a few rows of x: OpenBLAS runs such thin products well below its speed (it
+    repacks the whole weight for a handful of columns), and ``x @ weight.T`` slower still.
+    ``weight @ x.T`` in blocks of weight rows that fit in L2 is faster (benchmarks/RESULTS.md);
+    one row is a matrix-vector product anyway.
     """
     rows = x.shape[0]
     xt = np.ascontiguousarray(x.T)
@@ -271,7 +270,7 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return centred / np.sqrt(var + np.float32(eps)) * weight + bias
 
 
-def _quick_gelu(x: np.ndarray) -> np.ndarray:
+def quick_gelu(x: np.ndarray) -> np.ndarray:
     # x * sigmoid(1.702 x), with sigmoid(y) = (1 + tanh(y / 2)) / 2: no overflow for large |x|
     return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.851) * x))
 
@@ -292,7 +291,7 @@ def _erfc_abs(z: np.ndarray) -> np.ndarray:
     return poly * np.exp(-z * z)
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
+def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU, x * Phi(x) = x/2 * (1 + erf(x / sqrt 2)), as ``torch.nn.GELU()``; numpy has no
     erf, and the tanh approximation differs by up to 4.7e-4."""
     z = x.astype(np.float64) * (1.0 / math.sqrt(2.0))
@@ -310,7 +309,7 @@ def read_safetensors(
     path: str | os.PathLike[str], names: Sequence[str] | None = None
 ) -> dict[str, np.ndarray]:
     """Tensors of a safetensors file as float32 arrays; F32 ones are memory-mapped (no copy:
-    pages are read when touched, so a 100 MB token embedding costs the few rows a query uses).
+    pages are read when touched, so a large token embedding costs the few rows a query uses).
 
     Args:
         path: the file.
@@ -387,8 +386,8 @@ class NumpyTextEncoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            # A query or two is a few thin matrix products: a second BLAS thread only waits
-            # (and on a busy 2-core machine makes a 40 ms forward take 0.1-0.9 s).
+            # A query or two is a few thin matrix products: a second BLAS thread only waits,
+            # and on a busy machine makes the forward many times slower.
             with limit_threads(1 if len(chunk) <= 4 else None, BLAS):
                 out[start : start + len(chunk)] = self.tower(self.tokenizer(chunk))
         return out
@@ -418,7 +417,7 @@ def _stat(path: str | os.PathLike[str]) -> list[int]:
 
 def _read_record(spec: ModelSpec, key: str, cache_dir: str | None = None) -> dict | None:
     """The record of the model with this identity key if it is valid now, else None."""
-    if spec.pretrained == RANDOM_WEIGHTS:
+    if spec.random_weights:
         return None
     try:
         record = json.loads(_record_path(spec, key, cache_dir).read_text())
@@ -438,8 +437,8 @@ def _read_record(spec: ModelSpec, key: str, cache_dir: str | None = None) -> dic
 def applies(device: str = "auto", precision: str = "auto") -> bool:
     """Whether text may be encoded by the NumPy path under these options: the CPU (``auto``
     included: for one query it starts faster than any GPU) in fp32 (``auto`` included). An
-    explicit ``bf16`` is the torch path's: a little faster warm (16-26 against 21-30 ms for
-    ViT-B-16's text), seconds slower to start; an explicit GPU or ``fp16`` too."""
+    explicit ``bf16`` is the torch path's: a little faster warm, much slower to start
+    (benchmarks/RESULTS.md); an explicit GPU or ``fp16`` too."""
     return device in ("auto", "cpu") and precision in ("auto", "fp32")
 
 
@@ -504,7 +503,7 @@ def remember(
         Whether a valid record exists now. Never raises: a failure only costs speed.
     """
     try:
-        if spec.pretrained == RANDOM_WEIGHTS:
+        if spec.random_weights:
             return False
         if _read_record(spec, identity.key, cache_dir) is not None:
             return True
@@ -521,84 +520,112 @@ def describe(model: Any, tokenizer: Any) -> TextTowerConfig | None:
     """The config of an open_clip model's text tower if :class:`TextTower` computes it exactly,
     else None (another model class, custom blocks, a bidirectional mask, another pooling or
     tokenizer, layer scale, ...)."""
-    import open_clip
-    import torch
-    from open_clip import tokenizer as oc_tokenizer
-    from open_clip import transformer as oc
-
-    if type(model) is not open_clip.CLIP or getattr(model, "attn_mask", None) is None:
+    if not _standard_text_model(model) or not _standard_tokenizer(tokenizer):
         return None
-    if model.text_pool_type not in ("argmax", "eos"):
-        return None
-    if (
-        type(tokenizer) is not oc_tokenizer.SimpleTokenizer
-        or tokenizer.clean_fn is not default_text_cleaner()
-        or tokenizer.reduction_fn is not None
-        or len(tokenizer.encoder) != 49408
-        or not tokenizer.context_length
-    ):
-        return None
-    norms = {oc.LayerNorm, oc.LayerNormFp32, torch.nn.LayerNorm}
-    lns = [model.ln_final]
-    acts = set()
     blocks = list(model.transformer.resblocks)
-    for b in blocks:
-        attn = b.attn
-        if (
-            type(b) is not oc.ResidualAttentionBlock
-            or hasattr(b, "ln_1_kv")
-            or type(b.ls_1) is not torch.nn.Identity
-            or type(b.ls_2) is not torch.nn.Identity
-            or type(attn) is not torch.nn.MultiheadAttention
-            or not attn._qkv_same_embed_dim
-            or attn.in_proj_bias is None
-            or attn.out_proj.bias is None
-            or attn.bias_k is not None
-            or attn.add_zero_attn
-            or [name for name, _ in b.mlp.named_children()] != ["c_fc", "gelu", "c_proj"]
-            or b.mlp.c_fc.bias is None
-            or b.mlp.c_proj.bias is None
-        ):
-            return None
-        gelu = b.mlp.gelu
-        if type(gelu) is oc.QuickGELU:
-            acts.add("quick")
-        elif type(gelu) is torch.nn.GELU and gelu.approximate == "none":
-            acts.add("exact")
-        else:
-            return None
-        lns += [b.ln_1, b.ln_2]
-    if not blocks or len(acts) != 1:
+    acts = {_block_activation(b) for b in blocks}
+    if not blocks or None in acts or len(acts) != 1:
         return None
-    if any(type(ln) not in norms or ln.weight is None or ln.bias is None for ln in lns):
+    eps = _layer_norm_eps([model.ln_final, *(ln for b in blocks for ln in (b.ln_1, b.ln_2))])
+    projection = _projection_kind(model.text_projection)
+    if eps is None or projection is None:
         return None
-    eps = {float(ln.eps) for ln in lns}
-    if len(eps) != 1:
-        return None
-    proj = model.text_projection
-    if proj is None:
-        projection, bias = "none", False
-    elif type(proj) is torch.nn.Linear:
-        projection, bias = "linear", proj.bias is not None
-    elif isinstance(proj, torch.nn.Parameter) and proj.ndim == 2:
-        projection, bias = "matrix", False
-    else:
-        return None
-    width = int(model.transformer.width)
     return TextTowerConfig(
         context_length=int(tokenizer.context_length),
         vocab_size=int(model.token_embedding.num_embeddings),
-        width=width,
+        width=int(model.transformer.width),
         heads=int(blocks[0].attn.num_heads),
         layers=len(blocks),
         mlp_width=int(blocks[0].mlp.c_fc.out_features),
         quick_gelu=acts == {"quick"},
-        ln_eps=eps.pop(),
+        ln_eps=eps,
         pool=model.text_pool_type,
         eos_id=int(getattr(model, "text_eos_id", None) or 0),
-        projection=projection,
-        projection_bias=bias,
+        projection=projection[0],
+        projection_bias=projection[1],
     )
+
+
+def _standard_text_model(model: Any) -> bool:
+    """Whether the model is open_clip's ``CLIP`` with a causal text mask, pooled at the end of
+    text."""
+    import open_clip
+
+    return (
+        type(model) is open_clip.CLIP
+        and getattr(model, "attn_mask", None) is not None
+        and model.text_pool_type in ("argmax", "eos")
+    )
+
+
+def _standard_tokenizer(tokenizer: Any) -> bool:
+    """Whether the tokenizer is open_clip's default one, which :class:`ClipTokenizer` copies."""
+    from open_clip import tokenizer as oc_tokenizer
+
+    return (
+        type(tokenizer) is oc_tokenizer.SimpleTokenizer
+        and tokenizer.clean_fn is default_text_cleaner()
+        and tokenizer.reduction_fn is None
+        and len(tokenizer.encoder) == 49408
+        and bool(tokenizer.context_length)
+    )
+
+
+def _block_activation(block: Any) -> str | None:
+    """``quick`` or ``exact`` (the GELU) for a standard residual attention block: no layer
+    scale, no cross-attention, biased projections, a c_fc/gelu/c_proj MLP; else None."""
+    import torch
+    from open_clip import transformer as oc
+
+    attn = block.attn
+    if (
+        type(block) is not oc.ResidualAttentionBlock
+        or hasattr(block, "ln_1_kv")
+        or type(block.ls_1) is not torch.nn.Identity
+        or type(block.ls_2) is not torch.nn.Identity
+        or type(attn) is not torch.nn.MultiheadAttention
+        or not attn._qkv_same_embed_dim
+        or attn.in_proj_bias is None
+        or attn.out_proj.bias is None
+        or attn.bias_k is not None
+        or attn.add_zero_attn
+        or [name for name, _ in block.mlp.named_children()] != ["c_fc", "gelu", "c_proj"]
+        or block.mlp.c_fc.bias is None
+        or block.mlp.c_proj.bias is None
+    ):
+        return None
+    gelu = block.mlp.gelu
+    if type(gelu) is oc.QuickGELU:
+        return "quick"
+    if type(gelu) is torch.nn.GELU and gelu.approximate == "none":
+        return "exact"
+    return None
+
+
+def _layer_norm_eps(lns: Sequence[Any]) -> float | None:
+    """The one epsilon of plain, affine LayerNorms, else None."""
+    import torch
+    from open_clip import transformer as oc
+
+    norms = {oc.LayerNorm, oc.LayerNormFp32, torch.nn.LayerNorm}
+    if any(type(ln) not in norms or ln.weight is None or ln.bias is None for ln in lns):
+        return None
+    eps = {float(ln.eps) for ln in lns}
+    return eps.pop() if len(eps) == 1 else None
+
+
+def _projection_kind(proj: Any) -> tuple[str, bool] | None:
+    """(``none``, ``linear`` or ``matrix``, whether it has a bias) of the text projection, or
+    None for another kind."""
+    import torch
+
+    if proj is None:
+        return "none", False
+    if type(proj) is torch.nn.Linear:
+        return "linear", proj.bias is not None
+    if isinstance(proj, torch.nn.Parameter) and proj.ndim == 2:
+        return "matrix", False
+    return None
 
 
 def _model_tensors(model: Any, config: TextTowerConfig) -> dict[str, np.ndarray]:
@@ -676,7 +703,7 @@ def _hub_ref(path: str) -> list[str] | None:
 def _parity(model: Any, tokenizer: Any, encoder: NumpyTextEncoder) -> bool:
     """Whether the NumPy path gives open_clip's token ids for the probe texts, and its vectors
     within PARITY_TOLERANCE for the short ones (a full context of 77 positions would cost
-    seconds of torch on a busy 2-core machine, and tests nothing more)."""
+    much more torch time, and tests nothing more)."""
     import torch
 
     from clipsearch.models.runtime import encode_text

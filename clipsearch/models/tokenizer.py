@@ -72,7 +72,7 @@ def _byte_symbols() -> tuple[dict[int, str], list[str]]:
 def _tables() -> tuple[dict[str, int], dict[str, int], tuple[str, ...]]:
     """(merge ranks keyed by ``"left right"``, symbol -> id, byte spellings)."""
     spelling, order = _byte_symbols()
-    merges = _read_merges(vocab_path())
+    merges = read_merges(vocab_path())
     ids: dict[str, int] = {}
     for symbol in order:
         ids[symbol] = len(ids)
@@ -86,7 +86,7 @@ def _tables() -> tuple[dict[str, int], dict[str, int], tuple[str, ...]]:
     return ranks, ids, tuple(spelling[b] for b in range(256))
 
 
-def _read_merges(path: Path) -> list[str]:
+def read_merges(path: Path) -> list[str]:
     """The merges in use: lines 2 to N_MERGES + 1 of the gzip file. Only as much of the file
     is inflated as they need (a quarter of it)."""
     inflate = zlib.decompressobj(wbits=31)  # gzip framing
@@ -119,15 +119,15 @@ def _splitter() -> regex.Pattern[str]:
 def clean(text: str) -> str:
     """The text as the tokenizer sees it: fixed by ftfy, unescaped, whitespace-normalized and
     lower-cased."""
-    if not _plain_ascii(text):
-        import ftfy  # ~40 ms to import: only for text it could change
+    if not plain_ascii(text):
+        import ftfy  # a slow import: only for text it could change
 
         text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text))
     return " ".join(text.split()).lower()
 
 
-def _plain_ascii(text: str) -> bool:
+def plain_ascii(text: str) -> bool:
     """Printable ASCII without ``&``: text that ``ftfy.fix_text`` returns unchanged (a test
     checks this), so ftfy need not be imported for it."""
     return text.isascii() and text.isprintable() and "&" not in text

@@ -36,13 +36,14 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from clipsearch.errors import ClipsearchError, CorruptIndexError
+from clipsearch.store.migrations import upgrade
 
-SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.sqlite"
 
 
 class Base(DeclarativeBase):
-    pass
+    """Today's schema, for queries. Catalogs are built and upgraded by the frozen steps of
+    ``migrations.py``, never from these models; a change here needs a new step there."""
 
 
 class FsPath(TypeDecorator):
@@ -115,14 +116,6 @@ class ErrorRow(Base):
     at: Mapped[float]
 
 
-def _migrate_v1(session: Session) -> None:
-    Base.metadata.create_all(session.connection())
-
-
-# Numbered migrations: MIGRATIONS[n - 1] brings a catalog from version n - 1 to n.
-MIGRATIONS = [_migrate_v1]
-
-
 @dataclass(frozen=True)
 class NewImage:
     """One encoded image, ready to be committed."""
@@ -191,26 +184,27 @@ class Catalog:
 
     @classmethod
     def open(cls, path: Path, *, create: bool = False) -> Catalog:
+        """Open a catalog, first applying the schema steps it lacks (see ``migrations.py``).
+
+        Raises:
+            CorruptIndexError: the file is missing, unreadable, or from a newer clipsearch.
+            ClipsearchError: a schema step failed; the file is left as it was.
+        """
         if not create and not path.is_file():
             raise CorruptIndexError(f"catalog {path} is missing")
         catalog = cls(path)
         try:
-            with catalog.session() as s, s.begin():
-                version = catalog._schema_version(s)
-                if version > SCHEMA_VERSION:
-                    raise CorruptIndexError(
-                        f"catalog {path} has schema version {version}, newer than this "
-                        f"clipsearch understands ({SCHEMA_VERSION}); upgrade clipsearch"
-                    )
-                for n in range(version + 1, SCHEMA_VERSION + 1):
-                    MIGRATIONS[n - 1](s)
-                    _set_meta(s, "schema_version", n)
+            with catalog.engine.connect() as conn:
+                upgrade(conn, path)
         except DatabaseError as e:
             catalog.close()
             raise CorruptIndexError(
                 f"catalog {path} is not a readable SQLite database ({_short(e)}); "
                 "restore it from a backup or delete the index folder and index again"
             ) from e
+        except BaseException:
+            catalog.close()
+            raise
         return catalog
 
     def close(self) -> None:
@@ -218,17 +212,6 @@ class Catalog:
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
-
-    def _schema_version(self, s: Session) -> int:
-        has_meta = (
-            s.connection()
-            .exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'")
-            .first()
-        )
-        if not has_meta:
-            return 0
-        value = s.get(Meta, "schema_version")
-        return int(json.loads(value.value)) if value else 0
 
     def check(self) -> str:
         """SQLite's own quick integrity check; "ok" when the file is sound."""

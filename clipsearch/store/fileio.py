@@ -8,8 +8,21 @@ import tempfile
 from pathlib import Path
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
+_UMASK = _process_umask()
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` through a temp file in the same folder and a rename.
+
+    The file gets the permissions a plain ``open(path, "wb")`` would give it (0o666 less the
+    umask), not the owner-only ones of the temp file behind it.
 
     Args:
         path: the file to write; its folder must exist.
@@ -24,6 +37,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(data)
             if durable:
                 f.flush()

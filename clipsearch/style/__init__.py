@@ -1,5 +1,5 @@
 """Style labels for every image: zero-shot labels from prompt ensembles, and an MLP head
-(dim -> 256 -> labels) on the CLIP image embedding once one is trained on labelled folders.
+on the CLIP image embedding once one is trained on labelled folders.
 
 An index's own styles (its head, relabelling, counts) are :attr:`ImageIndex.styles`, in
 :mod:`clipsearch.index.styles`.

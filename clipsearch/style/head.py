@@ -1,15 +1,10 @@
-"""Style labels: an MLP head on the CLIP image embedding, and zero-shot labels before one exists.
+"""The trained style head: an MLP on the stored CLIP image vectors, its options, metrics and
+files.
 
-Every indexed image gets a style label (``photo``, ``cartoon``, ``sketch``, ...) and its
-probability. Labels come from the stored, normalized CLIP image vectors, so labelling or
-relabelling an index never decodes an image again:
-
-* until a head is trained, from CLIP zero-shot classification: each label's prompt ensemble
-  ("a photo of a pencil sketch.", "an illustration in the style of a pencil sketch.", ...) is
-  encoded, the normalized text vectors are averaged per label and renormalized, and an image
-  gets the softmax of its cosine similarities (times CLIP's logit scale, 100);
-* once a head is trained on labelled folders (``DIR/<label>/*.jpg``), from
-  :class:`StyleClassifier`, an MLP (dim -> 256 -> labels) on the same vectors.
+Once a head is trained on labelled folders (``DIR/<label>/*.jpg``), it labels an index's images
+instead of the zero-shot labeller (:mod:`clipsearch.style.labels`), from the same stored vectors,
+so labelling or relabelling never decodes an image again. The network is
+:class:`clipsearch.style.classifier.StyleClassifier` (dim -> ``TrainOptions.hidden`` -> labels).
 
 A head lives next to its index (``<index>/style/head.safetensors`` and ``head.json``) and records
 the backbone it was trained on (:attr:`clipsearch.models.identity.ModelIdentity.key`); it is refused
@@ -37,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from clipsearch.errors import StyleHeadError
+from clipsearch.store.fileio import atomic_write
 from clipsearch.style.labels import Labeller
 
 STYLE_DIR = "style"
@@ -128,7 +124,8 @@ class TrainOptions:
 
 
 class StyleHead(Labeller):
-    """A trained :class:`StyleClassifier` with its labels and the backbone it belongs to.
+    """A trained :class:`~clipsearch.style.classifier.StyleClassifier` with its labels and the
+    backbone it belongs to.
 
     Args:
         model: the classifier.
@@ -174,18 +171,16 @@ class StyleHead(Labeller):
 
         Each file is replaced atomically, weights first: ``head.json`` names the weights'
         checksum, so a crash between the two leaves a pair that :meth:`load` refuses, never a
-        silent mix.
+        silent mix. Both are readable by all, like the index files next to them.
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        tmp = out / f".{HEAD_WEIGHTS}.tmp"
-        save_file(state, str(tmp))
-        os.chmod(tmp, 0o644)  # safetensors makes it owner-only; head.json next to it is not
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        os.replace(tmp, out / HEAD_WEIGHTS)
+        weights = save(state)
+        digest = hashlib.sha256(weights).hexdigest()
+        _write_readable(out / HEAD_WEIGHTS, weights)
         meta = {
             "format": HEAD_FORMAT,
             "labels": list(self.labels),
@@ -198,9 +193,7 @@ class StyleHead(Labeller):
             "metrics": self.metrics.to_dict() if self.metrics else None,
             "trained_at": time.time(),
         }
-        tmp_meta = out / f".{HEAD_META}.tmp"
-        tmp_meta.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp_meta, out / HEAD_META)
+        _write_readable(out / HEAD_META, json.dumps(meta, indent=2).encode())
         return out / HEAD_META
 
     @classmethod
@@ -224,7 +217,7 @@ class StyleHead(Labeller):
         meta_path, weights_path = folder / HEAD_META, folder / HEAD_WEIGHTS
         meta = read_head_meta(folder, backbone)
         labels, key, dim = meta["labels"], meta["backbone"], meta["dim"]
-        fix = f"delete {folder} and train the head again"
+        fix = _retrain(folder)
         try:
             data = weights_path.read_bytes()
             if (
@@ -236,9 +229,8 @@ class StyleHead(Labeller):
                     f"save?); {fix}"
                 )
             state = load_file(str(weights_path))
-            model = StyleClassifier(
-                dim, len(labels), int(meta.get("hidden", 256)), float(meta.get("dropout", 0.0))
-            )
+            hidden = int(meta.get("hidden", TrainOptions.hidden))
+            model = StyleClassifier(dim, len(labels), hidden, float(meta.get("dropout", 0.0)))
             model.load_state_dict(state)
         except StyleHeadError:
             raise
@@ -267,7 +259,7 @@ def read_head_meta(folder: str | os.PathLike[str], backbone: str | None = None) 
         raise StyleHeadError(
             f"no style head in {folder}; train one with `clipsearch style train DIR`"
         )
-    fix = f"delete {folder} and train the head again"
+    fix = _retrain(folder)
     try:
         meta = json.loads(meta_path.read_text())
         key = meta["backbone"]
@@ -287,3 +279,14 @@ def read_head_meta(folder: str | os.PathLike[str], backbone: str | None = None) 
             "back to zero-shot labels"
         )
     return meta
+
+
+def _retrain(folder: Path) -> str:
+    """The fix for a head that cannot be used."""
+    return f"delete {folder} and train the head again"
+
+
+def _write_readable(path: Path, data: bytes) -> None:
+    """Replace a head file atomically, readable by all (a temp file is owner-only)."""
+    atomic_write(path, data)
+    os.chmod(path, 0o644)

@@ -4,7 +4,7 @@
 index's model, skipping and listing unreadable files; :func:`train_head` holds out a stratified
 validation split, trains a :class:`clipsearch.style.head.StyleHead` with a class-weighted loss and
 early stopping, and measures it (per-label precision, recall, F1 and a confusion matrix).
-:meth:`clipsearch.style.head.IndexStyles.train` runs both and saves the head next to its index.
+:meth:`clipsearch.index.styles.IndexStyles.train` runs both and saves the head next to its index.
 
 Example::
 
@@ -29,6 +29,7 @@ from clipsearch.errors import ClipsearchError, ImageReadError, StyleError
 from clipsearch.media.files import decode_image, read_bytes, walk_images
 from clipsearch.progress import Progress
 from clipsearch.style.head import ClassMetrics, StyleHead, StyleMetrics, TrainOptions
+from clipsearch.threads import TORCH, limit_threads
 
 if TYPE_CHECKING:
     from clipsearch.models.encoder import Encoder
@@ -50,7 +51,7 @@ class TrainingSet:
 
 @dataclass(frozen=True)
 class StyleTrainReport:
-    """What :meth:`clipsearch.style.head.IndexStyles.train` did.
+    """What :meth:`clipsearch.index.styles.IndexStyles.train` did.
 
     Args:
         metrics: validation metrics of the saved head.
@@ -240,7 +241,8 @@ def evaluate(
 
 
 def train_head(data: TrainingSet, backbone: str, options: TrainOptions | None = None) -> StyleHead:
-    """Train a :class:`StyleClassifier` on embedded, labelled vectors.
+    """Train a :class:`~clipsearch.style.classifier.StyleClassifier` on embedded, labelled
+    vectors.
 
     A stratified split holds out ``val_fraction`` of each label; the loss weighs classes by
     inverse frequency; training stops once the validation loss has not improved for
@@ -321,15 +323,10 @@ def _seeded(seed: int) -> Iterator[None]:
     changing either for the caller.
 
     The head's matrices are small: handing each step to several threads costs more than it
-    saves, twentyfold on a loaded machine.
+    saves, and far more on a loaded machine.
     """
     import torch
 
-    threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), limit_threads(1, TORCH):
         torch.manual_seed(seed)
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
+        yield

@@ -16,38 +16,32 @@ Routes (JSON unless noted; ``{id}`` is an image id, the only way to name an imag
 
 Query terms use the syntax of :mod:`clipsearch.index.query`, except that an image term names an
 indexed image by id (``@42``, ``0.5:@42``): no path from a request ever reaches the file system.
-Requests share one ImageIndex; the model and FAISS take turns under a lock, and every search
-sees what a concurrently running indexer has committed.
+Every search is a call of :class:`~clipsearch.ImageIndex` (``search_indexed``, ``similar``), so
+the API gives the Python API's results and errors. Requests share one ImageIndex; the model and
+FAISS take turns under a lock, and every search sees what a concurrently running indexer has
+committed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from io import BytesIO
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field
 
 from clipsearch import __version__
-from clipsearch.errors import (
-    ClipsearchError,
-    EmptyIndexError,
-    ImageReadError,
-    QueryError,
-    StyleHeadError,
-)
+from clipsearch.errors import ClipsearchError, ImageReadError, QueryError
 from clipsearch.index.imageindex import ImageIndex, SearchResult
-from clipsearch.index.query import MAX_QUERY_CHARS, Term, combine
-from clipsearch.media.files import decode_image, load_image
+from clipsearch.index.query import MAX_QUERY_CHARS
+from clipsearch.media.files import load_image
 from clipsearch.store.catalog import StoredImage
 from clipsearch.web.guards import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders
 from clipsearch.web.thumbs import THUMBS_DIR, ThumbnailCache
@@ -57,6 +51,7 @@ MAX_K = 200
 DEFAULT_K = 24
 MAX_TERMS = 16
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+UPLOAD_LIMIT = f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB"
 MAX_ID = 2**63 - 1
 # Formats every current browser shows; others (TIFF, HEIC, ...) are sent as JPEG.
 BROWSER_TYPES = {
@@ -173,65 +168,13 @@ class Service:
             raise HTTPException(404, f"no image with id {image_id} in this index")
         return rec
 
-    def check_styles(self, styles: Sequence[str]) -> list[str] | None:
-        if not styles:
-            return None
-        # A label the labeller gives is a fair filter even before any image has it; with a
-        # head that does not fit this model, the labels in use are still searchable.
-        known_set = {s for s in self.index.catalog.style_counts() if s is not None}
-        with contextlib.suppress(StyleHeadError):
-            known_set.update(self.index.styles.labels())
-        known = sorted(known_set)
-        for style in styles:
-            if style not in known:
-                has = f"known labels: {', '.join(known)}" if known else "no image has one yet"
-                raise QueryError(f"unknown style {style!r}; {has}")
-        return list(dict.fromkeys(styles))
-
     def search(
-        self,
-        terms: Sequence[Term],
-        given: dict[int, np.ndarray],
-        *,
-        k: int,
-        min_score: float | None,
-        styles: list[str] | None,
+        self, style: Sequence[str], method: Callable[..., list[SearchResult]], *args, **kwargs
     ) -> list[SearchResult]:
-        """Rank the index against weighted terms. Image terms are ids (``Term.value`` digits);
-        ``given`` holds the vectors of terms already encoded (an upload), by position."""
-        index = self.index
-        if index.count == 0:
-            raise EmptyIndexError(
-                f"index {index.path} is empty; add images with `clipsearch index FOLDER`"
-            )
-        ids = {i: int(t.value) for i, t in enumerate(terms) if t.kind == "image" and i not in given}
-        filters = {"k": k, "min_score": min_score, "styles": styles}
+        """Call one of the index's search methods with the style filter checked, in turn."""
+        styles = self.index.styles.check(style) if style else None
         with self.lock:
-            if len(terms) == 1 and ids:
-                return index.similar(ids[0], **filters)
-            vectors = np.zeros((len(terms), index.identity.dim), dtype=np.float32)
-            for i, vec in given.items():
-                vectors[i] = vec
-            for i, image_id in ids.items():
-                vec = index.catalog.vector(image_id)
-                if vec is None:
-                    raise QueryError(f"no image with id {image_id} in this index")
-                vectors[i] = vec
-            text = [i for i, t in enumerate(terms) if t.kind == "text"]
-            if text:
-                vectors[text] = index.encoder.encode_texts([terms[i].value for i in text])
-            vector = combine(terms, vectors)
-            # The images a query is made of are not news to whoever asked.
-            own = [image_id for i, image_id in ids.items() if not terms[i].negative]
-            return index.search_vector(vector, exclude=own, **filters)
-
-    def encode_upload(self, data: bytes, name: str) -> np.ndarray:
-        try:
-            img = decode_image(data, name, draft_size=self.index.identity.image_size)
-        except ImageReadError as e:
-            raise QueryError(f"uploaded file {name}: {e.reason}") from e
-        with self.lock:
-            return self.index.encoder.encode_images([img])[0]
+            return method(*args, styles=styles, **kwargs)
 
 
 def _service(request: Request) -> Service:
@@ -264,29 +207,6 @@ Plus = Annotated[
 Minus = Annotated[
     list[str], Query(max_length=MAX_TERMS, description="Terms to subtract (repeatable).")
 ]
-
-
-def parse_terms(q: str | None, plus: Sequence[str], minus: Sequence[str]) -> list[Term]:
-    """Terms in clipsearch's syntax, with image terms as ids (``@42``), never paths.
-
-    Raises:
-        QueryError: a term is too long, empty, badly weighted or names an image by path.
-    """
-    raw = ([(q, False)] if q is not None else []) + [(t, False) for t in plus]
-    raw += [(t, True) for t in minus]
-    terms = []
-    for text, negative in raw:
-        if len(text) > MAX_QUERY_CHARS:
-            raise QueryError(
-                f"a query term is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}"
-            )
-        term = Term.parse(text, negative=negative)
-        if term.kind == "image" and not (term.value.isascii() and term.value.isdigit()):
-            raise QueryError(
-                f"term {text!r}: an image term names an indexed image by its id, like @42"
-            )
-        terms.append(term)
-    return terms
 
 
 def _url(request: Request, path: str) -> str:
@@ -366,11 +286,11 @@ def search(
 ) -> Results:
     """Rank indexed images by similarity to a weighted sum of terms: ``q`` and ``plus`` are
     added, ``minus`` subtracted. Images used as positive terms are left out of the results."""
-    terms = parse_terms(q if q else None, plus, minus)
-    if not any(not t.negative for t in terms):
-        raise QueryError("the query is empty; give q or a plus term")
-    styles = svc.check_styles(style)
-    return _hits(request, svc.search(terms, {}, k=k, min_score=min_score, styles=styles))
+    index = svc.index
+    hits = svc.search(
+        style, index.search_indexed, q or None, plus=plus, minus=minus, k=k, min_score=min_score
+    )
+    return _hits(request, hits)
 
 
 @router.post(
@@ -382,7 +302,7 @@ def search(
 def search_image(
     request: Request,
     svc: Svc,
-    image: Annotated[UploadFile, File(description="An image file, at most 20 MB.")],
+    image: Annotated[UploadFile, File(description=f"An image file, at most {UPLOAD_LIMIT}.")],
     plus: Plus = (),  # type: ignore[assignment]
     minus: Minus = (),  # type: ignore[assignment]
     k: K = DEFAULT_K,
@@ -394,13 +314,17 @@ def search_image(
     data = image.file.read(MAX_UPLOAD_BYTES + 1)
     name = os.path.basename(image.filename or "") or "upload"
     if len(data) > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, f"uploaded file {name} is larger than 20 MB")
-    if not data:
-        raise QueryError(f"uploaded file {name} is empty")
-    terms = [Term("image", name)] + parse_terms(None, plus, minus)
-    styles = svc.check_styles(style)
-    vector = svc.encode_upload(data, name)
-    hits = svc.search(terms, {0: vector}, k=k, min_score=min_score, styles=styles)
+        raise HTTPException(413, f"uploaded file {name} is larger than {UPLOAD_LIMIT}")
+    hits = svc.search(
+        style,
+        svc.index.search_indexed,
+        plus=plus,
+        minus=minus,
+        image=data,
+        image_name=name,
+        k=k,
+        min_score=min_score,
+    )
     return _hits(request, hits)
 
 
@@ -439,9 +363,7 @@ def similar(
 ) -> Results:
     """Images that look like image ``image_id``, best first, never the image itself."""
     svc.record(image_id)
-    styles = svc.check_styles(style)
-    terms = [Term("image", str(image_id))]
-    return _hits(request, svc.search(terms, {}, k=k, min_score=min_score, styles=styles))
+    return _hits(request, svc.search(style, svc.index.similar, image_id, k=k, min_score=min_score))
 
 
 @router.get(
@@ -461,7 +383,7 @@ def thumbnail(request: Request, svc: Svc, image_id: int) -> Response:
     try:
         data = svc.thumbs.get(rec)
     except ImageReadError as e:
-        raise HTTPException(404, f"image {image_id}: {e.reason}") from e
+        raise ImageReadError(f"image {image_id}", e.reason) from e
     return Response(data, media_type=svc.thumbs.media_type, headers=headers)
 
 
@@ -479,7 +401,7 @@ def image_file(request: Request, svc: Svc, image_id: int) -> Response:
     try:
         st = path.stat()
     except OSError as e:
-        raise HTTPException(404, f"image {image_id}: the file is no longer on disk") from e
+        raise ImageReadError(f"image {image_id}", "the file is no longer on disk") from e
     etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
     headers = {"ETag": etag, "Cache-Control": FILE_CACHE_CONTROL}
     if _not_modified(request, etag):
@@ -490,13 +412,22 @@ def image_file(request: Request, svc: Svc, image_id: int) -> Response:
     try:
         img = load_image(path)
     except ImageReadError as e:
-        raise HTTPException(404, f"image {image_id}: {e.reason}") from e
+        raise ImageReadError(f"image {image_id}", e.reason) from e
     out = BytesIO()
     img.save(out, format="JPEG", quality=90)
     return Response(out.getvalue(), media_type="image/jpeg", headers=headers)
 
 
 # --- the app --------------------------------------------------------------------------------
+
+
+# The one place the library's errors become HTTP statuses; the closest class wins. Uploads
+# that are not images are QueryErrors; an ImageReadError is an indexed file gone or broken.
+ERROR_STATUS: dict[type[ClipsearchError], int] = {
+    QueryError: 400,
+    ImageReadError: 404,
+    ClipsearchError: 500,
+}
 
 
 def _problem(status: int):
@@ -550,8 +481,8 @@ def create_app(
     )
     app.state.service = Service(index)
     app.include_router(router)
-    app.add_exception_handler(QueryError, _problem(400))
-    app.add_exception_handler(ClipsearchError, _problem(500))
+    for error, status in ERROR_STATUS.items():
+        app.add_exception_handler(error, _problem(status))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -561,7 +492,7 @@ def create_app(
     app.add_middleware(
         BodyLimit,
         limit=MAX_UPLOAD_BYTES + 64 * 1024,  # the form's own bytes around the file
-        message=f"the upload is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB",
+        message=f"the upload is larger than {UPLOAD_LIMIT}",
     )
     app.add_middleware(SecurityHeaders)
     if allowed_hosts is not None:

@@ -8,8 +8,6 @@ never sees half a thumbnail even when two requests make the same one at once.
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -18,6 +16,7 @@ from PIL import Image, features
 
 from clipsearch.media.files import load_image
 from clipsearch.store.catalog import StoredImage
+from clipsearch.store.fileio import atomic_write
 
 THUMB_SIZE = 256
 THUMBS_DIR = "thumbs"
@@ -66,9 +65,7 @@ class ThumbnailCache:
         data = self.make(image.path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write(path, data, durable=False)  # a lost thumbnail is made again
         except OSError:
             pass  # a read-only index still gets thumbnails, just not cached ones
         return data

@@ -15,7 +15,7 @@ from PIL import Image
 
 from clipsearch.errors import ModelLoadError
 from clipsearch.models.identity import ModelSpec, spec_key
-from clipsearch.models.loading import load_encoder
+from clipsearch.models.loading import create, identify, load_encoder, resolve
 from tests.helpers import TINY_CFG, draw_image, put_in_hf_cache, save_tiny_model
 
 
@@ -166,3 +166,41 @@ def test_unavailable_device_is_refused(tiny_model):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelLoadError, match="no CUDA GPU"):
         load_encoder(tiny_model, device="cuda")
+
+
+def test_resolve_create_identify_compose_to_load_encoder(tiny_model, tiny_model_dir, tmp_path):
+    """load_spec's steps, run one by one, give the model load_encoder gives."""
+    spec = ModelSpec.from_user(tiny_model, None)
+    plan = resolve(spec)
+    weights = str(tiny_model_dir / "open_clip_model.safetensors")
+    assert plan.name == tiny_model and plan.local_weights == weights
+    assert plan.pretrained and plan.checkpoint() == weights
+
+    model, pp, towers = create(plan, device="cpu")
+    assert towers == "both" and not model.training and model.visual is not None
+    tokenizer = open_clip.get_tokenizer(plan.name)
+    identity = identify(spec, plan, model, tokenizer, pp, "cpu")
+    enc = load_encoder(tiny_model, device="cpu")
+    assert identity == enc.identity
+
+    text_model, _, text_towers = create(plan, device="cpu", towers="text")
+    assert text_towers == "text" and text_model.visual is None  # safetensors: text tower only
+    tokens = tokenizer(["a red circle", "a blue square"])
+    with torch.no_grad():
+        full = model.encode_text(tokens, normalize=True)
+        text = text_model.encode_text(tokens, normalize=True)
+    assert np.abs(full.numpy() - enc.encode_texts(["a red circle", "a blue square"])).max() < 1e-5
+    assert np.abs(full.numpy() - text.numpy()).max() < 1e-6
+
+
+def test_resolve_plans_each_kind_of_source(tiny_builtin):
+    name, weights = tiny_builtin
+    random = resolve(ModelSpec.from_user(name, "random"))
+    assert random.name == name and not random.pretrained and random.checkpoint() is None
+    from_file = resolve(ModelSpec.from_user(name, str(weights)))
+    assert from_file.local_weights == from_file.kwargs["pretrained"] == str(weights)
+    demo = resolve(ModelSpec.from_user("demo", None))
+    assert demo.name.startswith("local-dir:") and demo.local_weights
+    # A text-only request that cannot be met (random weights) loads both towers.
+    _, _, towers = create(random, device="cpu", towers="text")
+    assert towers == "both"

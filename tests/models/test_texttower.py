@@ -28,12 +28,14 @@ from clipsearch.models.identity import DEMO_DIR, ModelSpec, checkpoint_in_folder
 from clipsearch.models.loading import load_encoder, load_text_encoder
 from clipsearch.models.texttower import (
     NumpyTextEncoder,
-    _gelu,
-    _quick_gelu,
+    TextTowerConfig,
     cache_root,
     cached_text_encoder,
+    describe,
+    gelu,
+    quick_gelu,
 )
-from clipsearch.models.tokenizer import ClipTokenizer, _plain_ascii, clean
+from clipsearch.models.tokenizer import ClipTokenizer, clean, plain_ascii
 from tests.helpers import PREPROCESS_CFG, TINY_CFG, put_in_hf_cache, save_tiny_model
 
 TOLERANCE = 1e-4  # max abs difference of unit vectors, NumPy fp32 vs open_clip fp32
@@ -91,10 +93,10 @@ def test_tokens_equal_open_clips_on_hard_cases(reference_tokenizer, context_leng
 def test_merge_list_is_read_whole_from_open_clips_file():
     import gzip
 
-    from clipsearch.models.tokenizer import N_MERGES, _read_merges, vocab_path
+    from clipsearch.models.tokenizer import N_MERGES, read_merges, vocab_path
 
     lines = gzip.decompress(vocab_path().read_bytes()).decode("utf-8").split("\n")
-    assert _read_merges(vocab_path()) == lines[1 : N_MERGES + 1]
+    assert read_merges(vocab_path()) == lines[1 : N_MERGES + 1]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -120,7 +122,7 @@ def test_ftfy_leaves_printable_ascii_without_ampersands_alone(text):
     """Why clean() may skip importing ftfy for such text."""
     import ftfy
 
-    if _plain_ascii(text):
+    if plain_ascii(text):
         assert ftfy.fix_text(text) == text
         assert clean(text) == " ".join(text.split()).lower()
 
@@ -132,12 +134,12 @@ def test_gelu_is_exact_and_quick_gelu_is_open_clips():
     x = np.concatenate([np.linspace(-12, 12, 20001), [0.0, -0.0, 1e-8, -1e-8, 40.0, -40.0]])
     x32 = x.astype(np.float32)
     exact = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x32.astype(float)])
-    assert np.abs(_gelu(x32) - exact).max() < 2e-6
+    assert np.abs(gelu(x32) - exact).max() < 2e-6
     torch_gelu = torch.nn.functional.gelu(torch.from_numpy(x32)).numpy()
-    assert np.abs(_gelu(x32) - torch_gelu).max() < 2e-6
+    assert np.abs(gelu(x32) - torch_gelu).max() < 2e-6
     quick = open_clip.transformer.QuickGELU()(torch.from_numpy(x32)).numpy()
-    assert np.abs(_quick_gelu(x32) - quick).max() < 2e-6
-    assert np.isfinite(_gelu(x32)).all() and np.isfinite(_quick_gelu(x32)).all()
+    assert np.abs(quick_gelu(x32) - quick).max() < 2e-6
+    assert np.isfinite(gelu(x32)).all() and np.isfinite(quick_gelu(x32)).all()
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +190,33 @@ def test_numpy_vectors_equal_open_clips(which, tiny_model_dir, quick_model_dir):
     # One at a time (one BLAS thread) and many at once agree.
     one = np.stack([fast.encode_texts([t])[0] for t in TEXTS[:4]])
     assert np.abs(one - got[:4]).max() < 1e-5
+
+
+def test_describe_reads_the_tower_shape_from_the_model(quick_model_dir):
+    """describe's checks (model, tokenizer, blocks, LayerNorms, projection) together give the
+    shape of a standard tower, and None once one part is not standard."""
+    name = f"local-dir:{quick_model_dir}"
+    model = open_clip.create_model(name)
+    tokenizer = open_clip.get_tokenizer(name)
+    config = describe(model, tokenizer)
+    assert config == TextTowerConfig(
+        context_length=16,
+        vocab_size=49408,
+        width=64,
+        heads=2,
+        layers=2,
+        mlp_width=256,
+        quick_gelu=True,
+        ln_eps=1e-5,
+        pool="argmax",
+        eos_id=model.text_eos_id,
+        projection="matrix",
+        projection_bias=False,
+    )
+    model.transformer.resblocks[1].mlp.gelu = torch.nn.GELU(approximate="tanh")
+    assert describe(model, tokenizer) is None
+    model.transformer.resblocks[1].mlp.gelu = torch.nn.GELU()  # exact, unlike block 0
+    assert describe(model, tokenizer) is None  # one activation for all blocks
 
 
 # --- the CLI -------------------------------------------------------------------------------

@@ -4,8 +4,11 @@ images are served (by id), thumbnails are cached and revalidated."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,9 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from clipsearch import ImageIndex, Query
+from clipsearch import ImageIndex, Query, QueryError
 from clipsearch.cli.main import main
+from clipsearch.models.texttower import NumpyTextEncoder
 from clipsearch.web import create_app
 from clipsearch.web.app import MAX_UPLOAD_BYTES
 from tests.helpers import draw_image
@@ -194,6 +198,120 @@ def test_unknown_image_id_in_a_term(client):
     response = client.get("/api/search", params={"q": "@999999"})
     assert response.status_code in (400, 404)
     assert "999999" in response.json()["detail"]
+
+
+# --- the web is the Python API over HTTP ----------------------------------------------------
+
+
+def pairs(hits) -> list[tuple[int, float]]:
+    """(id, score) of library hits or of a web response's results."""
+    if isinstance(hits, list):
+        return [(h.id, h.score) for h in hits]
+    assert hits.status_code == 200, hits.text
+    return [(h["id"], h["score"]) for h in hits.json()["results"]]
+
+
+def test_every_web_search_gives_the_python_apis_results(client, index):
+    red = id_of(index, "red_circle.png")
+    text = client.get("/api/search", params={"q": "a red circle", "k": 200})
+    assert pairs(text) == pairs(index.search("a red circle", k=200))
+
+    plus, minus = [f"0.5:@{red}", "2:green"], ["blue"]
+    web = client.get("/api/search", params={"q": "a circle", "plus": plus, "minus": minus, "k": 7})
+    assert pairs(web) == pairs(index.search_indexed("a circle", plus=plus, minus=minus, k=7))
+    # The same query naming the image by its path: the same scores, less the image itself.
+    path = index.catalog.images([red])[red].path
+    by_path = index.search(Query.parse("a circle", [f"0.5:@{path}", "2:green"], minus), k=8)
+    assert pairs(web) == [h for h in pairs(by_path) if h[0] != red][:7]
+
+    filtered = client.get("/api/search", params={"q": "shape", "style": "sketch", "k": 9})
+    assert pairs(filtered) == pairs(index.search("shape", styles=["sketch"], k=9))
+    similar = client.get(f"/api/images/{red}/similar", params={"k": 5})
+    assert pairs(similar) == pairs(index.similar(red, k=5))
+
+    data = Path(path).read_bytes()
+    upload = client.post(
+        "/api/search/image",
+        params={"plus": "a square", "minus": "red", "k": 6},
+        files={"image": ("q.png", data, "image/png")},
+    )
+    expected = index.search_indexed(plus=["a square"], minus=["red"], image=data, k=6)
+    assert pairs(upload) == pairs(expected)
+
+
+def test_an_image_given_as_bytes_or_pixels_is_the_indexed_ones(index):
+    blue = id_of(index, "blue_square.png")
+    path = Path(index.catalog.images([blue])[blue].path)
+    from_bytes = index.embed_pixels(path.read_bytes(), "mine.png")
+    from_pixels = index.embed_pixels(Image.open(path).convert("L"))  # any mode is made RGB
+    assert float(from_bytes @ index.catalog.vector(blue)) == pytest.approx(1.0, abs=1e-4)
+    assert float(from_pixels @ from_bytes) > 0.9  # grey, yet still the same square
+    hits = index.search_indexed(image=path.read_bytes(), k=3)
+    assert hits[0].id == blue and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(QueryError, match=r"query image mine.png: not an image \(a text file\)"):
+        index.embed_pixels(b"hello", "mine.png")
+    with pytest.raises(QueryError, match="is empty"):
+        index.search_indexed(image=b"", image_name="mine.png")
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ({"query": "@photos/a.png"}, "by its id, like @42"),
+        ({"query": "x", "plus": ["@999999"]}, "no image with id 999999"),
+        ({"query": "@99999999999999999999999"}, "no image with id 99999999999999999999999"),
+        ({"minus": ["x"]}, "the query is empty"),
+    ],
+)
+def test_search_indexed_refuses_paths_and_unknown_ids(index, query, says):
+    with pytest.raises(QueryError, match=says):
+        index.search_indexed(**query)
+
+
+WEB_SEARCH = textwrap.dedent(
+    """
+    import json, sys
+    from fastapi.testclient import TestClient
+    from clipsearch.web.app import create_app
+    with TestClient(create_app(sys.argv[1]), base_url="http://127.0.0.1") as client:
+        response = client.get("/api/search", params=json.loads(sys.argv[2]))
+    heavy = ["torch", "open_clip", "torchvision"]
+    print(json.dumps({
+        "status": response.status_code,
+        "hits": [[h["id"], h["score"]] for h in response.json().get("results", [])],
+        "loaded": [m for m in heavy if m in sys.modules],
+    }))
+    """
+)
+
+
+@pytest.mark.slow
+def test_web_text_search_does_not_import_torch(tmp_path, tiny_model, photo_dir):
+    with ImageIndex.create(tmp_path / "index", model=tiny_model, device="cpu") as ix:
+        ix.add([photo_dir])
+        assert isinstance(ix.text_encoder, NumpyTextEncoder)  # the model's record exists
+        red = id_of(ix, "red_circle.png")
+        style = next(s for s in ix.catalog.style_counts() if s)
+    queries = [
+        {"q": "a red circle", "k": 5},
+        {"q": "a circle", "plus": [f"0.5:@{red}", "2:green"], "minus": ["blue"], "style": [style]},
+    ]
+    for params in queries:
+        argv = [sys.executable, "-c", WEB_SEARCH, str(tmp_path / "index"), json.dumps(params)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert report["status"] == 200 and report["loaded"] == [], report
+        with ImageIndex.open(tmp_path / "index") as ix:
+            expected = ix.search_indexed(
+                params["q"],
+                plus=params.get("plus", ()),
+                minus=params.get("minus", ()),
+                styles=params.get("style"),
+                k=params.get("k", 24),
+            )
+        assert [tuple(h) for h in report["hits"]] == pairs(expected)
+        assert expected
 
 
 # --- limits ---------------------------------------------------------------------------------
