@@ -13,7 +13,7 @@ import numpy as np
 from clipsearch.demo import synth
 from clipsearch.demo.recipe import EVAL_SEED
 from clipsearch.errors import ClipsearchError
-from clipsearch.training.contrastive import recall_at_k
+from clipsearch.training.evaluation import recall_at_k
 
 if TYPE_CHECKING:
     from clipsearch.models.encoder import Encoder

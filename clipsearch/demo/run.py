@@ -16,17 +16,14 @@ import numpy as np
 from clipsearch.demo.gallery import GalleryReport, evaluate_gallery
 from clipsearch.demo.recipe import ARCHITECTURE, IMAGE_SIZE
 from clipsearch.demo.stream import validation_pairs
-from clipsearch.models.loading import RANDOM_INIT_NOTICE, dropping_log
+from clipsearch.models.loading import RANDOM_INIT_NOTICE, dropping_log, register_model_configs
 from clipsearch.store.fileio import atomic_write
 from clipsearch.threads import TORCH, limit_threads
-from clipsearch.training.contrastive import (
-    PairStream,
-    RetrievalMetrics,
-    TrainConfig,
-    TrainResult,
-    register_model_configs,
-    train_clip,
-)
+from clipsearch.training.config import TrainConfig
+from clipsearch.training.contrastive import train_clip
+from clipsearch.training.data import PairStream
+from clipsearch.training.evaluation import RetrievalMetrics
+from clipsearch.training.loop import TrainResult
 
 CLOCK_NOTE = (
     "  (this {what} ran on a clock-driven schedule; --steps repeats it on a step schedule, "

@@ -12,7 +12,7 @@ from PIL import Image
 
 from clipsearch.demo import synth
 from clipsearch.demo.recipe import IMAGE_SIZE, VAL_SEED
-from clipsearch.training.contrastive import CaptionedImage
+from clipsearch.training.data import CaptionedImage
 
 # Caption mention rates inside a group of same colour-and-shape pictures: the captions there
 # must say what tells the pictures apart.

@@ -802,7 +802,7 @@ def write_folder(
 
     Each line of ``captions.jsonl`` holds the picture's path relative to ``dest``, its caption,
     its style and its other attributes; the file is what
-    :func:`clipsearch.training.contrastive.load_pairs`
+    :func:`clipsearch.training.data.load_pairs`
     reads. Existing pictures with the same names are overwritten.
 
     Args:
