@@ -1,5 +1,3 @@
-import sys
+from clipsearch.demo.cli import main
 
-from clipsearch.demo.build import main
-
-sys.exit(main())
+main()

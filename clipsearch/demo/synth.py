@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -32,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from clipsearch.errors import ClipsearchError
+from clipsearch.store.fileio import atomic_write
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart")
 COLORS: Mapping[str, tuple[int, int, int]] = {
@@ -707,6 +709,13 @@ def _draw_pixel_art(
     return img.resize((size, size), Image.Resampling.NEAREST)
 
 
+def jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
+    """``image`` saved as a JPEG of ``quality`` and read back, as a picture on disk would be."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
 # ---------------------------------------------------------------------------------------------
 # Streams and folders
 
@@ -793,7 +802,7 @@ def write_folder(
 
     Each line of ``captions.jsonl`` holds the picture's path relative to ``dest``, its caption,
     its style and its other attributes; the file is what
-    :func:`clipsearch.training.contrastive.load_pairs`
+    :func:`clipsearch.training.data.load_pairs`
     reads. Existing pictures with the same names are overwritten.
 
     Args:
@@ -824,19 +833,26 @@ def write_folder(
     width = max(3, len(str(n - 1)))
     for i, s in enumerate(generate(n, seed, size, balanced=balanced)):
         name = f"{i:0{width}d}-{s.color}-{s.shape}-{s.style.replace(' ', '-')}.{fmt}"
-        path = folder / name
-        try:
-            if fmt == "png":
-                s.image.save(path, optimize=True)
-            else:
-                s.image.save(path, quality=quality, optimize=True)
-        except OSError as e:
-            raise SynthError(f"cannot write {path}: {e.strerror or e}") from e
-        paths.append(path)
+        paths.append(_write(folder / name, _encode(s.image, fmt, quality)))
         record = {"path": name, "caption": s.caption, "style": s.style, **s.spec.facts()}
         lines.append(json.dumps(record, ensure_ascii=False))
-    try:
-        (folder / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    except OSError as e:
-        raise SynthError(f"cannot write {folder / 'captions.jsonl'}: {e.strerror or e}") from e
+    _write(folder / "captions.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
     return paths
+
+
+def _encode(image: Image.Image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "png":
+        image.save(buf, format="PNG", optimize=True)
+    else:
+        image.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    # Pictures made again from their seed need no fsync; the rename alone keeps them whole.
+    try:
+        atomic_write(path, data, durable=False)
+    except OSError as e:
+        raise SynthError(f"cannot write {path}: {e.strerror or e}") from e
+    return path

@@ -1,8 +1,7 @@
 """The shipped demo model meets its quality bar on pictures it has never seen.
 
-The gallery is drawn with its own seed (``clipsearch.demo.build.EVAL_SEED``), apart from the
-training
-and validation seeds, and goes through a JPEG round trip like files on disk.
+The gallery is drawn with its own seed (``clipsearch.demo.recipe.EVAL_SEED``), apart from the
+training and validation seeds, and goes through a JPEG round trip like files on disk.
 """
 
 from __future__ import annotations
@@ -13,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from clipsearch.demo import build as demo
-from clipsearch.demo import synth
+from clipsearch.demo import recipe, synth
+from clipsearch.demo.build import resize_input
+from clipsearch.demo.gallery import QUERY_KINDS, GalleryReport, evaluate_gallery
+from clipsearch.demo.stylehead import style_vectors
 from clipsearch.errors import ClipsearchError
 from clipsearch.models.encoder import Encoder
 from clipsearch.models.identity import DEMO_DIR
@@ -31,12 +32,12 @@ def encoder() -> Encoder:
 
 
 @pytest.fixture(scope="module")
-def report(encoder: Encoder) -> demo.GalleryReport:
-    assert demo.EVAL_SEED not in (demo.TRAIN_SEED, demo.VAL_SEED)
-    return demo.evaluate_gallery(encoder, n=600, seed=demo.EVAL_SEED)
+def report(encoder: Encoder) -> GalleryReport:
+    assert recipe.EVAL_SEED not in (recipe.TRAIN_SEED, recipe.VAL_SEED)
+    return evaluate_gallery(encoder, n=600, seed=recipe.EVAL_SEED)
 
 
-def test_colour_and_shape_queries(report: demo.GalleryReport):
+def test_colour_and_shape_queries(report: GalleryReport):
     kind = report["color+shape"]
     assert kind.queries == len(synth.COLORS) * len(synth.SHAPES)
     assert kind.recall_at_1 >= 0.90, report.table()
@@ -44,7 +45,7 @@ def test_colour_and_shape_queries(report: demo.GalleryReport):
 
 
 @pytest.mark.parametrize("kind", ["style", "count", "position", "style+count"])
-def test_queries_with_style_count_or_position(report: demo.GalleryReport, kind: str):
+def test_queries_with_style_count_or_position(report: GalleryReport, kind: str):
     assert report[kind].queries >= 50
     assert report[kind].recall_at_5 >= 0.80, report.table()
 
@@ -95,11 +96,11 @@ def test_shipped_files(encoder: Encoder):
     assert {"open_clip_config.json", "open_clip_model.safetensors", "metrics.json"} <= files
     total = sum(p.stat().st_size for p in DEMO_DIR.iterdir() if p.is_file())
     assert total < 20e6
-    assert encoder.dim == 512 and encoder.image_size == demo.IMAGE_SIZE
+    assert encoder.dim == 512 and encoder.image_size == recipe.IMAGE_SIZE
     metrics = json.loads((DEMO_DIR / "metrics.json").read_text())
-    assert metrics["architecture"] == demo.ARCHITECTURE
-    assert metrics["gallery"]["seed"] == demo.EVAL_SEED
-    assert set(metrics["gallery"]["kinds"]) == set(demo.QUERY_KINDS)
+    assert metrics["architecture"] == recipe.ARCHITECTURE
+    assert metrics["gallery"]["seed"] == recipe.EVAL_SEED
+    assert set(metrics["gallery"]["kinds"]) == set(QUERY_KINDS)
 
 
 def test_shipped_style_head_labels_fresh_pictures(encoder: Encoder):
@@ -107,8 +108,8 @@ def test_shipped_style_head_labels_fresh_pictures(encoder: Encoder):
     head = StyleHead.load(DEMO_DIR / STYLE_DIR, backbone=encoder.identity.key)
     assert head.labels == synth.STYLES
     seed = 11
-    assert seed not in (demo.TRAIN_SEED, demo.VAL_SEED, demo.STYLE_SEED, demo.FINETUNE_SEED)
-    vectors, targets = demo.style_vectors(encoder, 1000, seed)
+    assert seed not in (recipe.TRAIN_SEED, recipe.VAL_SEED, recipe.STYLE_SEED, recipe.FINETUNE_SEED)
+    vectors, targets = style_vectors(encoder, 1000, seed)
     predicted = head.predict_proba(vectors).argmax(axis=1)
     accuracy = float((predicted == targets).mean())
     confusion = np.zeros((len(synth.STYLES),) * 2, dtype=int)
@@ -127,9 +128,9 @@ def test_resize_input_interpolates_the_position_grid_and_keeps_the_rest(tmp_path
     patch = json.loads((DEMO_DIR / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"][
         "patch_size"
     ]
-    grid = demo.IMAGE_SIZE // patch
-    size = demo.IMAGE_SIZE * 3 // 2
-    out = demo.resize_input(DEMO_DIR, tmp_path / "demo-larger", size)
+    grid = recipe.IMAGE_SIZE // patch
+    size = recipe.IMAGE_SIZE * 3 // 2
+    out = resize_input(DEMO_DIR, tmp_path / "demo-larger", size)
     resized = load_encoder(f"local-dir:{out}", device="cpu")
     assert resized.image_size == size
 
@@ -153,17 +154,4 @@ def test_resize_input_interpolates_the_position_grid_and_keeps_the_rest(tmp_path
 
     for bad in (size + 1, 0, -patch):
         with pytest.raises(ClipsearchError, match="not a positive multiple of the patch"):
-            demo.resize_input(DEMO_DIR, tmp_path / "bad", bad)
-
-
-@pytest.mark.parametrize("command", ["build", "finetune"])
-def test_unknown_label_facts_are_refused_before_training(
-    command: str, tmp_path, capsys: pytest.CaptureFixture[str]
-):
-    argv = [command, "--steps", "1", "--out", str(tmp_path / "out")]
-    argv += ["--work-dir", str(tmp_path / "work"), "--label-loss", "1"]
-    assert demo.main([*argv, "--label-facts", "style,colour"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown label facts colour; choose from style, position")
-    assert "\n" not in err
-    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+            resize_input(DEMO_DIR, tmp_path / "bad", bad)

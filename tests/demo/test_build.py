@@ -1,0 +1,94 @@
+"""``build`` and ``finetune`` end to end on a few steps of the real demo architecture: the
+model they write loads, and ``metrics.json`` records how to repeat each run."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from clipsearch.demo import build as demo_build
+from clipsearch.demo.build import build, finetune, resize_input
+from clipsearch.demo.gallery import QUERY_KINDS
+from clipsearch.demo.recipe import ARCHITECTURE, IMAGE_SIZE
+from clipsearch.demo.stream import SynthStream
+from clipsearch.errors import ClipsearchError
+from clipsearch.models.loading import load_encoder
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"steps": 2, "batch_size": 8, "threads": 1, "precision": "fp32", "progress": False}
+
+
+@pytest.fixture
+def small_pool(monkeypatch):
+    """Streams draw a pool of 48 pictures instead of thousands; nothing else changes."""
+    monkeypatch.setattr(demo_build, "SynthStream", functools.partial(SynthStream, pool_size=48))
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_build_then_finetune_write_loadable_models_and_their_record(small_pool, tmp_path):
+    base = tmp_path / "base"
+    report = build(base, work_dir=tmp_path / "work-build", seed=3, **SMALL)
+    assert report.steps == 2 and report.output_dir == base
+    metrics = json.loads(report.metrics_path.read_text())
+    assert metrics["architecture"] == ARCHITECTURE
+    assert metrics["train"]["steps"] == 2 and metrics["train"]["threads"] == 1
+    assert metrics["train"]["label_facts"] == ["style", "position"]
+    assert metrics["train"]["stream"]["pool_size"] == 48
+    assert set(metrics["gallery"]["kinds"]) == set(QUERY_KINDS)
+    assert metrics["gallery"] == report.gallery.as_dict()
+    assert metrics["rebuild"] == (
+        "python -m clipsearch.demo build --steps 2 --seed 3 --batch-size 8 --lr 0.001 "
+        "--file-like 0.3 --label-loss 1.0 --label-facts style,position --threads 1"
+    )
+    encoder = load_encoder(f"local-dir:{base}", device="cpu")
+    assert encoder.dim == 512 and encoder.image_size == IMAGE_SIZE
+    assert not list(base.glob("*.tmp"))
+
+    tuned = tmp_path / "tuned"
+    base_sha = _sha(base / "open_clip_model.safetensors")
+    report = finetune(tuned, base=base, work_dir=tmp_path / "work-tune", style_head=False, **SMALL)
+    metrics = json.loads(report.metrics_path.read_text())
+    record = metrics["finetune"]
+    assert record["base_sha256"] == base_sha and record["steps"] == 2
+    assert record["gallery_before"] == json.loads((base / "metrics.json").read_text())["gallery"]
+    assert record["warmup_steps"] == 0  # a tenth of two steps
+    assert metrics["train"]["seed"] == 3  # the base's record is kept
+    assert metrics["rebuild"].startswith("python -m clipsearch.demo build --steps 2 --seed 3 ")
+    assert metrics["rebuild"].endswith(
+        "; then python -m clipsearch.demo finetune --steps 2 --seed 6 --batch-size 8 "
+        "--lr 0.0003 --warmup 100 --style-rate 0.85 --style-groups 0.5 --style-only 0.35 "
+        "--file-like 0.3 --label-loss 1.0 --label-facts style,position --image-size "
+        f"{IMAGE_SIZE} --threads 1"
+    )
+    assert _sha(tuned / "open_clip_model.safetensors") != base_sha
+    load_encoder(f"local-dir:{tuned}", device="cpu")
+
+    with pytest.raises(ClipsearchError, match="fine-tuned already"):
+        finetune(tmp_path / "again", base=tuned, work_dir=tmp_path / "w", **SMALL)
+
+
+def test_resize_input_writes_a_whole_model_folder(tmp_path):
+    from clipsearch.models.identity import DEMO_DIR
+
+    out = resize_input(DEMO_DIR, tmp_path / "bigger", IMAGE_SIZE * 2)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.json",
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+    ]
+    assert (out / "metrics.json").read_bytes() == (DEMO_DIR / "metrics.json").read_bytes()
+    config = json.loads((out / "open_clip_config.json").read_text())
+    assert config["preprocess_cfg"]["size"] == [IMAGE_SIZE * 2] * 2
+    patch = config["model_cfg"]["vision_cfg"]["patch_size"]
+    grid = IMAGE_SIZE * 2 // patch
+    pos = load_file(out / "open_clip_model.safetensors")["visual.positional_embedding"]
+    assert pos.shape[0] == 1 + grid * grid
