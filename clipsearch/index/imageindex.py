@@ -374,11 +374,11 @@ class ImageIndex:
                 suits the device, see :data:`clipsearch.models.runtime.BATCH_SIZES`).
             workers: decoding threads (default: up to 4).
             exact_decode: decode every pixel of JPEGs instead of DCT-scaled drafts at twice
-                the model's input size (slower; embeddings differ by cosine < 0.005).
-            compile: compile the image tower with ``torch.compile`` first: 15-30 s once, then
-                about 6% faster on a CPU (see :meth:`Encoder.compile_image_tower`); for runs of
-                thousands of images. Where it cannot compile, a warning is logged and the run
-                goes on uncompiled.
+                the model's input size (slower; the embeddings barely differ).
+            compile: compile the image tower with ``torch.compile`` first: a slow compile
+                once, then somewhat faster batches (see :meth:`Encoder.compile_image_tower`);
+                for runs of thousands of images. Where it cannot compile, a warning is logged
+                and the run goes on uncompiled.
             progress: receives start/advance/close events.
             executor: run the decoding and encoding on Ray with these options instead of in
                 this process (see :mod:`clipsearch.index.distributed`); each Ray shard is committed
@@ -388,30 +388,20 @@ class ImageIndex:
             IndexLockedError: another process is writing to this index.
         """
         roots = check_roots(paths)
-        remote = None
+        draft, remote = not exact_decode, None
         if executor is not None:
             from clipsearch.index.distributed import RayExecutor, WorkerSetup
 
-            setup = WorkerSetup(
-                {"model": self.spec.model, "pretrained": self.spec.pretrained},
-                self.identity.key,
-                self.device,
-                self.precision,
-                draft=not exact_decode,
-                compile=compile,
-            )
+            model = (self.spec, self.identity.key, self.device, self.precision)
+            setup = WorkerSetup.for_model(*model, draft=draft, compile=compile)
             remote = RayExecutor(executor, setup)
             batch_size = executor.shard_size
-        if batch_size is None:
-            batch_size = default_batch_size(self.device)
-        if batch_size < 1:
-            raise ClipsearchError(f"batch size must be at least 1 (got {batch_size})")
         options = IndexOptions(
             exclude=tuple(exclude),
             include_hidden=include_hidden,
-            batch_size=batch_size,
+            batch_size=default_batch_size(self.device) if batch_size is None else batch_size,
             workers=workers or IndexOptions.workers,
-            draft=not exact_decode,
+            draft=draft,
             compile=compile,
         )
         with self.writing():
