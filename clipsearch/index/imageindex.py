@@ -43,7 +43,7 @@ from clipsearch.progress import Progress
 from clipsearch.store import catalog as _catalog
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
 from clipsearch.store.repair import RepairReport, repair_store
-from clipsearch.store.vectors import IndexLayout, VectorIndex, catalog_vectors, open_index
+from clipsearch.store.vectors import IndexLayout, VectorIndex, open_index, rebuild_index
 
 if TYPE_CHECKING:
     from clipsearch.index.distributed import RayOptions
@@ -450,18 +450,11 @@ class ImageIndex:
         started = time.monotonic()
         with self.writing():
             generation = self.catalog.generation()
-            vi = VectorIndex.build(
-                self.catalog,
-                self.identity.dim,
-                index_type,
-                budget_bytes=memory_budget,
-                folder=self.path,
+            vi = rebuild_index(
+                self.path, self.catalog, self.identity.dim, index_type, budget_bytes=memory_budget
             )
-            layout = vi.layout
-            self.catalog.set_meta(index_type=layout.type, index_layout=layout.to_dict())
-            vi.save(self.path, generation)
-            vi.vector_source = catalog_vectors(self.catalog)
             self._vectors, self._vectors_generation = vi, generation
+        layout = vi.layout
         return ReindexReport(
             layout=layout,
             vectors=vi.ntotal,

@@ -234,7 +234,8 @@ class VectorIndex:
         self._mmapped = False
         self.vector_source: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
         """(ids) -> (ids, exact vectors) for those of them that exist: IVF-PQ re-ranks with it,
-        and small filters are searched exactly with it. :func:`open_index` sets it."""
+        and small filters are searched exactly with it. :meth:`build` and :func:`open_index`
+        set it to the catalog's."""
 
     @property
     def index_type(self) -> str:
@@ -333,7 +334,6 @@ class VectorIndex:
         if not self.tombstones:
             return
         fresh = VectorIndex.build(catalog, self.dim, self.layout)
-        fresh.vector_source = self.vector_source
         self.__dict__.update(fresh.__dict__)
 
     def search(
@@ -536,7 +536,8 @@ class VectorIndex:
         budget_bytes: int | None = None,
         folder: Path | None = None,
     ) -> VectorIndex:
-        """A fresh index of every vector in the catalog.
+        """A fresh index of every vector in the catalog, with the catalog as its exact vector
+        source.
 
         Args:
             catalog: where the vectors are stored.
@@ -556,6 +557,7 @@ class VectorIndex:
             layout = plan_layout(catalog.count(), dim, layout, budget_bytes)
         training = _training_sample(catalog, layout) if layout.trained else None
         vi = cls.create(dim, layout, training)
+        vi.vector_source = catalog_vectors(catalog)
         if isinstance(vi.index, OnDiskIVF):  # stream the vectors: never all of them in RAM
             del training
             count = catalog.count()
@@ -627,13 +629,42 @@ def open_index(
             vi = None
     if vi is None:
         if layout.trained or layout.type == "hnsw":
-            generation = catalog.generation()
+            generation = catalog.generation()  # before the build: a writer may commit during it
             # A writer (no mmap) builds a lists file into the folder, for its next save.
             vi = VectorIndex.build(catalog, dim, layout, folder=None if mmap else folder)
-        else:
-            vi, generation = VectorIndex(dim, layout.type, layout=layout), None
+            return vi, generation
+        vi, generation = VectorIndex(dim, layout.type, layout=layout), None
     vi.vector_source = catalog_vectors(catalog)
     return vi, generation
+
+
+def rebuild_index(
+    folder: Path,
+    catalog: Catalog,
+    dim: int,
+    index_type: str | IndexLayout | None = None,
+    *,
+    budget_bytes: int | None = None,
+) -> VectorIndex:
+    """Build the vector index of an index folder afresh from the catalog, record its layout
+    in the catalog and save it for the catalog's generation. The caller holds the write lock.
+
+    Args:
+        folder: the index folder.
+        catalog: its catalog, the source of the vectors.
+        dim: their width.
+        index_type: as for :meth:`VectorIndex.build`; None: the layout the catalog records.
+        budget_bytes: the memory budget of ``auto``.
+
+    Returns:
+        The new index, ready to search, with the catalog as its exact vector source.
+    """
+    generation = catalog.generation()
+    layout = recorded_layout(catalog) if index_type is None else index_type
+    vi = VectorIndex.build(catalog, dim, layout, budget_bytes=budget_bytes, folder=folder)
+    catalog.set_meta(index_type=vi.layout.type, index_layout=vi.layout.to_dict())
+    vi.save(folder, generation)
+    return vi
 
 
 def catalog_vectors(catalog: Catalog) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
