@@ -40,8 +40,7 @@ from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.loading import load_spec
 from clipsearch.models.runtime import default_batch_size
 from clipsearch.progress import Progress
-from clipsearch.store import catalog as _catalog
-from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
+from clipsearch.store.catalog import CATALOG_FILE, SCHEMA_VERSION, Catalog, ErrorRecord
 from clipsearch.store.repair import RepairReport, repair_store
 from clipsearch.store.vectors import IndexLayout, VectorIndex, open_index, rebuild_index
 
@@ -499,7 +498,7 @@ class ImageIndex:
             index_type=meta.get_meta("index_type", "flat"),
             roots=tuple(sorted(meta.roots().values())),
             errors=len(meta.errors()),
-            schema_version=int(meta.get_meta("schema_version", _catalog.SCHEMA_VERSION)),
+            schema_version=int(meta.get_meta("schema_version", SCHEMA_VERSION)),
             created=float(meta.get_meta("created", 0.0)),
         )
 
