@@ -377,7 +377,7 @@ vi, generation = open_index(folder, catalog, dim, mmap=False)
 if generation != catalog.generation():
     vi.sync(catalog)
 rng = np.random.default_rng(seed)
-root = catalog.root_id("/photos")
+root, _ = catalog.adopt_roots("/photos")
 for r in range(100000):
     v = rng.standard_normal((40, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
