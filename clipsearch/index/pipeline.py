@@ -132,6 +132,11 @@ class Prepared:
     error: str | None = None
     vector: np.ndarray | None = None  # set when a remote executor already encoded it
 
+    @property
+    def known(self) -> bool:
+        """Read and hashed only: its bytes are those of a gone record, whose vector it gets."""
+        return self.error is None and self.pixels is None and self.vector is None
+
 
 class Executor(Protocol):
     """Somewhere else to read, decode and encode candidates (see ``distributed.py``)."""
@@ -145,8 +150,8 @@ class GoneFiles:
     """Records of files no longer where the catalog says, by content hash.
 
     Each record is claimed at most once: by a candidate with the same bytes (the record
-    follows the file), or by its own changed file (the record is replaced). The unclaimed
-    ones are removed at the end of the run.
+    follows the file and keeps its vector), or by its own changed file (the record is
+    replaced and its vector deleted). The unclaimed ones are removed at the end of the run.
     """
 
     def __init__(self, gone: dict[int, str]):
@@ -156,12 +161,14 @@ class GoneFiles:
             self.by_sha.setdefault(sha, []).append(image_id)
         self.shas = frozenset(self.by_sha)
         self.claimed: set[int] = set()
+        self.moved: set[int] = set()  # claimed by content: they stay in the catalog
 
     def claim_content(self, sha256: str) -> int | None:
         """An unclaimed record with these bytes, now claimed; None when there is none."""
         source = next((i for i in self.by_sha.get(sha256, ()) if i not in self.claimed), None)
         if source is not None:
             self.claimed.add(source)
+            self.moved.add(source)
         return source
 
     def claim(self, image_id: int) -> bool:
@@ -171,9 +178,13 @@ class GoneFiles:
         self.claimed.add(image_id)
         return True
 
+    def has_donor(self, sha256: str) -> bool:
+        """Whether a record with these bytes moved, so that its vector stays to be copied."""
+        return any(i in self.moved for i in self.by_sha.get(sha256, ()))
+
     def donor(self, sha256: str) -> int:
-        """A record with these bytes (claimed or not), to copy its vector from."""
-        return self.by_sha[sha256][0]
+        """A record with these bytes that moved (see :meth:`has_donor`)."""
+        return next(i for i in self.by_sha[sha256] if i in self.moved)
 
     def unclaimed(self) -> list[int]:
         return [i for i in self.ids if i not in self.claimed]
@@ -223,7 +234,7 @@ class BatchPlan:
         row = len(self.new)
         if p.vector is not None:
             self.vectors.append((row, p.vector))
-        elif p.pixels is None:  # its bytes equal a gone record that another file moved into
+        elif p.known:  # its bytes are those of a gone record that another file moved into
             self.copies.append((row, gone.donor(p.sha256)))
         else:
             self.pixels.append((row, p.pixels))
@@ -430,11 +441,14 @@ class Indexer:
         plan = BatchPlan()
         root_ids = {path: rid for rid, path in self.catalog.roots().items()}
         for p in batch:
+            source = gone.claim_content(p.sha256) if p.error is None else None
+            if source is None and p.known and not gone.has_donor(p.sha256):
+                # Every record of its bytes was replaced in this run: no vector is left to copy.
+                p = self._prepare(p.cand, frozenset())
             if p.error is not None:
                 plan.fail(p.cand.found.path, p.error)
                 continue
             root_id = root_ids[p.cand.found.root]
-            source = gone.claim_content(p.sha256)
             if source is not None:
                 plan.move(p, root_id, source, gone)
             else:
