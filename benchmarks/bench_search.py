@@ -100,7 +100,7 @@ def build_index(folder: Path, n: int, env: dict[str, str]) -> None:
     vecs, _ = clustered_unit(n, 512, seed=1)
     t = time.perf_counter()
     with ImageIndex.create(folder) as index:  # the default model, from the planted cache
-        root = index.catalog.root_id("/photos")
+        root, _ = index.catalog.adopt_roots("/photos")
         for s in range(0, n, 5000):
             block = vecs[s : s + 5000]
             new = [

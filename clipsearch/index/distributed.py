@@ -20,7 +20,8 @@ import numpy as np
 from clipsearch.errors import ClipsearchError
 
 if TYPE_CHECKING:
-    from clipsearch.index.pipeline import _Candidate, _Prepared
+    from clipsearch.index.pipeline import Candidate, Prepared
+    from clipsearch.models.identity import ModelSpec
 
 RAY_MISSING = "--executor ray needs Ray: pip install 'clipsearch[ray]'"
 
@@ -74,6 +75,21 @@ class WorkerSetup:
     draft: bool = True
     compile: bool = False
 
+    @classmethod
+    def for_model(
+        cls,
+        spec: ModelSpec,
+        key: str,
+        device: str,
+        precision: str,
+        *,
+        draft: bool = True,
+        compile: bool = False,
+    ) -> WorkerSetup:
+        """The setup for a model spec and the identity key its weights must have."""
+        spec_dict = {"model": spec.model, "pretrained": spec.pretrained}
+        return cls(spec_dict, key, device, precision, draft=draft, compile=compile)
+
 
 class EncoderWorker:
     """Runs inside a Ray actor: one model per actor, many shards per model."""
@@ -93,7 +109,7 @@ class EncoderWorker:
             self.encoder.compile_image_tower()
         self.draft = setup.draft
 
-    def process(self, shard: Sequence[_Candidate], gone_shas: frozenset[str]) -> list[_Prepared]:
+    def process(self, shard: Sequence[Candidate], gone_shas: frozenset[str]) -> list[Prepared]:
         import torch
 
         from clipsearch.index.pipeline import prepare_candidate
@@ -116,8 +132,8 @@ class RayExecutor:
         self.setup = setup
 
     def prepared(
-        self, candidates: list[_Candidate], gone_shas: frozenset[str]
-    ) -> Iterator[_Prepared]:
+        self, candidates: list[Candidate], gone_shas: frozenset[str]
+    ) -> Iterator[Prepared]:
         ray = require_ray()
         from ray.util import ActorPool
 

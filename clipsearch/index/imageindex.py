@@ -43,7 +43,7 @@ from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
 from clipsearch.store.migrations import SCHEMA_VERSION
 from clipsearch.store.repair import RepairReport, repair_store
-from clipsearch.store.vectors import IndexLayout, VectorIndex, catalog_vectors, open_index
+from clipsearch.store.vectors import IndexLayout, VectorIndex, open_index, rebuild_index
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -376,11 +376,11 @@ class ImageIndex:
                 suits the device, see :data:`clipsearch.models.runtime.BATCH_SIZES`).
             workers: decoding threads (default: up to 4).
             exact_decode: decode every pixel of JPEGs instead of DCT-scaled drafts at twice
-                the model's input size (slower; embeddings differ by cosine < 0.005).
-            compile: compile the image tower with ``torch.compile`` first: 15-30 s once, then
-                about 6% faster on a CPU (see :meth:`Encoder.compile_image_tower`); for runs of
-                thousands of images. Where it cannot compile, a warning is logged and the run
-                goes on uncompiled.
+                the model's input size (slower; the embeddings barely differ).
+            compile: compile the image tower with ``torch.compile`` first: a slow compile
+                once, then somewhat faster batches (see :meth:`Encoder.compile_image_tower`);
+                for runs of thousands of images. Where it cannot compile, a warning is logged
+                and the run goes on uncompiled.
             progress: receives start/advance/close events.
             executor: run the decoding and encoding on Ray with these options instead of in
                 this process (see :mod:`clipsearch.index.distributed`); each Ray shard is committed
@@ -390,30 +390,20 @@ class ImageIndex:
             IndexLockedError: another process is writing to this index.
         """
         roots = check_roots(paths)
-        remote = None
+        draft, remote = not exact_decode, None
         if executor is not None:
             from clipsearch.index.distributed import RayExecutor, WorkerSetup
 
-            setup = WorkerSetup(
-                {"model": self.spec.model, "pretrained": self.spec.pretrained},
-                self.identity.key,
-                self.device,
-                self.precision,
-                draft=not exact_decode,
-                compile=compile,
-            )
+            model = (self.spec, self.identity.key, self.device, self.precision)
+            setup = WorkerSetup.for_model(*model, draft=draft, compile=compile)
             remote = RayExecutor(executor, setup)
             batch_size = executor.shard_size
-        if batch_size is None:
-            batch_size = default_batch_size(self.device)
-        if batch_size < 1:
-            raise ClipsearchError(f"batch size must be at least 1 (got {batch_size})")
         options = IndexOptions(
             exclude=tuple(exclude),
             include_hidden=include_hidden,
-            batch_size=batch_size,
+            batch_size=default_batch_size(self.device) if batch_size is None else batch_size,
             workers=workers or IndexOptions.workers,
-            draft=not exact_decode,
+            draft=draft,
             compile=compile,
         )
         with self.writing():
@@ -462,18 +452,11 @@ class ImageIndex:
         started = time.monotonic()
         with self.writing():
             generation = self.catalog.generation()
-            vi = VectorIndex.build(
-                self.catalog,
-                self.identity.dim,
-                index_type,
-                budget_bytes=memory_budget,
-                folder=self.path,
+            vi = rebuild_index(
+                self.path, self.catalog, self.identity.dim, index_type, budget_bytes=memory_budget
             )
-            layout = vi.layout
-            self.catalog.set_meta(index_type=layout.type, index_layout=layout.to_dict())
-            vi.save(self.path, generation)
-            vi.vector_source = catalog_vectors(self.catalog)
             self._vectors, self._vectors_generation = vi, generation
+        layout = vi.layout
         return ReindexReport(
             layout=layout,
             vectors=vi.ntotal,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -50,11 +50,14 @@ class IndexOptions:
         workers: threads that read, decode and preprocess ahead of the model.
         save_every: seconds between saves of the FAISS file during a long run.
         draft: decode JPEGs at a reduced size (DCT scaling) that is still at least twice the
-            model's input, instead of decoding every pixel: 2-3x faster on 12 MP photos, and
-            the embedding stays within cosine 0.995 of the exact one (benchmarks/RESULTS.md).
+            model's input, instead of decoding every pixel: much faster on large photos, and
+            the embedding stays close to the exact one (benchmarks/RESULTS.md).
         compile: run the image tower through ``torch.compile`` (see
             :meth:`clipsearch.models.encoder.Encoder.compile_image_tower`): a slow first batch, then
             faster ones; for runs of thousands of images.
+
+    Raises:
+        ClipsearchError: ``batch_size`` is below 1.
     """
 
     exclude: tuple[str, ...] = ()
@@ -64,6 +67,10 @@ class IndexOptions:
     save_every: float = 60.0
     draft: bool = True
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ClipsearchError(f"batch size must be at least 1 (got {self.batch_size})")
 
 
 @dataclass
@@ -78,6 +85,16 @@ class IndexReport:
     failed: int = 0
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def include(self, other: IndexReport) -> None:
+        """Add the counts and errors of another report (one batch's) to this one."""
+        self.added += other.added
+        self.updated += other.updated
+        self.moved += other.moved
+        self.removed += other.removed
+        self.unchanged += other.unchanged
+        self.failed += other.failed
+        self.errors.extend(other.errors)
 
     @property
     def encoded(self) -> int:
@@ -96,14 +113,18 @@ class IndexReport:
 
 
 @dataclass
-class _Candidate:
+class Candidate:
+    """A file to read and encode: new, or changed since it was indexed."""
+
     found: FoundFile
     old_id: int | None  # set when the file was indexed before with another size or mtime
 
 
 @dataclass
-class _Prepared:
-    cand: _Candidate
+class Prepared:
+    """A candidate after reading: its content hash and its pixels (or vector), or its error."""
+
+    cand: Candidate
     sha256: str = ""
     pixels: Any = None  # a preprocessed tensor, or None when the content is already known
     width: int = 0
@@ -111,13 +132,126 @@ class _Prepared:
     error: str | None = None
     vector: np.ndarray | None = None  # set when a remote executor already encoded it
 
+    @property
+    def known(self) -> bool:
+        """Read and hashed only: its bytes are those of a gone record, whose vector it gets."""
+        return self.error is None and self.pixels is None and self.vector is None
+
 
 class Executor(Protocol):
     """Somewhere else to read, decode and encode candidates (see ``distributed.py``)."""
 
     def prepared(
-        self, candidates: list[_Candidate], gone_shas: frozenset[str]
-    ) -> Iterator[_Prepared]: ...
+        self, candidates: list[Candidate], gone_shas: frozenset[str]
+    ) -> Iterator[Prepared]: ...
+
+
+class GoneFiles:
+    """Records of files no longer where the catalog says, by content hash.
+
+    Each record is claimed at most once: by a candidate with the same bytes (the record
+    follows the file and keeps its vector), or by its own changed file (the record is
+    replaced and its vector deleted). The unclaimed ones are removed at the end of the run.
+    """
+
+    def __init__(self, gone: dict[int, str]):
+        self.ids = list(gone)
+        self.by_sha: dict[str, list[int]] = {}
+        for image_id, sha in gone.items():
+            self.by_sha.setdefault(sha, []).append(image_id)
+        self.shas = frozenset(self.by_sha)
+        self.claimed: set[int] = set()
+        self.moved: set[int] = set()  # claimed by content: they stay in the catalog
+
+    def claim_content(self, sha256: str) -> int | None:
+        """An unclaimed record with these bytes, now claimed; None when there is none."""
+        source = next((i for i in self.by_sha.get(sha256, ()) if i not in self.claimed), None)
+        if source is not None:
+            self.claimed.add(source)
+            self.moved.add(source)
+        return source
+
+    def claim(self, image_id: int) -> bool:
+        """Claim one record; False when it was claimed before."""
+        if image_id in self.claimed:
+            return False
+        self.claimed.add(image_id)
+        return True
+
+    def has_donor(self, sha256: str) -> bool:
+        """Whether a record with these bytes moved, so that its vector stays to be copied."""
+        return any(i in self.moved for i in self.by_sha.get(sha256, ()))
+
+    def donor(self, sha256: str) -> int:
+        """A record with these bytes that moved (see :meth:`has_donor`)."""
+        return next(i for i in self.by_sha[sha256] if i in self.moved)
+
+    def unclaimed(self) -> list[int]:
+        return [i for i in self.ids if i not in self.claimed]
+
+
+@dataclass
+class BatchPlan:
+    """What one batch changes in the catalog, worked out before anything is encoded or written.
+
+    Each row of ``new`` gets its vector from exactly one of ``pixels`` (encode here),
+    ``vectors`` (a remote executor encoded it) or ``copies`` (the bytes of a gone record that
+    another file moved into first). ``report`` counts what the batch does once committed.
+    """
+
+    new: list[NewImage] = field(default_factory=list)
+    pixels: list[tuple[int, Any]] = field(default_factory=list)  # (row, preprocessed tensor)
+    vectors: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (row, vector)
+    copies: list[tuple[int, int]] = field(default_factory=list)  # (row, gone record's id)
+    remove_ids: list[int] = field(default_factory=list)
+    moves: list[tuple[int, int, str, int, int]] = field(default_factory=list)
+    ok_paths: list[str] = field(default_factory=list)
+    report: IndexReport = field(default_factory=IndexReport)
+
+    def fail(self, path: str, reason: str) -> None:
+        self.report.errors.append((path, reason))
+        self.report.failed += 1
+
+    def move(self, p: Prepared, root_id: int, source: int, gone: GoneFiles) -> None:
+        """The file has the bytes of gone record ``source``: that record follows it."""
+        f, old = p.cand.found, p.cand.old_id
+        self.ok_paths.append(f.path)
+        self.moves.append((source, root_id, f.rel, f.size, f.mtime_ns))
+        if old is not None and gone.claim(old):  # its own record, replaced by the moved one
+            self.remove_ids.append(old)
+            self.report.removed += 1
+        if source == old:
+            self.report.unchanged += 1  # touched, same bytes: only the mtime moved on
+        else:
+            self.report.moved += 1
+
+    def insert(self, p: Prepared, root_id: int, gone: GoneFiles) -> None:
+        """A new record for the file, replacing its own old one."""
+        f, old = p.cand.found, p.cand.old_id
+        self.ok_paths.append(f.path)
+        if old is not None and gone.claim(old):
+            self.remove_ids.append(old)
+        row = len(self.new)
+        if p.vector is not None:
+            self.vectors.append((row, p.vector))
+        elif p.known:  # its bytes are those of a gone record that another file moved into
+            self.copies.append((row, gone.donor(p.sha256)))
+        else:
+            self.pixels.append((row, p.pixels))
+        self.new.append(NewImage(root_id, f.rel, f.size, f.mtime_ns, p.sha256, p.width, p.height))
+        if old is None:
+            self.report.added += 1
+        else:
+            self.report.updated += 1
+
+
+class _Scope(NamedTuple):
+    """A folder to index, as part of the root that holds it."""
+
+    root_id: int
+    root: str
+    prefix: str  # rel prefix of the folder inside the root ("" for the root itself)
+    walk: str  # the folder to walk
 
 
 class Indexer:
@@ -155,57 +289,74 @@ class Indexer:
     def run(self, roots: Sequence[Path]) -> IndexReport:
         started = time.monotonic()
         report = IndexReport()
-        walk_errors: list[tuple[str, str]] = []
-        candidates: list[_Candidate] = []
-        gone: dict[int, str] = {}  # id -> sha256 of files no longer where the catalog says
         scopes = [self._scope(root) for root in roots]
-        for root_id, root_path, prefix, walk_root in scopes:
-            known = self.catalog.files_under(root_id)
-            in_scope = {rel: rec for rel, rec in known.items() if _under(rel, prefix)}
-            unreadable: list[str] = []
-
-            def on_error(path: str, reason: str, _u: list[str] = unreadable) -> None:
-                walk_errors.append((path, reason))
-                if reason.startswith("folder not readable"):
-                    _u.append(path)
-
-            seen: set[str] = set()
-            for f in walk_images(
-                walk_root,
-                exclude=self.options.exclude,
-                include_hidden=self.options.include_hidden,
-                on_error=on_error,
-            ):
-                rel = f"{prefix}{f.rel}"
-                found = FoundFile(root_path, rel, f.size, f.mtime_ns)
-                seen.add(rel)
-                rec = in_scope.get(rel)
-                if rec is None:
-                    candidates.append(_Candidate(found, None))
-                elif rec[1] == f.size and rec[2] == f.mtime_ns:
-                    report.unchanged += 1
-                else:
-                    candidates.append(_Candidate(found, rec[0]))
-                    gone[rec[0]] = rec[3]
-            skip_dirs = [
-                os.path.relpath(u, root_path).replace(os.sep, "/") + "/" for u in unreadable
-            ]
-            for rel, (image_id, _, _, sha) in in_scope.items():
-                if rel not in seen and not any(rel.startswith(d) for d in skip_dirs):
-                    gone[image_id] = sha
-        report.errors.extend(walk_errors)
-        report.failed += len(walk_errors)
-        self.catalog.record_errors(walk_errors)
-
+        candidates, gone = self._diff(scopes, report)
         self.progress.start(len(candidates))
         try:
-            self._process(candidates, gone, report)
+            self._process(candidates, GoneFiles(gone), report)
         finally:
             self.progress.close()
             self._save()
-        self._clear_stale_errors([walk for *_, walk in scopes], report)
+        self._clear_stale_errors([scope.walk for scope in scopes], report)
         report.seconds = time.monotonic() - started
         return report
+
+    def _diff(
+        self, scopes: Sequence[_Scope], report: IndexReport
+    ) -> tuple[list[Candidate], dict[int, str]]:
+        """Compare the folders on disk with the catalog: unchanged files are counted, new and
+        changed ones become candidates, and records of files no longer there are gone
+        (id -> sha256). Files and folders the walk cannot read are recorded as errors."""
+        candidates: list[Candidate] = []
+        gone: dict[int, str] = {}
+        walk_errors: list[tuple[str, str]] = []
+        for scope in scopes:
+            self._diff_scope(scope, candidates, gone, walk_errors, report)
+        report.errors.extend(walk_errors)
+        report.failed += len(walk_errors)
+        self.catalog.record_errors(walk_errors)
+        return candidates, gone
+
+    def _diff_scope(
+        self,
+        scope: _Scope,
+        candidates: list[Candidate],
+        gone: dict[int, str],
+        errors: list[tuple[str, str]],
+        report: IndexReport,
+    ) -> None:
+        known = self.catalog.files_under(scope.root_id)
+        in_scope = {rel: rec for rel, rec in known.items() if _under(rel, scope.prefix)}
+        unreadable: list[str] = []
+
+        def on_error(path: str, reason: str) -> None:
+            errors.append((path, reason))
+            if reason.startswith("folder not readable"):
+                unreadable.append(path)
+
+        seen: set[str] = set()
+        options = self.options
+        for f in walk_images(
+            scope.walk,
+            exclude=options.exclude,
+            include_hidden=options.include_hidden,
+            on_error=on_error,
+        ):
+            rel = f"{scope.prefix}{f.rel}"
+            seen.add(rel)
+            rec = in_scope.get(rel)
+            if rec is not None and (rec[1], rec[2]) == (f.size, f.mtime_ns):
+                report.unchanged += 1
+                continue
+            found = FoundFile(scope.root, rel, f.size, f.mtime_ns)
+            candidates.append(Candidate(found, None if rec is None else rec[0]))
+            if rec is not None:
+                gone[rec[0]] = rec[3]
+        # Files below a folder that could not be read are not gone: they were not seen.
+        skip = tuple(os.path.relpath(u, scope.root).replace(os.sep, "/") + "/" for u in unreadable)
+        for rel, (image_id, _, _, sha) in in_scope.items():
+            if rel not in seen and not rel.startswith(skip):
+                gone[image_id] = sha
 
     def _clear_stale_errors(self, walked: Sequence[str], report: IndexReport) -> None:
         """Forget errors below the walked folders that this finished run did not meet again:
@@ -215,8 +366,8 @@ class Indexer:
         stale = [p for p in self.catalog.error_paths() if p.startswith(below) and p not in reported]
         self.catalog.clear_errors(stale)
 
-    def _scope(self, root: Path) -> tuple[int, str, str, str]:
-        """(root_id, root path, rel prefix, folder to walk) for a folder to index.
+    def _scope(self, root: Path) -> _Scope:
+        """The scope of a folder to index.
 
         A folder inside an already indexed root is indexed as part of that root, and indexed
         roots inside a new one become part of it, so one file never gets two records.
@@ -225,176 +376,140 @@ class Indexer:
         for rid, existing in sorted(self.catalog.roots().items(), key=lambda kv: len(kv[1])):
             if path.startswith(existing.rstrip("/") + "/"):
                 prefix = Path(path).relative_to(existing).as_posix() + "/"
-                return rid, existing, prefix, path
+                return _Scope(rid, existing, prefix, path)
         rid, duplicates = self.catalog.adopt_roots(path)
         if duplicates:
             self.vectors.remove(np.asarray(duplicates, dtype=np.int64))
-        return rid, path, "", path
+        return _Scope(rid, path, "", path)
 
-    def _process(
-        self, candidates: list[_Candidate], gone: dict[int, str], report: IndexReport
-    ) -> None:
-        gone_by_sha: dict[str, list[int]] = {}
-        for image_id, sha in gone.items():
-            gone_by_sha.setdefault(sha, []).append(image_id)
-        claimed: set[int] = set()
+    def _process(self, candidates: list[Candidate], gone: GoneFiles, report: IndexReport) -> None:
         last_save = time.monotonic()
-        batch: list[_Prepared] = []
+        batch: list[Prepared] = []
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="decode") as pool:
             if self._executor is not None:
-                stream = self._executor.prepared(candidates, frozenset(gone_by_sha))
+                stream = self._executor.prepared(candidates, gone.shas)
             else:
                 if candidates:
                     self.encoder  # noqa: B018 -- load it here, not in several workers at once
-                stream = self._prepare_all(pool, candidates, gone_by_sha)
+                stream = self._prepare_all(pool, candidates, gone.shas)
             for prepared in stream:
                 batch.append(prepared)
                 if len(batch) >= self.options.batch_size:
-                    self._commit(batch, gone_by_sha, claimed, report)
+                    self._commit(batch, gone, report)
                     batch = []
                     if time.monotonic() - last_save > self.options.save_every:
                         self._save()
                         last_save = time.monotonic()
             if batch:
-                self._commit(batch, gone_by_sha, claimed, report)
-        leftover = [i for i in gone if i not in claimed]
+                self._commit(batch, gone, report)
+        leftover = gone.unclaimed()
         if leftover:
             self.catalog.remove(leftover)
             self.vectors.remove(np.asarray(leftover, dtype=np.int64))
             report.removed += len(leftover)
 
     def _prepare_all(
-        self,
-        pool: ThreadPoolExecutor,
-        candidates: list[_Candidate],
-        gone_by_sha: dict[str, list[int]],
-    ) -> Iterator[_Prepared]:
+        self, pool: ThreadPoolExecutor, candidates: list[Candidate], gone_shas: frozenset[str]
+    ) -> Iterator[Prepared]:
         """Results in input order, with a bounded number of files in flight."""
         window = max(2 * self.options.batch_size, 2 * self.options.workers)
-        pending: deque[Future[_Prepared]] = deque()
+        pending: deque[Future[Prepared]] = deque()
         it = iter(candidates)
         for cand in it:
-            pending.append(pool.submit(self._prepare, cand, gone_by_sha))
+            pending.append(pool.submit(self._prepare, cand, gone_shas))
             if len(pending) >= window:
                 break
         while pending:
             result = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(self._prepare, nxt, gone_by_sha))
+                pending.append(pool.submit(self._prepare, nxt, gone_shas))
             yield result
 
-    def _prepare(self, cand: _Candidate, gone_by_sha: dict[str, list[int]]) -> _Prepared:
-        return prepare_candidate(cand, self.encoder, self.options.draft, gone_by_sha)
+    def _prepare(self, cand: Candidate, gone_shas: frozenset[str]) -> Prepared:
+        return prepare_candidate(cand, self.encoder, self.options.draft, gone_shas)
 
-    def _commit(
-        self,
-        batch: list[_Prepared],
-        gone_by_sha: dict[str, list[int]],
-        claimed: set[int],
-        report: IndexReport,
-    ) -> None:
-        new: list[NewImage] = []
-        to_encode: list[tuple[int, Any]] = []
-        copy_from: list[tuple[int, int]] = []  # (position in new, source id)
-        encoded_elsewhere: list[tuple[int, np.ndarray]] = []
-        remove_ids: list[int] = []
-        moves: list[tuple[int, int, str, int, int]] = []
-        errors: list[tuple[str, str]] = []
-        ok_paths: list[str] = []
+    def _commit(self, batch: list[Prepared], gone: GoneFiles, report: IndexReport) -> None:
+        """Plan one batch, then apply it in one catalog transaction."""
+        plan = self._plan(batch, gone)
+        self._apply(plan)
+        report.include(plan.report)
+        self.progress.advance(len(batch))
+
+    def _plan(self, batch: list[Prepared], gone: GoneFiles) -> BatchPlan:
+        """Resolve each prepared file: an error, a move of a gone record, or a new record."""
+        plan = BatchPlan()
         root_ids = {path: rid for rid, path in self.catalog.roots().items()}
-
         for p in batch:
-            f = p.cand.found
+            source = gone.claim_content(p.sha256) if p.error is None else None
+            if source is None and p.known and not gone.has_donor(p.sha256):
+                # Every record of its bytes was replaced in this run: no vector is left to copy.
+                p = self._prepare(p.cand, frozenset())
             if p.error is not None:
-                errors.append((f.path, p.error))
+                plan.fail(p.cand.found.path, p.error)
                 continue
-            ok_paths.append(f.path)
-            rid = root_ids[f.root]
-            source = next((i for i in gone_by_sha.get(p.sha256, ()) if i not in claimed), None)
+            root_id = root_ids[p.cand.found.root]
             if source is not None:
-                claimed.add(source)
-                old = p.cand.old_id
-                if old is not None and old != source and old not in claimed:
-                    claimed.add(old)
-                    remove_ids.append(old)
-                    report.removed += 1
-                moves.append((source, rid, f.rel, f.size, f.mtime_ns))
-                if source == p.cand.old_id:
-                    report.unchanged += 1  # touched, same bytes: only the mtime moved on
-                else:
-                    report.moved += 1
-                continue
-            if p.cand.old_id is not None and p.cand.old_id not in claimed:
-                claimed.add(p.cand.old_id)
-                remove_ids.append(p.cand.old_id)
-            if p.vector is not None:
-                encoded_elsewhere.append((len(new), p.vector))
-                w, h = p.width, p.height
-            elif p.pixels is None:
-                # Its bytes equal a gone file that another candidate moved into first: a copy.
-                donor = gone_by_sha[p.sha256][0]
-                copy_from.append((len(new), donor))
-                donor_rec = self.catalog.images([donor]).get(donor)
-                w, h = (donor_rec.width, donor_rec.height) if donor_rec else (0, 0)
+                plan.move(p, root_id, source, gone)
             else:
-                to_encode.append((len(new), p.pixels))
-                w, h = p.width, p.height
-            new.append(NewImage(rid, f.rel, f.size, f.mtime_ns, p.sha256, w, h))
-            if p.cand.old_id is None:
-                report.added += 1
-            else:
-                report.updated += 1
+                plan.insert(p, root_id, gone)
+        if plan.copies:  # a copy was not decoded: its size is the donor's
+            donors = self.catalog.images([donor for _, donor in plan.copies])
+            for row, donor in plan.copies:
+                rec = donors.get(donor)
+                size = (rec.width, rec.height) if rec else (0, 0)
+                plan.new[row] = replace(plan.new[row], width=size[0], height=size[1])
+        return plan
 
-        dim = self.vectors.dim
-        matrix = np.zeros((len(new), dim), dtype=np.float32)
-        if to_encode:
-            import torch
-
-            pixels = torch.stack([px for _, px in to_encode])
-            encoded = self.encoder.encode_pixels(pixels)
-            for (pos, _), vec in zip(to_encode, encoded, strict=True):
-                matrix[pos] = vec
-        for pos, vec in encoded_elsewhere:
-            matrix[pos] = vec
-        for pos, donor in copy_from:
-            vec = self.catalog.vector(donor)
-            if vec is not None:
-                matrix[pos] = vec
-
-        styles = self._styles(matrix) if self._styles is not None and new else None
+    def _apply(self, plan: BatchPlan) -> None:
+        """Encode what the plan needs, commit it in one transaction, mirror it in the vectors."""
+        matrix = self._vectors_of(plan)
+        styles = self._styles(matrix) if self._styles is not None and plan.new else None
         ids = self.catalog.commit_batch(
-            new,
+            plan.new,
             matrix,
-            remove_ids=remove_ids,
-            moves=moves,
-            clear_error_paths=ok_paths,
-            errors=errors,
+            remove_ids=plan.remove_ids,
+            moves=plan.moves,
+            clear_error_paths=plan.ok_paths,
+            errors=plan.report.errors,
             styles=styles,
         )
-        if remove_ids:
-            self.vectors.remove(np.asarray(remove_ids, dtype=np.int64))
+        if plan.remove_ids:
+            self.vectors.remove(np.asarray(plan.remove_ids, dtype=np.int64))
         self.vectors.add(np.asarray(ids, dtype=np.int64), matrix)
-        report.failed += len(errors)
-        report.errors.extend(errors)
-        self.progress.advance(len(batch))
+
+    def _vectors_of(self, plan: BatchPlan) -> np.ndarray:
+        """One vector per new row: encoded here, encoded remotely, or copied."""
+        matrix = np.zeros((len(plan.new), self.vectors.dim), dtype=np.float32)
+        if plan.pixels:
+            import torch
+
+            rows = [row for row, _ in plan.pixels]
+            matrix[rows] = self.encoder.encode_pixels(torch.stack([px for _, px in plan.pixels]))
+        for row, vec in plan.vectors:
+            matrix[row] = vec
+        for row, donor in plan.copies:
+            vec = self.catalog.vector(donor)
+            if vec is not None:
+                matrix[row] = vec
+        return matrix
 
 
 def prepare_candidate(
-    cand: _Candidate, encoder: Encoder, draft: bool, gone_shas: Container[str]
-) -> _Prepared:
+    cand: Candidate, encoder: Encoder, draft: bool, gone_shas: Container[str]
+) -> Prepared:
     """Read, hash, decode and preprocess one file; never raises for a bad file.
 
     A file whose bytes belong to a gone record is only hashed: its vector is already stored.
     """
     path = cand.found.path
-    out = _Prepared(cand)
+    out = Prepared(cand)
     try:
         data, st = read_file(path)
         if (st.st_size, st.st_mtime_ns) != (cand.found.size, cand.found.mtime_ns):
             # Rewritten since the walk: record the size and time of the bytes we encode.
             found = replace(cand.found, size=st.st_size, mtime_ns=st.st_mtime_ns)
-            out.cand = _Candidate(found, cand.old_id)
+            out.cand = Candidate(found, cand.old_id)
         out.sha256 = hashlib.sha256(data).hexdigest()
         if out.sha256 in gone_shas:
             return out
@@ -416,17 +531,15 @@ def _under(rel: str, prefix: str) -> bool:
 
 def check_roots(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Absolute folder paths for the given arguments, refusing ones that are not folders."""
-    from clipsearch.errors import ClipsearchError as _E
-
     out: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
         if not p.exists():
-            raise _E(f"{raw}: no such folder")
+            raise ClipsearchError(f"{raw}: no such folder")
         if not p.is_dir():
-            raise _E(f"{raw}: is a file; clipsearch index takes folders")
+            raise ClipsearchError(f"{raw}: is a file; clipsearch index takes folders")
         if not os.access(p, os.R_OK | os.X_OK):
-            raise _E(f"{raw}: folder is not readable (permission denied)")
+            raise ClipsearchError(f"{raw}: folder is not readable (permission denied)")
         resolved = p.resolve()
         if resolved not in out:
             out.append(resolved)

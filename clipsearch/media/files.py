@@ -8,7 +8,6 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -298,8 +297,3 @@ def _sniff(data: bytes) -> str:
         return "a text file"
     except UnicodeDecodeError:
         return "unknown format"
-
-
-def resolve_root(path: str | os.PathLike[str]) -> Path:
-    """An absolute, normalized folder path (symlinks resolved) for storing roots."""
-    return Path(path).expanduser().resolve()

@@ -213,11 +213,6 @@ class Catalog:
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
-    def check(self) -> str:
-        """SQLite's own quick integrity check; "ok" when the file is sound."""
-        with self.engine.connect() as conn:
-            return str(conn.exec_driver_sql("PRAGMA quick_check").scalar())
-
     # --- meta -------------------------------------------------------------------------------
 
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -235,10 +230,6 @@ class Catalog:
         return int(self.get_meta("generation", 0))
 
     # --- roots and files --------------------------------------------------------------------
-
-    def root_id(self, path: str) -> int:
-        with self.session() as s, s.begin():
-            return _root_id(s, path)
 
     def adopt_roots(self, path: str) -> tuple[int, list[int]]:
         """The id of the root folder ``path`` (added if new), after the images of every root
@@ -287,18 +278,6 @@ class Catalog:
                 ).where(ImageRow.root_id == root_id)
             )
             return {rel: (i, size, mtime, sha) for rel, i, size, mtime, sha in rows}
-
-    def ids_by_hash(self, hashes: Iterable[str]) -> dict[str, list[int]]:
-        wanted = list(set(hashes))
-        out: dict[str, list[int]] = {}
-        with self.session() as s:
-            for chunk in _chunks(wanted, 500):
-                rows = s.execute(
-                    select(ImageRow.sha256, ImageRow.id).where(ImageRow.sha256.in_(chunk))
-                )
-                for sha, i in rows:
-                    out.setdefault(sha, []).append(i)
-        return out
 
     # --- writes -----------------------------------------------------------------------------
 

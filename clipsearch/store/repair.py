@@ -18,12 +18,7 @@ from sqlalchemy import delete, select
 
 from clipsearch.errors import CorruptIndexError
 from clipsearch.store.catalog import ImageRow, VectorRow
-from clipsearch.store.vectors import (
-    VectorIndex,
-    catalog_vectors,
-    index_files_exist,
-    recorded_layout,
-)
+from clipsearch.store.vectors import VectorIndex, index_files_exist, rebuild_index
 
 if TYPE_CHECKING:
     from clipsearch.store.catalog import Catalog
@@ -99,9 +94,7 @@ def repair_store(catalog: Catalog, folder: Path, dim: int) -> tuple[RepairReport
         with catalog.session() as s, s.begin():
             s.execute(delete(VectorRow).where(VectorRow.image_id.in_(orphans)))
     catalog.remove(drop)
-    rebuilt = VectorIndex.build(catalog, dim, recorded_layout(catalog), folder=folder)
-    rebuilt.vector_source = catalog_vectors(catalog)
-    rebuilt.save(folder, catalog.generation())
+    rebuilt = rebuild_index(folder, catalog, dim)
     report = RepairReport(
         catalog_check=verdict,
         vector_file=vector_file,

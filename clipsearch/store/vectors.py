@@ -38,13 +38,13 @@ INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq", "ivf-ondisk")
 INDEX_CHOICES = ("auto", *INDEX_TYPES)
 TOMBSTONE_TYPES = ("hnsw", "ivf-ondisk")  # types that hide removed ids instead of deleting them
 
-# The `auto` policy (numbers from benchmarks/RESULTS.md, 512-d vectors, one search thread):
-# exact search scans every vector, ~0.07-0.09 ms per 1000, so it still answers in ~20 ms p50
-# at 250k; past that a graph (HNSW) answers in ~1 ms at recall@10 0.96 (1M) but costs
-# ~2.3 KB per vector; when that does not fit the memory budget, IVF-PQ keeps 128-byte codes
-# (~140 B per vector) and re-ranks its candidates with the exact vectors of the catalog; when
-# even that does not fit, `ivf-ondisk` keeps only the centroids in RAM and maps its inverted
-# lists from a file (benchmarks/RESULTS.md, bench_ondisk.py).
+# The `auto` policy (measured in benchmarks/RESULTS.md): exact search scans every vector, and
+# up to FLAT_MAX it still answers well within an interactive query; past that a graph (HNSW)
+# answers much faster at high recall but keeps the full vectors and its links in RAM (see
+# IndexLayout.bytes_per_vector); when that does not fit the memory budget, IVF-PQ keeps
+# 128-byte codes and re-ranks its candidates with the exact vectors of the catalog; when even
+# that does not fit, `ivf-ondisk` keeps only the centroids in RAM and maps its inverted lists
+# from a file (bench_vectors.py, bench_ondisk.py).
 FLAT_MAX = 250_000
 DEFAULT_BUDGET_FRACTION = 0.25  # of physical RAM, for the vector index
 REBUILD_FRACTION = 0.1  # past this share of tombstones HNSW is rebuilt, a lists file rewritten
@@ -52,7 +52,7 @@ RERANK_FACTOR = 20  # IVF-PQ fetches this many candidates per result to re-rank 
 SMALL_FILTER = 2000  # a filter this selective is answered exactly from the stored vectors
 
 
-def _faiss():  # faiss costs ~0.3 s to import; only commands that search pay for it
+def _faiss():  # importing faiss is slow: only commands that search pay for it
     import faiss
 
     return faiss
@@ -171,8 +171,8 @@ def plan_layout(
     if not IndexLayout(index_type).trained:
         return IndexLayout(index_type)
     # ~4 sqrt(n) lists of at least ~39 training points each (FAISS's own rule of thumb),
-    # a power of two; scanning 1/256 of the lists (at least 8) reaches recall@10 0.99 on
-    # embedding-like data (16 of 4096 lists at 1M: 3.6 ms, benchmarks/RESULTS.md).
+    # a power of two; scanning 1/256 of the lists (at least 8) keeps recall@10 high on
+    # embedding-like data (benchmarks/RESULTS.md).
     nlist = 1 << max(0, round(math.log2(4 * math.sqrt(n))))
     nlist = max(1, min(nlist, n // 39, 65536))
     nprobe = min(nlist, max(8, nlist // 256))
@@ -184,8 +184,8 @@ def plan_layout(
 
 
 def _pq_subquantizers(dim: int) -> int:
-    """dim / 4 sub-quantizers (128 bytes for 512-d: 64 bytes lose a tenth of recall@10 at
-    1M even after re-ranking), the largest divisor of dim up to that."""
+    """dim / 4 sub-quantizers (128 bytes for 512-d: half as many lose much recall@10 even
+    after re-ranking, benchmarks/RESULTS.md), the largest divisor of dim up to that."""
     target = max(1, dim // 4)
     return next(m for m in range(target, 0, -1) if dim % m == 0)
 
@@ -234,7 +234,8 @@ class VectorIndex:
         self._mmapped = False
         self.vector_source: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
         """(ids) -> (ids, exact vectors) for those of them that exist: IVF-PQ re-ranks with it,
-        and small filters are searched exactly with it. :func:`open_index` sets it."""
+        and small filters are searched exactly with it. :meth:`build` and :func:`open_index`
+        set it to the catalog's."""
 
     @property
     def index_type(self) -> str:
@@ -264,7 +265,7 @@ class VectorIndex:
             pq_index.pq.cp.min_points_per_centroid = 1
             pq_index.do_polysemous_training = False  # only for Hamming filtering: unused, slow
         # The quantizer is trained, so this trains the PQ codebooks: many small k-means whose
-        # threads mostly wait on each other (10x slower with 2 threads on a busy machine).
+        # threads mostly wait on each other, worse than one thread on a busy machine.
         with limit_threads(1, FAISS):
             index.train(training)
         _configure(index, layout)
@@ -333,7 +334,6 @@ class VectorIndex:
         if not self.tombstones:
             return
         fresh = VectorIndex.build(catalog, self.dim, self.layout)
-        fresh.vector_source = self.vector_source
         self.__dict__.update(fresh.__dict__)
 
     def search(
@@ -536,7 +536,8 @@ class VectorIndex:
         budget_bytes: int | None = None,
         folder: Path | None = None,
     ) -> VectorIndex:
-        """A fresh index of every vector in the catalog.
+        """A fresh index of every vector in the catalog, with the catalog as its exact vector
+        source.
 
         Args:
             catalog: where the vectors are stored.
@@ -556,6 +557,7 @@ class VectorIndex:
             layout = plan_layout(catalog.count(), dim, layout, budget_bytes)
         training = _training_sample(catalog, layout) if layout.trained else None
         vi = cls.create(dim, layout, training)
+        vi.vector_source = catalog_vectors(catalog)
         if isinstance(vi.index, OnDiskIVF):  # stream the vectors: never all of them in RAM
             del training
             count = catalog.count()
@@ -627,13 +629,42 @@ def open_index(
             vi = None
     if vi is None:
         if layout.trained or layout.type == "hnsw":
-            generation = catalog.generation()
+            generation = catalog.generation()  # before the build: a writer may commit during it
             # A writer (no mmap) builds a lists file into the folder, for its next save.
             vi = VectorIndex.build(catalog, dim, layout, folder=None if mmap else folder)
-        else:
-            vi, generation = VectorIndex(dim, layout.type, layout=layout), None
+            return vi, generation
+        vi, generation = VectorIndex(dim, layout.type, layout=layout), None
     vi.vector_source = catalog_vectors(catalog)
     return vi, generation
+
+
+def rebuild_index(
+    folder: Path,
+    catalog: Catalog,
+    dim: int,
+    index_type: str | IndexLayout | None = None,
+    *,
+    budget_bytes: int | None = None,
+) -> VectorIndex:
+    """Build the vector index of an index folder afresh from the catalog, record its layout
+    in the catalog and save it for the catalog's generation. The caller holds the write lock.
+
+    Args:
+        folder: the index folder.
+        catalog: its catalog, the source of the vectors.
+        dim: their width.
+        index_type: as for :meth:`VectorIndex.build`; None: the layout the catalog records.
+        budget_bytes: the memory budget of ``auto``.
+
+    Returns:
+        The new index, ready to search, with the catalog as its exact vector source.
+    """
+    generation = catalog.generation()
+    layout = recorded_layout(catalog) if index_type is None else index_type
+    vi = VectorIndex.build(catalog, dim, layout, budget_bytes=budget_bytes, folder=folder)
+    catalog.set_meta(index_type=vi.layout.type, index_layout=vi.layout.to_dict())
+    vi.save(folder, generation)
+    return vi
 
 
 def catalog_vectors(catalog: Catalog) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:

@@ -315,3 +315,61 @@ def test_remove_by_id_accepts_numpy_ids(index, photo_dir):
     assert index.remove(ids) == 3
     assert index.count == 9 and index.vectors.ntotal == 9
     assert not set(ids.tolist()) & set(index.catalog.ids().tolist())
+
+
+def vector_at(index, path):
+    return index.catalog.vector(index.catalog.find_path(str(path)).id)
+
+
+def test_a_file_copied_then_moved_copies_the_stored_vector(index, photo_dir, monkeypatch):
+    import clipsearch.index.pipeline as indexer_mod
+
+    index.add([photo_dir])
+    src = photo_dir / "shapes" / "red_square.png"
+    old = index.catalog.find_path(str(src))
+    old_vec = index.catalog.vector(old.id)
+    for name in ("a.png", "b.png"):
+        shutil.copy2(src, photo_dir / name)
+    src.unlink()
+
+    def no_decoding(*a, **k):
+        raise AssertionError("known bytes were decoded again")
+
+    monkeypatch.setattr(indexer_mod, "decode_image_sized", no_decoding)
+    report = index.add([photo_dir], batch_size=1)
+    assert (report.moved, report.added, report.removed, report.failed) == (1, 1, 0, 0)
+    assert index.catalog.find_path(str(photo_dir / "a.png")).id == old.id  # the record moved
+    copy = index.catalog.find_path(str(photo_dir / "b.png"))
+    assert (copy.width, copy.height) == (old.width, old.height)
+    np.testing.assert_array_equal(index.catalog.vector(copy.id), old_vec)
+    assert_consistent(index)
+
+
+@pytest.mark.parametrize("batch_size", [1, 32])
+def test_swapped_files_each_get_the_vector_of_their_bytes(index, photo_dir, batch_size):
+    index.add([photo_dir])
+    a, b = photo_dir / "shapes" / "red_square.png", photo_dir / "shapes" / "blue_square.png"
+    vec_a, vec_b = vector_at(index, a), vector_at(index, b)
+    a.rename(photo_dir / "swap")
+    b.rename(a)
+    (photo_dir / "swap").rename(b)
+    report = index.add([photo_dir], batch_size=batch_size)
+    assert report.failed == 0 and index.count == 12
+    np.testing.assert_allclose(vector_at(index, a), vec_b, atol=1e-5)
+    np.testing.assert_allclose(vector_at(index, b), vec_a, atol=1e-5)
+    assert_consistent(index)
+
+
+def test_a_copy_of_a_file_edited_since_gets_the_old_bytes_vector(index, photo_dir):
+    index.add([photo_dir])
+    target = photo_dir / "shapes" / "red_square.png"
+    old_vec = vector_at(index, target)
+    backup = photo_dir / "zz" / "backup.png"  # walked after the edited file
+    backup.parent.mkdir()
+    shutil.copy2(target, backup)
+    draw_image(target, "blue", "circle", size=80)
+    report = index.add([photo_dir], batch_size=1)
+    assert (report.updated, report.added, report.failed) == (1, 1, 0)
+    np.testing.assert_allclose(vector_at(index, backup), old_vec, atol=1e-5)
+    assert not np.allclose(vector_at(index, target), old_vec)
+    assert_consistent(index)

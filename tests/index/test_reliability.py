@@ -31,6 +31,7 @@ from clipsearch import ClipsearchError, CorruptIndexError, ImageIndex, Query, Qu
 from clipsearch.cli.main import main
 from clipsearch.index.query import MAX_QUERY_CHARS, path_filter
 from clipsearch.store.catalog import CATALOG_FILE, Catalog
+from clipsearch.store.repair import quick_check
 from clipsearch.store.vectors import INDEX_FILE, STATE_FILE, VectorIndex
 from tests.helpers import WriteCrash, crashing_writer, draw_image, stored_for_orientation
 
@@ -144,7 +145,7 @@ def catalog_paths(index: ImageIndex) -> list[str]:
 def assert_consistent(path: Path) -> None:
     """The catalog and the FAISS index hold the same ids, and no path appears twice."""
     with ImageIndex.open(path) as index:
-        assert index.catalog.check() == "ok"
+        assert quick_check(index.catalog) == "ok"
         ids = index.catalog.ids()
         assert sorted(index.vectors.ids().tolist()) == sorted(ids.tolist())
         paths = catalog_paths(index)
@@ -795,7 +796,7 @@ def test_indexing_a_parent_folder_keeps_one_record_per_file(index, photo_dir):
     # A catalog that already has a file under two roots loses the second record.
     from clipsearch.store.catalog import NewImage
 
-    child = index.catalog.root_id(str(photo_dir / "more"))
+    child, _ = index.catalog.adopt_roots(str(photo_dir / "more"))
     twin = index.catalog.find_path(str(photo_dir / "more" / "nested" / "red_circle.png"))
     vec = index.catalog.vector(twin.id)
     new = NewImage(child, "nested/red_circle.png", twin.size, twin.mtime_ns, twin.sha256, 1, 1)

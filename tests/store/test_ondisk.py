@@ -37,6 +37,7 @@ from clipsearch.store.vectors import (
     VectorIndex,
     open_index,
     plan_layout,
+    rebuild_index,
 )
 from tests.helpers import WriteCrash, crashing_writer, draw_image
 
@@ -53,7 +54,7 @@ def clustered(n: int, seed: int = 0) -> np.ndarray:
 
 
 def add_images(catalog: Catalog, vecs: np.ndarray, tag: str = "a") -> np.ndarray:
-    root = catalog.root_id("/photos")
+    root, _ = catalog.adopt_roots("/photos")
     new = [NewImage(root, f"{tag}{i:05d}.jpg", 1, 1, "0" * 64, 1, 1) for i in range(len(vecs))]
     return np.asarray(catalog.commit_batch(new, vecs), dtype=np.int64)
 
@@ -91,11 +92,7 @@ def lists_files(folder: Path) -> list[str]:
 
 
 def build(catalog: Catalog) -> VectorIndex:
-    folder = catalog.path.parent
-    vi = VectorIndex.build(catalog, DIM, "ivf-ondisk", folder=folder)
-    catalog.set_meta(index_type=vi.index_type, index_layout=vi.layout.to_dict())  # as reindex
-    vi.save(folder, catalog.generation())
-    return vi
+    return rebuild_index(catalog.path.parent, catalog, DIM, "ivf-ondisk")  # as reindex
 
 
 # --- answers ------------------------------------------------------------------------------
@@ -380,7 +377,7 @@ vi, generation = open_index(folder, catalog, dim, mmap=False)
 if generation != catalog.generation():
     vi.sync(catalog)
 rng = np.random.default_rng(seed)
-root = catalog.root_id("/photos")
+root, _ = catalog.adopt_roots("/photos")
 for r in range(100000):
     v = rng.standard_normal((40, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
