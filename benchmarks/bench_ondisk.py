@@ -78,7 +78,7 @@ import json, sys, time
 from pathlib import Path
 from clipsearch.store.catalog import Catalog
 from clipsearch.store.ondisk import OnDiskIVF
-from clipsearch.store.vectors import VectorIndex, _training_sample, plan_layout
+from clipsearch.store.vectors import VectorIndex, training_sample, plan_layout
 
 catalog = Catalog.open(Path(sys.argv[1]) / "catalog.sqlite")
 out, kind, dim = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -87,7 +87,7 @@ base = rss()
 t = time.perf_counter()
 peak = Peak()
 layout = plan_layout(catalog.count(), dim, kind)
-training = _training_sample(catalog, layout)
+training = training_sample(catalog, layout)
 sample_bytes = training.nbytes
 vi = VectorIndex.create(dim, layout, training)
 del training

@@ -145,9 +145,9 @@ def run(kind: str, args: argparse.Namespace) -> list[Row]:
         t = time.perf_counter()
         training = None
         if layout.trained:
-            from clipsearch.store.vectors import _training_sample
+            from clipsearch.store.vectors import training_sample
 
-            training = _training_sample(catalog, layout)
+            training = training_sample(catalog, layout)
         vi = VectorIndex.create(DIM, layout, training)
         for s in range(0, n, 100_000):
             vi.add(ids[s : s + 100_000], vecs[s : s + 100_000])

@@ -555,7 +555,7 @@ class VectorIndex:
         layout = index_type
         if not isinstance(layout, IndexLayout):
             layout = plan_layout(catalog.count(), dim, layout, budget_bytes)
-        training = _training_sample(catalog, layout) if layout.trained else None
+        training = training_sample(catalog, layout) if layout.trained else None
         vi = cls.create(dim, layout, training)
         vi.vector_source = catalog_vectors(catalog)
         if isinstance(vi.index, OnDiskIVF):  # stream the vectors: never all of them in RAM
@@ -679,7 +679,7 @@ def catalog_vectors(catalog: Catalog) -> Callable[[np.ndarray], tuple[np.ndarray
     return fetch
 
 
-def _training_sample(catalog: Catalog, layout: IndexLayout, seed: int = 0) -> np.ndarray:
+def training_sample(catalog: Catalog, layout: IndexLayout, seed: int = 0) -> np.ndarray:
     """Stored vectors to train IVF cells and PQ codebooks on: 32 per cell, and enough for
     the PQ codebooks (2**bits centroids each), from a random sample of the ids."""
     ids = catalog.ids()
