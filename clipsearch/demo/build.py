@@ -51,7 +51,7 @@ from clipsearch.demo.run import (
 from clipsearch.demo.stream import SynthStream
 from clipsearch.demo.stylehead import build_style_head
 from clipsearch.errors import ClipsearchError
-from clipsearch.models.identity import DEMO_DIR
+from clipsearch.models.identity import DEMO_DIR, local_dir_name
 from clipsearch.store.fileio import atomic_write
 
 
@@ -263,7 +263,7 @@ def _finetune(
         base = resize_input(base, settings.work_dir / f"base-{image_size}px", image_size)
         size = image_size
     stream = replace(stream, image_size=size)
-    run = train_and_evaluate(settings, out, f"local-dir:{base}", stream)
+    run = train_and_evaluate(settings, out, local_dir_name(base), stream)
     path = write_metrics(out, _finetuned_metrics(run, settings, stream, base_metrics, base_sha))
     if style_head:
         build_style_head(out)

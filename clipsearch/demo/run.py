@@ -16,6 +16,7 @@ import numpy as np
 from clipsearch.demo.gallery import GalleryReport, evaluate_gallery
 from clipsearch.demo.recipe import ARCHITECTURE, IMAGE_SIZE
 from clipsearch.demo.stream import validation_pairs
+from clipsearch.models.identity import local_dir_name
 from clipsearch.models.loading import RANDOM_INIT_NOTICE, dropping_log, register_model_configs
 from clipsearch.store.fileio import atomic_write
 from clipsearch.threads import TORCH, limit_threads
@@ -120,7 +121,7 @@ def train_and_evaluate(
         progress=settings.progress,
         on_eval=None if settings.progress else _print_eval,
     )
-    encoder = load_encoder(f"local-dir:{Path(config.output_dir).resolve()}", device="cpu")
+    encoder = load_encoder(local_dir_name(Path(config.output_dir).resolve()), device="cpu")
     report = evaluate_gallery(encoder)
     minutes_taken = (time.monotonic() - started) / 60
     return TrainedRun(config, result, report, minutes_taken, settings.threads or _torch_threads())

@@ -12,7 +12,7 @@ import numpy as np
 from clipsearch.demo import synth
 from clipsearch.demo.recipe import STYLE_SEED
 from clipsearch.demo.run import read_metrics, write_metrics
-from clipsearch.models.identity import DEMO_DIR
+from clipsearch.models.identity import DEMO_DIR, local_dir_name
 
 if TYPE_CHECKING:
     from clipsearch.models.encoder import Encoder
@@ -47,7 +47,7 @@ def build_style_head(
     from clipsearch.style.training import TrainingSet, train_head
 
     out = Path(out)
-    encoder = load_encoder(f"local-dir:{out.resolve()}", device="cpu")
+    encoder = load_encoder(local_dir_name(out.resolve()), device="cpu")
     vectors, targets = style_vectors(encoder, n, seed)
     data = TrainingSet(vectors, targets, synth.STYLES, paths=())
     head = train_head(data, encoder.identity.key, TrainOptions(seed=seed))

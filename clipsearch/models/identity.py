@@ -96,7 +96,7 @@ class ModelSpec:
                     f"model {model} carries its own weights; drop --pretrained {pretrained}"
                 )
             if named.kind == "local-dir" and named.local_dir is not None:
-                return cls(f"{LOCAL_DIR_PREFIX}{named.local_dir.expanduser().resolve()}", None)
+                return cls(local_dir_name(named.local_dir.expanduser().resolve()), None)
             return named
         if pretrained and looks_like_path(pretrained):
             pretrained = str(Path(pretrained).expanduser().resolve())
@@ -130,7 +130,7 @@ class ModelSpec:
     @property
     def open_clip_name(self) -> str:
         """The name open_clip's ``create_model`` takes: ``demo`` is its ``local-dir:`` folder."""
-        return f"{LOCAL_DIR_PREFIX}{DEMO_DIR}" if self.kind == "demo" else self.model
+        return local_dir_name(DEMO_DIR) if self.kind == "demo" else self.model
 
     @property
     def random_weights(self) -> bool:
@@ -146,6 +146,11 @@ class ModelSpec:
 
     def describe(self) -> str:
         return f"{self.model} ({self.pretrained})" if self.pretrained else self.model
+
+
+def local_dir_name(folder: str | os.PathLike[str]) -> str:
+    """The model name that loads an open_clip folder: ``local-dir:FOLDER``."""
+    return f"{LOCAL_DIR_PREFIX}{folder}"
 
 
 def looks_like_path(value: str) -> bool:

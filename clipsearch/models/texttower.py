@@ -584,7 +584,7 @@ def _block_activation(block: Any) -> str | None:
         or type(block.ls_1) is not torch.nn.Identity
         or type(block.ls_2) is not torch.nn.Identity
         or type(attn) is not torch.nn.MultiheadAttention
-        or not attn._qkv_same_embed_dim
+        or attn.in_proj_weight is None  # separate q, k, v projections
         or attn.in_proj_bias is None
         or attn.out_proj.bias is None
         or attn.bias_k is not None
