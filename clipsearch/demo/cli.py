@@ -4,13 +4,13 @@ result; a domain error becomes a one-line message and exit code 1."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from clipsearch.cli.output import DomainErrorGroup
 from clipsearch.demo.recipe import (
     EVAL_SEED,
     FINETUNE_SEED,
@@ -19,7 +19,6 @@ from clipsearch.demo.recipe import (
     STYLE_SEED,
     TRAIN_SEED,
 )
-from clipsearch.errors import ClipsearchError, one_line
 from clipsearch.models.identity import DEMO_DIR
 
 if TYPE_CHECKING:
@@ -28,15 +27,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 FOLDER = click.Path(file_okay=False, path_type=Path)
 SHIPPED = "clipsearch/models/demo, the shipped model"
-
-
-@contextmanager
-def domain_errors() -> Iterator[None]:
-    """Turn the library's errors into a one-line message and exit code 1."""
-    try:
-        yield
-    except ClipsearchError as e:
-        raise click.ClickException(one_line(e)) from None
 
 
 def _facts(ctx: click.Context, param: click.Parameter, text: str) -> tuple[str, ...]:
@@ -119,7 +109,7 @@ def training_options(*, minutes: float, work_dir: str, lr: float, seed: int) -> 
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DomainErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Build, evaluate and showcase the small demo model that ships with clipsearch.
 
@@ -134,8 +124,7 @@ def build(out: Path, **options: Any) -> None:
     """Train the demo model from scratch and write it."""
     from clipsearch.demo.build import build as build_model
 
-    with domain_errors():
-        report = build_model(out, **options)
+    report = build_model(out, **options)
     click.echo(report.gallery.table())
     _echo_written(report)
 
@@ -189,8 +178,7 @@ def finetune(out: Path, no_style_head: bool, **options: Any) -> None:
     from clipsearch.demo.build import finetune as finetune_model
     from clipsearch.demo.run import read_metrics
 
-    with domain_errors():
-        report = finetune_model(out, style_head=not no_style_head, **options)
+    report = finetune_model(out, style_head=not no_style_head, **options)
     click.echo(report.gallery.table())
     metrics = read_metrics(report.metrics_path.parent)
     if "style_head" in metrics:
@@ -217,8 +205,7 @@ def samples(out: Path, n: int, seed: int) -> None:
     """Write the sample pictures for the quickstart."""
     from clipsearch.demo.samples import write_samples
 
-    with domain_errors():
-        paths = write_samples(out, n, seed)
+    paths = write_samples(out, n, seed)
     click.echo(f"wrote {len(paths)} pictures and captions.jsonl to {out}")
 
 
@@ -236,8 +223,7 @@ def style_head(out: Path, n: int, seed: int) -> None:
     """Train the demo's style head and write it."""
     from clipsearch.demo.stylehead import build_style_head
 
-    with domain_errors():
-        head = build_style_head(out, n=n, seed=seed)
+    head = build_style_head(out, n=n, seed=seed)
     m = head.metrics
     click.echo(f"style head: validation accuracy {m.accuracy:.3f} on {m.val_size} pictures")
 
@@ -259,9 +245,8 @@ def evaluate(model: str, n: int, seed: int) -> None:
     from clipsearch.demo.gallery import evaluate_gallery
     from clipsearch.models.loading import load_encoder
 
-    with domain_errors():
-        encoder = load_encoder(model, device="cpu")
-        click.echo(evaluate_gallery(encoder, n=n, seed=seed).table())
+    encoder = load_encoder(model, device="cpu")
+    click.echo(evaluate_gallery(encoder, n=n, seed=seed).table())
 
 
 def main() -> None:

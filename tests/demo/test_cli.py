@@ -90,7 +90,7 @@ def test_unknown_label_facts_are_refused_before_training(run, tmp_path, command)
     )  # fmt: skip
     assert result.exit_code == 1
     assert result.output.startswith(
-        "Error: unknown label facts colour; choose from style, position"
+        "clipsearch: error: unknown label facts colour; choose from style, position"
     )
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
@@ -107,7 +107,7 @@ def test_unknown_label_facts_are_refused_before_training(run, tmp_path, command)
 def test_domain_errors_are_one_line(run, tmp_path, args, message):
     result = run(*(a.format(tmp=tmp_path) for a in args))
     assert result.exit_code == 1
-    assert result.output.startswith("Error: ") and message in result.output
+    assert result.output.startswith("clipsearch: error: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert "Traceback" not in result.output
 
