@@ -14,8 +14,10 @@ from collections.abc import Iterator
 import click
 
 from clipsearch.cli.main import main
+from clipsearch.demo.cli import cli as demo_cli
 
 PROG = "clipsearch"
+DEMO_PROG = "python -m clipsearch.demo"
 # A fixed width, so that the text does not depend on the terminal that renders it.
 WIDTH = 100
 REGENERATE = "python -m clipsearch.cli.reference > docs/cli.md"
@@ -42,15 +44,29 @@ def walk(
 
 
 def render(command: click.Command = main) -> str:
-    """The Markdown reference of `command` and all its subcommands, as in docs/cli.md."""
+    """The Markdown reference of `command` and all its subcommands, as in docs/cli.md; for
+    the clipsearch command, followed by the demo model's build commands."""
     parts = [
         "# Command reference",
         "",
         f"Generated from each command's `--help` by `{REGENERATE}`; do not edit it by hand.",
+        *_sections(command, PROG),
     ]
-    for ctx in walk(command):
-        parts += ["", f"## {ctx.command_path}", "", "```text", ctx.get_help(), "```"]
+    if command is main:
+        parts += [
+            "",
+            "# Rebuilding the demo model",
+            "",
+            f"`{DEMO_PROG}` builds, fine-tunes and measures the shipped demo model "
+            "(see docs/demo-model.md).",
+            *_sections(demo_cli, DEMO_PROG),
+        ]
     return "\n".join(parts) + "\n"
+
+
+def _sections(command: click.Command, name: str) -> Iterator[str]:
+    for ctx in walk(command, name):
+        yield from ("", f"## {ctx.command_path}", "", "```text", ctx.get_help(), "```")
 
 
 if __name__ == "__main__":  # python -m clipsearch.cli.reference > docs/cli.md
