@@ -8,6 +8,7 @@ when the weights are not cached and the hub cannot be reached.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import warnings
@@ -152,7 +153,6 @@ def load_spec(
     """Load the model a :class:`ModelSpec` names: resolve it, create it, identify it, record
     its text tower for the NumPy path, then cast it to the precision. Arguments and errors as
     for :func:`load_encoder`."""
-    import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     device = pick_device(device)
@@ -165,7 +165,7 @@ def load_spec(
             warnings.simplefilter("ignore", UserWarning)
             model, pp, towers = create(plan, device=device, towers=towers)
             preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
-        tokenizer = open_clip.get_tokenizer(plan.name)
+        tokenizer = load_tokenizer(plan.name)
     except ModelLoadError:
         raise
     except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError for all of these
@@ -268,6 +268,28 @@ def _resolve_tag(spec: ModelSpec, cache_dir: str | None) -> LoadPlan:
 
 
 # --- create: the open_clip model ----------------------------------------------------------
+
+
+def load_tokenizer(name: str) -> Any:
+    """open_clip's tokenizer for a model name (what ``open_clip.get_tokenizer`` gives).
+
+    Building one reads its whole vocabulary, so each is made once per process for a name and
+    the state of its config file; tokenizers keep nothing of a model, so models share them.
+    """
+    stamp: tuple[int, int] | None = None
+    folder = ModelSpec(name, None).local_dir
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            st = (folder / "open_clip_config.json").stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+    return _tokenizer(name, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(name: str, stamp: tuple[int, int] | None) -> Any:
+    import open_clip
+
+    return open_clip.get_tokenizer(name)
 
 
 def create(plan: LoadPlan, *, device: str, towers: str = "both") -> tuple[Any, dict[str, Any], str]:

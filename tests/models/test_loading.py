@@ -204,3 +204,25 @@ def test_resolve_plans_each_kind_of_source(tiny_builtin):
     # A text-only request that cannot be met (random weights) loads both towers.
     _, _, towers = create(random, device="cpu", towers="text")
     assert towers == "both"
+
+
+def test_tokenizer_is_built_once_per_model_and_config(tiny_model, tmp_path):
+    first = load_encoder(tiny_model, device="cpu")
+    second = load_encoder(tiny_model, device="cpu")
+    assert second.tokenizer is first.tokenizer
+    texts = ["a red circle", "two blue stars"]
+    fresh = open_clip.get_tokenizer(ModelSpec.from_user(tiny_model, None).open_clip_name)
+    assert torch.equal(first.tokenizer(texts), fresh(texts))
+
+    # Another context length in a rewritten config is a new tokenizer, never the old one.
+    folder = save_tiny_model(tmp_path / "tiny")
+    name = f"local-dir:{folder}"
+    before = load_encoder(name, device="cpu").tokenizer
+    config_path = folder / "open_clip_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_cfg"]["text_cfg"]["context_length"] = 32
+    config_path.write_text(json.dumps(config))
+    os.utime(config_path, ns=(0, 0))
+    after = load_encoder(name, device="cpu").tokenizer
+    assert after is not before
+    assert after(["x"]).shape[-1] == 32 and before(["x"]).shape[-1] == 77
