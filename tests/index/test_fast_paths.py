@@ -108,6 +108,7 @@ def test_draft_decode_is_a_real_reduction(photos):
     assert img.size == (600, 450) and upright == (2400, 1800)
 
 
+@pytest.mark.slow
 def test_draft_decoded_index_matches_the_exact_one(tmp_path, model224, photos):
     with ImageIndex.create(tmp_path / "draft", model=model224, device="cpu") as idx:
         idx.add([photos])
@@ -293,9 +294,22 @@ def test_hnsw_tombstones_trigger_a_rebuild():
     assert vi.needs_compaction and vi.ntotal == 80
 
 
-@pytest.mark.parametrize("kind", INDEX_TYPES)
-@pytest.mark.parametrize("share", [0.002, 0.3])
-@pytest.mark.parametrize("exact_source", [True, False], ids=["catalog", "faiss-only"])
+# Every type with a narrow filter and exact vectors in the quick run; the full matrix is slow.
+FILTER_CASES = [
+    pytest.param(
+        kind,
+        share,
+        exact_source,
+        id=f"{'catalog' if exact_source else 'faiss-only'}-{share}-{kind}",
+        marks=() if share == 0.002 and exact_source else pytest.mark.slow,
+    )
+    for exact_source in (True, False)
+    for share in (0.002, 0.3)
+    for kind in INDEX_TYPES
+]
+
+
+@pytest.mark.parametrize(("kind", "share", "exact_source"), FILTER_CASES)
 def test_each_type_honours_filters(kind, share, exact_source):
     vecs = clustered(3000, seed=2)
     ids = np.arange(3000, dtype=np.int64) + 10

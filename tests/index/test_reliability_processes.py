@@ -81,6 +81,9 @@ ZYGOTE = textwrap.dedent(
     """
 )
 
+# Every test here runs real processes (a forked indexer, kills): all of them are slow.
+pytestmark = pytest.mark.slow
+
 
 class Zygote:
     """Forks `clipsearch` command-line runs from a process that has imported torch already."""
@@ -214,7 +217,6 @@ def check_after_crash(index_dir: Path, note: str) -> int:
     return count
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(zygote, tmp_path, tiny_model):
     rng = random.Random(SEED)
     photos = tmp_path / "photos"
