@@ -23,6 +23,13 @@ class CorruptIndexError(ClipsearchError):
     """An index file is truncated or unreadable."""
 
 
+class IndexVersionError(CorruptIndexError):
+    """The index was written by a newer clipsearch, whose schema this one does not know.
+
+    A :class:`CorruptIndexError` for those who catch that: this one cannot read it either, but
+    nothing is damaged; a newer clipsearch opens it."""
+
+
 class IndexLockedError(ClipsearchError):
     """Another process is writing to this index."""
 

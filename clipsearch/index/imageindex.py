@@ -760,7 +760,7 @@ class ImageIndex:
         ids = {i: _indexed_id(t) for i, t in enumerate(terms) if t.kind == "image"}
         vectors = np.zeros((len(terms), self.identity.dim), dtype=np.float32)
         for i, image_id in ids.items():
-            vec = self.catalog.vector(image_id) if image_id < 2**63 else None  # SQLite's range
+            vec = self.catalog.vector(image_id)
             if vec is None:
                 raise QueryError(f"no image with id {terms[i].value} in this index")
             vectors[i] = vec

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from clipsearch.errors import ClipsearchError, CorruptIndexError, one_line
+from clipsearch.errors import ClipsearchError, CorruptIndexError, IndexVersionError, one_line
 
 Step = Callable[[Connection], None]
 
@@ -113,8 +113,8 @@ def upgrade(conn: Connection, catalog: Path) -> None:
         catalog: the catalog's path, for messages.
 
     Raises:
-        CorruptIndexError: the catalog comes from a newer clipsearch, or its version is not a
-            number.
+        IndexVersionError: the catalog comes from a newer clipsearch.
+        CorruptIndexError: its version is not a number.
         ClipsearchError: a step failed.
     """
     steps = list(MIGRATIONS)
@@ -145,7 +145,7 @@ def _checked_version(conn: Connection, catalog: Path, known: int) -> int:
             "restore it from a backup or delete the index folder and index again"
         ) from e
     if version > known:
-        raise CorruptIndexError(
+        raise IndexVersionError(
             f"catalog {catalog} has schema version {version}, newer than this clipsearch "
             f"understands ({known}); upgrade clipsearch"
         )

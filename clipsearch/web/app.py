@@ -52,7 +52,6 @@ DEFAULT_K = 24
 MAX_TERMS = 16
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 UPLOAD_LIMIT = f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB"
-MAX_ID = 2**63 - 1
 # Formats every current browser shows; others (TIFF, HEIC, ...) are sent as JPEG.
 BROWSER_TYPES = {
     ".jpg": "image/jpeg",
@@ -163,7 +162,7 @@ class Service:
         self.thumbs = ThumbnailCache(index.path / THUMBS_DIR)
 
     def record(self, image_id: int) -> StoredImage:
-        rec = self.index.catalog.images([image_id]).get(image_id) if image_id <= MAX_ID else None
+        rec = self.index.catalog.images([image_id]).get(image_id)  # any int: none beyond SQLite's
         if rec is None:
             raise HTTPException(404, f"no image with id {image_id} in this index")
         return rec

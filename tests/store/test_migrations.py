@@ -13,7 +13,7 @@ from sqlalchemy import create_engine
 
 from clipsearch import ImageIndex
 from clipsearch.cli.main import main
-from clipsearch.errors import ClipsearchError, CorruptIndexError
+from clipsearch.errors import ClipsearchError, CorruptIndexError, IndexVersionError
 from clipsearch.store import migrations
 from clipsearch.store.catalog import CATALOG_FILE, Base, Catalog
 from clipsearch.store.migrations import SCHEMA_VERSION, stored_version, upgrade
@@ -229,8 +229,9 @@ def test_a_catalog_from_a_newer_clipsearch_is_refused_in_one_line(v1_index):
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(newer),))
     con.close()
     before = schema(db)
-    with pytest.raises(CorruptIndexError) as caught:
+    with pytest.raises(IndexVersionError) as caught:
         ImageIndex.open(folder)
+    assert isinstance(caught.value, CorruptIndexError)  # what callers caught before
     message = str(caught.value)
     assert "\n" not in message
     assert str(db) in message and f"schema version {newer}" in message
