@@ -35,7 +35,16 @@ from clipsearch.errors import (
     QueryError,
 )
 from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport, check_roots
-from clipsearch.index.query import Query, Term, check_k, combine, path_filter, rank
+from clipsearch.index.query import (
+    Query,
+    Term,
+    check_k,
+    combine,
+    gather_terms,
+    path_filter,
+    rank,
+    require_positive,
+)
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.loading import load_spec
 from clipsearch.models.runtime import default_batch_size
@@ -612,10 +621,7 @@ class ImageIndex:
             EmptyIndexError: nothing is indexed yet.
         """
         k = check_k(k)
-        if isinstance(query, Query):
-            q = query if not (plus or minus) else query + Query.parse(None, plus, minus)
-        else:
-            q = Query.parse(query, plus, minus)
+        q = Query.parse(query, plus, minus)
         filters = {"min_score": min_score, "path_prefix": path_prefix, "styles": styles}
         if len(q.terms) == 1 and q.terms[0].kind == "image":
             return self.similar(q.terms[0].value, k=k, **filters)
@@ -755,9 +761,11 @@ class ImageIndex:
             EmptyIndexError: nothing is indexed yet.
         """
         k = check_k(k)
-        terms = _terms_of(query, plus, minus, with_image=image is not None)
+        terms = gather_terms(query, plus, minus)
+        if image is None:
+            require_positive(terms, "some text or an indexed image (@ID)")
         self._check_not_empty()
-        ids = {i: _indexed_id(t) for i, t in enumerate(terms) if t.kind == "image"}
+        ids = {i: t.indexed_id() for i, t in enumerate(terms) if t.kind == "image"}
         vectors = np.zeros((len(terms), self.identity.dim), dtype=np.float32)
         for i, image_id in ids.items():
             vec = self.catalog.vector(image_id)
@@ -775,34 +783,6 @@ class ImageIndex:
             terms.insert(0, Term("image", image_name))
             vectors = np.vstack([self.embed_pixels(image, image_name)[None, :], vectors])
         return self.search_vector(combine(terms, vectors), k=k, exclude=own, **filters)
-
-
-def _terms_of(
-    query: str | Query | None, plus: Sequence[str], minus: Sequence[str], *, with_image: bool
-) -> list[Term]:
-    """The terms of :meth:`ImageIndex.search_indexed`'s query; with no image given as pixels,
-    at least one must be positive."""
-    if isinstance(query, Query):
-        terms = list(query.terms)
-    else:
-        terms = [Term.parse(query)] if query is not None else []
-    terms += [Term.parse(t) for t in plus] + [Term.parse(t, negative=True) for t in minus]
-    if not with_image and all(t.negative for t in terms):
-        raise QueryError("the query is empty; give some text or an indexed image (@ID) to search")
-    return terms
-
-
-def _indexed_id(term: Term) -> int:
-    """The id an image term names (``@42``).
-
-    Raises:
-        QueryError: the term names an image any other way (a path).
-    """
-    if not (term.value.isascii() and term.value.isdigit()):
-        raise QueryError(
-            f"image term @{term.value}: an image term names an indexed image by its id, like @42"
-        )
-    return int(term.value)
 
 
 def _unfinished(folder: Path) -> bool:

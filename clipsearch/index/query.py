@@ -62,6 +62,19 @@ class Term:
             return cls._make("image", text[1:], weight, negative, raw)
         return cls._make("text", text, weight, negative, raw)
 
+    def indexed_id(self) -> int:
+        """The id of the indexed image an image term names as ``@42``.
+
+        Raises:
+            QueryError: the term names an image any other way (a path).
+        """
+        if not (self.value.isascii() and self.value.isdigit()):
+            raise QueryError(
+                f"image term @{self.value}: an image term names an indexed image by its id, "
+                "like @42"
+            )
+        return int(self.value)
+
     @classmethod
     def _make(cls, kind: Literal["text", "image"], value: str, weight: float, neg: bool, raw: str):
         if kind == "text":
@@ -93,24 +106,22 @@ class Query:
     @classmethod
     def parse(
         cls,
-        query: str | None = None,
+        query: str | Query | None = None,
         plus: Iterable[str] = (),
         minus: Iterable[str] = (),
     ) -> Query:
-        """Build a query from a main term and extra positive and negative terms.
+        """Build a query from a main term (or query) and extra positive and negative terms.
 
         Args:
-            query: the main term (may be None when ``plus`` has terms).
+            query: the main term, or a :class:`Query` (may be None when ``plus`` has terms).
             plus: more terms to add.
             minus: terms to subtract ("not like this").
+
+        Raises:
+            QueryError: a term is invalid, or no term is positive.
         """
-        plus = [plus] if isinstance(plus, str) else plus
-        minus = [minus] if isinstance(minus, str) else minus
-        terms = [Term.parse(q) for q in ([query] if query is not None else [])]
-        terms += [Term.parse(t) for t in plus]
-        terms += [Term.parse(t, negative=True) for t in minus]
-        if not any(not t.negative for t in terms):
-            raise QueryError("the query is empty; give some text or an image (@path) to search")
+        terms = gather_terms(query, plus, minus)
+        require_positive(terms)
         return cls(tuple(terms))
 
     @classmethod
@@ -144,6 +155,36 @@ class Query:
     @property
     def images(self) -> list[str]:
         return [t.value for t in self.terms if t.kind == "image"]
+
+
+def gather_terms(
+    query: str | Query | None, plus: Iterable[str] = (), minus: Iterable[str] = ()
+) -> list[Term]:
+    """The terms of a main term (or the terms of a :class:`Query`), then ``plus``, then
+    ``minus`` (negated); a single string counts as one term.
+
+    Raises:
+        QueryError: a term is invalid.
+    """
+    plus = [plus] if isinstance(plus, str) else plus
+    minus = [minus] if isinstance(minus, str) else minus
+    if isinstance(query, Query):
+        terms = list(query.terms)
+    else:
+        terms = [Term.parse(query)] if query is not None else []
+    terms += [Term.parse(t) for t in plus]
+    terms += [Term.parse(t, negative=True) for t in minus]
+    return terms
+
+
+def require_positive(terms: Sequence[Term], what: str = "some text or an image (@path)") -> None:
+    """Refuse a query without a positive term: subtracting alone ranks nothing.
+
+    Raises:
+        QueryError: every term is negative, or there is none.
+    """
+    if all(t.negative for t in terms):
+        raise QueryError(f"the query is empty; give {what} to search")
 
 
 def combine(terms: Sequence[Term], vectors: np.ndarray) -> np.ndarray:

@@ -229,6 +229,17 @@ def test_combined_query_is_the_normalized_weighted_sum(index, photo_dir):
     assert hits[0].score == pytest.approx(float(index.catalog.vector(hits[0].id) @ want), abs=1e-5)
 
 
+def test_a_query_object_takes_extra_minus_terms_alone(index, photo_dir):
+    index.add([photo_dir])
+    base = Query.text("a red square") + 0.5 * Query.text("a circle")
+    with_minus = index.search(base, minus=["0.5:blue"], k=4)
+    same = index.search(Query.parse("a red square", ["0.5:a circle"], ["0.5:blue"]), k=4)
+    assert [(h.id, round(h.score, 5)) for h in with_minus] == [
+        (h.id, round(h.score, 5)) for h in same
+    ]
+    assert with_minus != index.search(base, k=4)
+
+
 def test_similar_never_returns_the_query_image(index, photo_dir):
     index.add([photo_dir])
     img = photo_dir / "shapes" / "red_square.png"

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from clipsearch.errors import QueryError
-from clipsearch.index.query import Query, Term, check_k, combine, rank
+from clipsearch.index.query import (
+    Query,
+    Term,
+    check_k,
+    combine,
+    gather_terms,
+    rank,
+    require_positive,
+)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +86,19 @@ def test_rank_orders_filters_and_breaks_ties_by_id():
 def test_check_k(k):
     with pytest.raises(QueryError):
         check_k(k)
+
+
+def test_gather_terms_keeps_a_query_then_plus_then_minus():
+    q = Query.text("beach") + 2 * Query.text("sunset")
+    terms = gather_terms(q, plus="@42", minus=["0.5:people"])
+    assert [(t.kind, t.value, t.weight, t.negative) for t in terms] == [
+        ("text", "beach", 1.0, False),
+        ("text", "sunset", 2.0, False),
+        ("image", "42", 1.0, False),
+        ("text", "people", 0.5, True),
+    ]
+    assert terms[2].indexed_id() == 42
+    with pytest.raises(QueryError, match="by its id"):
+        Term.parse("@photos/a.jpg").indexed_id()
+    with pytest.raises(QueryError, match="give some text or an indexed image"):
+        require_positive(gather_terms(None, minus=["people"]), "some text or an indexed image")
