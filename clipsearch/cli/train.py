@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,7 +12,7 @@ from clipsearch.cli.options import F, json_option
 from clipsearch.models.identity import DEVICES
 
 if TYPE_CHECKING:
-    from clipsearch.training.contrastive import TrainResult
+    pass
 
 
 def schedule_options(f: F) -> F:
@@ -177,7 +177,7 @@ def train(
     )
     result = train_clip(config, data, val_data=val_data, progress=not as_json)
     if as_json:
-        click.echo(json.dumps(_summary(result)))
+        click.echo(json.dumps(result.to_dict()))
         return
     click.echo(
         f"trained {result.steps} steps in {result.seconds:.0f}s, final loss "
@@ -187,15 +187,3 @@ def train(
         click.echo(f"validation: {result.metrics}")
     if result.skipped_images:
         click.echo(f"skipped {result.skipped_images} unreadable images", err=True)
-
-
-def _summary(result: TrainResult) -> dict[str, Any]:
-    """The JSON that `train --json` prints."""
-    return {
-        "output_dir": str(result.output_dir),
-        "steps": result.steps,
-        "final_loss": result.final_loss,
-        "seconds": round(result.seconds, 1),
-        "skipped_images": result.skipped_images,
-        "validation": result.metrics.as_dict() if result.metrics else None,
-    }

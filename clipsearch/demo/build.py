@@ -161,7 +161,7 @@ def _built_metrics(
         "train": train,
         "minutes_total": round(run.minutes_taken, 2),
         **run.validation(),
-        "gallery": run.gallery.as_dict(),
+        "gallery": run.gallery.to_dict(),
         "versions": versions(),
         "model_mb": model_mb(out),
         "rebuild": rebuild + run.clock_note("build"),
@@ -301,7 +301,7 @@ def _finetuned_metrics(
     base_rebuild = str(base_metrics.get("rebuild", "python -m clipsearch.demo build"))
     metrics = {
         **base_metrics,
-        "gallery": run.gallery.as_dict(),
+        "gallery": run.gallery.to_dict(),
         "model_mb": model_mb(Path(run.config.output_dir)),
         "finetune": record,
         "versions": versions(),

@@ -72,7 +72,7 @@ class GalleryReport:
                 return k
         raise KeyError(kind)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "images": self.images,
             "seed": self.seed,

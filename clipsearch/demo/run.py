@@ -96,8 +96,8 @@ class TrainedRun:
         """The last validation and its history, as ``metrics.json`` records them."""
         r = self.result
         return {
-            "validation": r.metrics.as_dict() if r.metrics else None,
-            "validation_history": [(s, m.as_dict()) for s, m in r.history],
+            "validation": r.metrics.to_dict() if r.metrics else None,
+            "validation_history": [(s, m.to_dict()) for s, m in r.history],
         }
 
     def clock_note(self, what: str) -> str:

@@ -35,7 +35,7 @@ class RetrievalMetrics:
     images: int
     texts: int
 
-    def as_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
     def __str__(self) -> str:

@@ -78,6 +78,17 @@ class TrainResult:
         tail = self.losses[-LOSS_WINDOW:]
         return float(sum(tail) / len(tail)) if tail else float("nan")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The summary that ``clipsearch train --json`` prints."""
+        return {
+            "output_dir": str(self.output_dir),
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "seconds": round(self.seconds, 1),
+            "skipped_images": self.skipped_images,
+            "validation": self.metrics.to_dict() if self.metrics else None,
+        }
+
 
 @dataclass
 class RunState:
@@ -221,7 +232,7 @@ class TrainingRun:
             "train_seconds": self.elapsed(),
             "losses": list(p.losses),
             "bad_images": sorted(self.batcher.bad),
-            "history": [(s, m.as_dict()) for s, m in p.history],
+            "history": [(s, m.to_dict()) for s, m in p.history],
             "config": self.config.to_dict(),
         }
         return self.checkpointer.save(p.step, state)
