@@ -35,7 +35,8 @@ from clipsearch.style.labels import (
 from clipsearch.style.training import StyleTrainReport, embed_training_folder, train_head
 
 if TYPE_CHECKING:
-    from clipsearch.models.encoder import Encoder, ModelIdentity
+    from clipsearch.models.encoder import Encoder
+    from clipsearch.models.identity import ModelIdentity
     from clipsearch.store.catalog import Catalog
 
 
