@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 from clipsearch.errors import ModelLoadError, one_line
-from clipsearch.models.identity import ModelIdentity
+from clipsearch.models.identity import MAX_LOGIT_SCALE, ModelIdentity
 from clipsearch.models.runtime import BATCH_SIZES, encode_text, normalize
 from clipsearch.threads import TORCH, limit_threads
 
@@ -185,4 +185,4 @@ class Encoder:
     @property
     def logit_scale(self) -> float:
         """The model's learned softmax temperature (100 for CLIP)."""
-        return float(self.model.logit_scale.exp().clamp(max=100).item())
+        return float(self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE).item())

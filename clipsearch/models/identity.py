@@ -48,6 +48,8 @@ HF_HUB_PREFIX = "hf-hub:"
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+MAX_LOGIT_SCALE = 100.0
+"""CLIP's cap on its softmax temperature, as open_clip clamps it: the scale of zero-shot logits."""
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")

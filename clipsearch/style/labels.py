@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsearch.errors import StyleError
+from clipsearch.models.identity import MAX_LOGIT_SCALE
 
 if TYPE_CHECKING:
     from clipsearch.models.encoder import Encoder
 
 LABELS_META_KEY = "style_labels"
-CLIP_LOGIT_SCALE = 100.0
-"""The softmax temperature of zero-shot classification, as CLIP uses it."""
 
 DEFAULT_STYLE_LABELS: tuple[str, ...] = (
     "photo",
@@ -166,7 +165,7 @@ class ZeroShotLabeller(Labeller):
         self,
         labels: Sequence[str],
         text_vectors: np.ndarray,
-        logit_scale: float = CLIP_LOGIT_SCALE,
+        logit_scale: float = MAX_LOGIT_SCALE,
     ):
         self.labels = tuple(labels)
         self.text_vectors = np.asarray(text_vectors, dtype=np.float32)

@@ -18,7 +18,7 @@ from clipsearch.training.checkpoints import Checkpointer, export_model
 from clipsearch.training.config import TrainConfig
 from clipsearch.training.data import CaptionedImage, PairDataset, PairStream
 from clipsearch.training.evaluation import RetrievalMetrics, evaluate_pairs
-from clipsearch.training.loss import LOGIT_SCALE_MAX, contrastive_loss
+from clipsearch.training.loss import MAX_LOG_SCALE, contrastive_loss
 from clipsearch.training.optim import set_lr
 from clipsearch.training.setup import Trainee, build_trainee
 
@@ -192,7 +192,7 @@ def _backward_and_update(trainee: Trainee, loss: Any, grad_clip_norm: float | No
     else:
         optimizer.step()
     with torch.no_grad():
-        model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        model.logit_scale.clamp_(0, MAX_LOG_SCALE)
 
 
 class TrainingRun:

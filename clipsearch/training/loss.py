@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from clipsearch.models.identity import MAX_LOGIT_SCALE
 from clipsearch.training.batches import IGNORED_LABEL
 
 if TYPE_CHECKING:
     import torch
 
-LOGIT_SCALE_MAX = math.log(100)
-"""The cap of the learnable log-temperature, as open_clip clamps it."""
+MAX_LOG_SCALE = math.log(MAX_LOGIT_SCALE)
+"""The cap of the learnable log-temperature: log of MAX_LOGIT_SCALE."""
 
 
 def contrastive_loss(
