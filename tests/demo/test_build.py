@@ -44,7 +44,7 @@ def test_build_then_finetune_write_loadable_models_and_their_record(small_pool, 
     assert metrics["train"]["label_facts"] == ["style", "position"]
     assert metrics["train"]["stream"]["pool_size"] == 48
     assert set(metrics["gallery"]["kinds"]) == set(QUERY_KINDS)
-    assert metrics["gallery"] == report.gallery.as_dict()
+    assert metrics["gallery"] == report.gallery.to_dict()
     assert metrics["rebuild"] == (
         "python -m clipsearch.demo build --steps 2 --seed 3 --batch-size 8 --lr 0.001 "
         "--file-like 0.3 --label-loss 1.0 --label-facts style,position --threads 1"
