@@ -51,7 +51,7 @@ from clipsearch.demo.run import (
 from clipsearch.demo.stream import SynthStream
 from clipsearch.demo.stylehead import build_style_head
 from clipsearch.errors import ClipsearchError
-from clipsearch.models.identity import DEMO_DIR, local_dir_name
+from clipsearch.models.identity import CONFIG_NAME, DEMO_DIR, WEIGHTS_NAME, local_dir_name
 from clipsearch.store.fileio import atomic_write
 
 
@@ -257,7 +257,7 @@ def _finetune(
     from clipsearch.models.identity import file_sha256
 
     base_metrics = _finetunable(base)
-    base_sha = file_sha256(base / "open_clip_model.safetensors")
+    base_sha = file_sha256(base / WEIGHTS_NAME)
     size = input_size(base)
     if image_size is not None and image_size != size:
         base = resize_input(base, settings.work_dir / f"base-{image_size}px", image_size)
@@ -317,7 +317,7 @@ def _finetunable(base: Path) -> dict[str, Any]:
     Raises:
         ClipsearchError: ``base`` holds no model, or one that was fine-tuned already.
     """
-    if not (base / "open_clip_model.safetensors").is_file():
+    if not (base / WEIGHTS_NAME).is_file():
         raise ClipsearchError(
             f"no demo model in {base}; build one with `python -m clipsearch.demo build`"
         )
@@ -338,7 +338,7 @@ def _report(run: TrainedRun, out: Path, metrics_path: Path) -> BuildReport:
 
 def input_size(folder: Path) -> int:
     """The input size of the demo model in ``folder``, as its config states it."""
-    cfg = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
+    cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
     return int(cfg["model_cfg"]["vision_cfg"]["image_size"])
 
 
@@ -358,14 +358,14 @@ def resize_input(base: str | Path, out: str | Path, image_size: int) -> Path:
     from safetensors.torch import load_file, save
 
     base, out = Path(base), Path(out)
-    cfg = json.loads((base / "open_clip_config.json").read_text(encoding="utf-8"))
+    cfg = json.loads((base / CONFIG_NAME).read_text(encoding="utf-8"))
     vision = cfg["model_cfg"]["vision_cfg"]
     patch = int(vision["patch_size"])
     if image_size < patch or image_size % patch:
         raise ClipsearchError(
             f"image size {image_size} is not a positive multiple of the patch size {patch}"
         )
-    state = {k: v.float() for k, v in load_file(base / "open_clip_model.safetensors").items()}
+    state = {k: v.float() for k, v in load_file(base / WEIGHTS_NAME).items()}
     pos = state["visual.positional_embedding"]  # (1 + g*g, width): class token, then the grid
     old, new = int(vision["image_size"]) // patch, image_size // patch
     grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
@@ -376,8 +376,8 @@ def resize_input(base: str | Path, out: str | Path, image_size: int) -> Path:
     vision["image_size"] = image_size
     cfg["preprocess_cfg"]["size"] = [image_size, image_size]
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "open_clip_model.safetensors", save(state))
-    atomic_write(out / "open_clip_config.json", (json.dumps(cfg, indent=2) + "\n").encode())
+    atomic_write(out / WEIGHTS_NAME, save(state))
+    atomic_write(out / CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())
     if (base / "metrics.json").is_file():
         atomic_write(out / "metrics.json", (base / "metrics.json").read_bytes())
     return out

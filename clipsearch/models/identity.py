@@ -48,6 +48,8 @@ HF_HUB_PREFIX = "hf-hub:"
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+CONFIG_NAME = "open_clip_config.json"  # what makes a folder a local-dir: model
+WEIGHTS_NAME = "open_clip_model.safetensors"  # the weights file clipsearch writes there
 MAX_LOGIT_SCALE = 100.0
 """CLIP's cap on its softmax temperature, as open_clip clamps it: the scale of zero-shot logits."""
 
@@ -220,7 +222,7 @@ def weights_file(spec: ModelSpec) -> str | None:
 
 # open_clip's choice among the checkpoints of a local-dir: folder, best first.
 _PREFERRED_CHECKPOINTS = (
-    "open_clip_model.safetensors",
+    WEIGHTS_NAME,
     "open_clip_pytorch_model.safetensors",
     "open_clip_pytorch_model.bin",
     "open_clip_pytorch_model.pth",

@@ -20,6 +20,7 @@ from typing import Any
 from clipsearch.errors import ModelLoadError, one_line
 from clipsearch.models.encoder import Encoder
 from clipsearch.models.identity import (
+    CONFIG_NAME,
     DEMO_DIR,
     MODELS_DIR,
     RANDOM_WEIGHTS,
@@ -199,11 +200,11 @@ def resolve(spec: ModelSpec, cache_dir: str | None = None) -> LoadPlan:
 def _resolve_local_dir(spec: ModelSpec, cache_dir: str | None) -> LoadPlan:
     """A ``local-dir:`` folder, or the demo model's folder inside the package."""
     name, folder = spec.model, spec.local_dir or DEMO_DIR
-    if spec.kind == "demo" and not (DEMO_DIR / "open_clip_config.json").is_file():
+    if spec.kind == "demo" and not (DEMO_DIR / CONFIG_NAME).is_file():
         raise ModelLoadError(
             f"the demo model is missing from this installation ({DEMO_DIR}); reinstall clipsearch"
         )
-    if not (folder / "open_clip_config.json").is_file():
+    if not (folder / CONFIG_NAME).is_file():
         raise ModelLoadError(
             f"model {name}: {folder} has no open_clip_config.json; a local-dir: model is a "
             "folder with open_clip_config.json and a weights file"
@@ -280,7 +281,7 @@ def load_tokenizer(name: str) -> Any:
     folder = ModelSpec(name, None).local_dir
     if folder is not None:
         with contextlib.suppress(OSError):
-            st = (folder / "open_clip_config.json").stat()
+            st = (folder / CONFIG_NAME).stat()
             stamp = (st.st_mtime_ns, st.st_size)
     return _tokenizer(name, stamp)
 
@@ -463,7 +464,7 @@ def _check_tag_reachable_or_cached(
 
 
 def _check_hub_reachable_or_cached(spec: ModelSpec, hf_repo: str) -> None:
-    _check_cached_or_online(spec, hf_repo, ["open_clip_config.json"], None)
+    _check_cached_or_online(spec, hf_repo, [CONFIG_NAME], None)
 
 
 def _check_cached_or_online(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipsearch.errors import TrainingError
-from clipsearch.models.identity import ModelSpec
+from clipsearch.models.identity import CONFIG_NAME, WEIGHTS_NAME, ModelSpec
 from clipsearch.models.openclip_private import hf_hub_model_config
 from clipsearch.store.fileio import atomic_write
 from clipsearch.training.config import TrainConfig
@@ -24,8 +24,6 @@ from clipsearch.training.config import TrainConfig
 if TYPE_CHECKING:
     import torch
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
 CHECKPOINT_GLOB = "step_*.pt"
 RESUME_MUST_MATCH = ("model", "pretrained", "batch_size", "seed")
 """Settings a resumed run must share with its checkpoint: they decide the data order."""

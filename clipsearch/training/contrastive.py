@@ -26,8 +26,6 @@ from clipsearch.models.loading import register_model_configs
 from clipsearch.threads import TORCH, limit_threads
 from clipsearch.training.checkpoints import (
     CHECKPOINT_GLOB,
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     checkpoint_to_resume,
     export_model,
     latest_checkpoint,
@@ -97,8 +95,6 @@ def train_clip(
 
 __all__ = [
     "CHECKPOINT_GLOB",
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
     "CaptionedImage",
     "PairDataset",
     "PairStream",

@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from clipsearch.errors import TrainingError
+from clipsearch.models.identity import CONFIG_NAME, WEIGHTS_NAME
 from clipsearch.models.loading import load_encoder
 from clipsearch.store.fileio import atomic_write
 from clipsearch.training import checkpoints as checkpoints_mod
 from clipsearch.training.checkpoints import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     Checkpointer,
     checkpoint_to_resume,
     export_model,
