@@ -227,3 +227,17 @@ def test_pretrained_tag_with_tower_files_not_cached_is_one_line(hf_builtin, miss
     message = str(err.value)
     assert f"{what} not in the local cache" in message and "clipsearch-test/xlmr-tiny" in message
     assert "HF_HUB_OFFLINE" in message and "\n" not in message
+
+
+def test_trailing_padding_is_skipped_exactly(tiny_hf_model):
+    from clipsearch.models.runtime import _without_trailing_padding, encode_text
+
+    enc = load_encoder(tiny_hf_model, device="cpu")
+    tokens = enc.tokenizer(list(SCRIPTS.values()))
+    trimmed = _without_trailing_padding(enc.model, tokens)
+    assert trimmed.shape[1] < tokens.shape[1]  # short queries: fewer columns
+    assert (tokens[:, trimmed.shape[1] :] == enc.tokenizer.tokenizer.pad_token_id).all()
+    with torch.no_grad():
+        full = torch.nn.functional.normalize(enc.model.encode_text(tokens), dim=-1)
+        fast = torch.nn.functional.normalize(encode_text(enc.model, tokens), dim=-1)
+    assert (full - fast).abs().max() < 1e-6
