@@ -214,6 +214,24 @@ def test_pretrained_tag_loads_tower_and_tokenizer_from_the_offline_cache(
     assert np.abs(enc.encode_texts(texts) - local.encode_texts(texts)).max() < 1e-6
 
 
+def test_a_hub_tokenizer_needs_neither_sentencepiece_nor_protobuf(
+    hf_builtin, tiny_hf_model, monkeypatch
+):
+    """The layout of the xlm-roberta-base repo (config.json and tokenizer.json, no
+    tokenizer_config.json) loads with sentencepiece and protobuf not importable: the
+    multilingual extra does without them."""
+    name, cache, repos = hf_builtin
+    for repo, files in repos.items():
+        files = {n: p for n, p in files.items() if n != "tokenizer_config.json"}
+        put_in_hf_cache(cache, repo, files)
+    for module in ("sentencepiece", "google.protobuf"):
+        monkeypatch.setitem(sys.modules, module, None)
+    enc = load_encoder(name, "v1", device="cpu")
+    texts = list(SCRIPTS.values())
+    local = load_encoder(tiny_hf_model, device="cpu")
+    assert np.abs(enc.encode_texts(texts) - local.encode_texts(texts)).max() < 1e-6
+
+
 @pytest.mark.parametrize("missing", ["config.json", "tokenizer"])
 def test_pretrained_tag_with_tower_files_not_cached_is_one_line(hf_builtin, missing):
     name, cache, repos = hf_builtin
