@@ -175,3 +175,12 @@ def test_real_multilingual_tags_not_cached_are_one_line(run):
         assert result.output.startswith(f"clipsearch: error: model {model} ({tag}): ")
         assert "not in the local cache" in result.output and "HF_HUB_OFFLINE" in result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_info_shows_the_text_checksum(run, hf_indexed, tiny_hf_model):
+    from clipsearch.models.identity import ModelSpec, spec_key
+
+    data = json.loads(run("info", "--json").output)
+    assert data["text_sha256"] and spec_key(ModelSpec(tiny_hf_model, None)).endswith(
+        f"|text:{data['text_sha256']}"
+    )
