@@ -259,3 +259,23 @@ def test_trailing_padding_is_skipped_exactly(tiny_hf_model):
         full = torch.nn.functional.normalize(enc.model.encode_text(tokens), dim=-1)
         fast = torch.nn.functional.normalize(encode_text(enc.model, tokens), dim=-1)
     assert (full - fast).abs().max() < 1e-6
+
+
+def test_hf_hub_model_with_an_hf_tower(hf_builtin, tiny_hf_model_dir, tiny_hf_model, tmp_path):
+    """An hf-hub: model whose config names hub repos for its tower and tokenizer: those are
+    checked in the cache like its weights, then it loads offline."""
+    _, cache, repos = hf_builtin
+    tower = "clipsearch-test/xlmr-tiny"
+    cfg = json.loads((tiny_hf_model_dir / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["text_cfg"].update(hf_model_name=tower, hf_tokenizer_name=tower)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    weights = tiny_hf_model_dir / "open_clip_model.safetensors"
+    files = {"open_clip_config.json": tmp_path / "open_clip_config.json"}
+    put_in_hf_cache(cache, "clipsearch-test/hub-hf", {**files, weights.name: weights})
+    with pytest.raises(ModelLoadError, match="text tower config not in the local cache"):
+        load_encoder("hf-hub:clipsearch-test/hub-hf", device="cpu")
+    put_in_hf_cache(cache, tower, repos[tower])
+    enc = load_encoder("hf-hub:clipsearch-test/hub-hf", device="cpu")
+    local = load_encoder(tiny_hf_model, device="cpu")
+    texts = list(SCRIPTS.values())
+    assert np.abs(enc.encode_texts(texts) - local.encode_texts(texts)).max() < 1e-6
