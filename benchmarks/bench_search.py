@@ -125,7 +125,7 @@ def ensure_text_record(folder: Path) -> str:
         if cached_text_encoder(index.spec, index.identity) is None:
             _ = index.encoder  # the torch load records the text tower
         if cached_text_encoder(index.spec, index.identity) is None:
-            raise RuntimeError("the default model got no text-tower record")
+            raise RuntimeError(f"{index.spec.describe()} got no text-tower record")
     return "NumPy fp32"
 
 

@@ -8,9 +8,9 @@ weights planted in a private Hugging Face cache (as bench_search.py does), whose
 take the NumPy text tower. Both indexes hold the same N clustered 512-d vectors
 (bench_search.build_index). Measured:
 
-* warm: ``ImageIndex.search(text)`` p50, and the text encoding alone, at the CLI's default
-  precision (``auto``: bf16 on CPUs with native bf16; an HF tower runs in torch, so it is
-  bf16 there, while the CLIP-BPE model takes the NumPy fp32 path); the HF tower in fp32 too;
+* warm: ``ImageIndex.search(text)`` p50, and the text encoding alone, as the CLI runs them
+  (both text towers in NumPy, fp32, from their cache records); for reference, each model's
+  text tower in torch, bf16 and fp32 (the path of HF towers that the NumPy one does not cover);
 * cold: ``clipsearch search TEXT`` as a fresh process (p50 of several, interleaved), and where
   the HF model's cold process spends its time.
 
@@ -72,13 +72,31 @@ def warm_times(folder: Path, queries: list[str], precision: str) -> tuple[float,
     return percentile_ms(search), percentile_ms(encode), kind
 
 
+def torch_text_ms(folder: Path, queries: list[str], precision: str) -> float:
+    """Text encoding p50 of the index's model's text tower in torch (the path before the
+    NumPy one, and the path of HF towers that hftower.py does not cover)."""
+    from clipsearch import ImageIndex
+    from clipsearch.models.loading import load_spec
+
+    with ImageIndex.open(folder) as index:
+        spec = index.spec
+    encoder = load_spec(spec, device="cpu", precision=precision, towers="text")
+    encoder.encode_texts(["warm up"])
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        encoder.encode_texts([q])
+        times.append(time.perf_counter() - t)
+    return percentile_ms(times)
+
+
 def warm(hf: Path, clip: Path, n: int, queries: list[str]) -> list[Row]:
     hs, he, hkind = warm_times(hf, queries, "auto")
     cs, ce, ckind = warm_times(clip, queries, "auto")
-    ks, ke, _ = warm_times(hf, OTHER_SCRIPTS * (len(queries) // len(OTHER_SCRIPTS)), "auto")
-    fs, fe, fkind = warm_times(hf, queries, "fp32")
+    others = OTHER_SCRIPTS * (len(queries) // len(OTHER_SCRIPTS))
+    ks, ke, _ = warm_times(hf, others, "auto")
     slower = {"higher_is_better": False}
-    return [
+    rows = [
         Row(
             f"warm text query p50, {n:,} images, flat (HF: {hkind}; CLIP: {ckind})",
             f"{hs:.1f} ms",
@@ -93,9 +111,21 @@ def warm(hf: Path, clip: Path, n: int, queries: list[str]) -> list[Row]:
         ),
         Row("  Korean, Russian, Japanese queries: search p50", f"{ks:.1f} ms", "-", "-"),
         Row("  Korean, Russian, Japanese queries: text encoding p50", f"{ke:.1f} ms", "-", "-"),
-        Row(f"  HF tower in fp32 ({fkind}): search p50", f"{fs:.1f} ms", f"{cs:.1f} ms"),
-        Row("  HF tower in fp32: text encoding p50", f"{fe:.1f} ms", f"{ce:.1f} ms"),
     ]
+    for precision in ("bf16", "fp32"):
+        hf_ms, clip_ms = (
+            torch_text_ms(hf, queries, precision),
+            torch_text_ms(clip, queries, precision),
+        )
+        rows.append(
+            Row(
+                f"  for reference: torch text tower, {precision}, text encoding p50",
+                f"{hf_ms:.1f} ms",
+                f"{clip_ms:.1f} ms",
+                ratio(hf_ms, clip_ms, **slower),
+            )
+        )
+    return rows
 
 
 def cold(hf: Path, clip: Path, n: int, env: dict[str, str], repeat: int) -> list[Row]:
@@ -125,9 +155,8 @@ def cold(hf: Path, clip: Path, n: int, env: dict[str, str], repeat: int) -> list
         phases.append(json.loads(out.strip().splitlines()[-1]))
     loaded = sorted({m for p in phases for m in p.pop("loaded")})
     for name in phases[0]:
-        label = name.replace("record, tokenizer tables, mapped weights", "torch text tower load")
         value = statistics.median(p[name] for p in phases)
-        rows.append(Row(f"  HF: {label} (p50)", f"{value:.3f} s"))
+        rows.append(Row(f"  HF: {name} (p50)", f"{value:.3f} s"))
     rows.append(Row("  HF: torch / open_clip / torchvision imported", ", ".join(loaded) or "none"))
     return rows
 
@@ -149,6 +178,7 @@ def main() -> None:
     clip = args.work / f"search-index-{args.n}"  # the one bench_search.py builds
     build_index(hf, args.n, env, model=f"local-dir:{model_dir}")
     build_index(clip, args.n, env)
+    ensure_text_record(hf)  # the NumPy XLM-R tower (models/hftower.py)
     ensure_text_record(clip)
     queries = (QUERIES * (args.queries // len(QUERIES) + 1))[: args.queries]
     rows = warm(hf, clip, args.n, queries)
