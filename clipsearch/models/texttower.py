@@ -376,7 +376,8 @@ def cached_text_encoder(
         config = _config_from_record(record)
         encoder = _encoder(config, record["weights"], identity or recorded, record.get("tokenizer"))
         return encoder if encoder.tower.dim == recorded.dim else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        # ImportError: an HF tower's record, and the tokenizers package since uninstalled
         log.debug("text tower record %s is unusable: %s", record.get("weights"), e)
         return None
 

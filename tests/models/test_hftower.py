@@ -118,3 +118,9 @@ def test_text_queries_load_neither_torch_nor_transformers(tiny_hf_model):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["NumpyTextEncoder", "(2,", "512)", "[]"]
+
+
+def test_a_record_without_the_tokenizers_package_falls_back(tiny_hf_model, monkeypatch):
+    load_encoder(tiny_hf_model, device="cpu")  # records the tower
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # the extra uninstalled since
+    assert texttower.cached_text_encoder(ModelSpec(tiny_hf_model, None)) is None
