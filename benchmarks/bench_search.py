@@ -88,8 +88,9 @@ for i in top:
 """
 
 
-def build_index(folder: Path, n: int, env: dict[str, str]) -> None:
-    """An index of n clustered vectors with fake file records, saved flat."""
+def build_index(folder: Path, n: int, env: dict[str, str], model: str | None = None) -> None:
+    """An index of n clustered vectors with fake file records, saved flat, under ``model``
+    (by default the default model, from the planted cache)."""
     from clipsearch import ImageIndex
     from clipsearch.store.catalog import NewImage
 
@@ -99,7 +100,7 @@ def build_index(folder: Path, n: int, env: dict[str, str]) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     vecs, _ = clustered_unit(n, 512, seed=1)
     t = time.perf_counter()
-    with ImageIndex.create(folder) as index:  # the default model, from the planted cache
+    with ImageIndex.create(folder, model) as index:
         root, _ = index.catalog.adopt_roots("/photos")
         for s in range(0, n, 5000):
             block = vecs[s : s + 5000]
@@ -124,7 +125,7 @@ def ensure_text_record(folder: Path) -> str:
         if cached_text_encoder(index.spec, index.identity) is None:
             _ = index.encoder  # the torch load records the text tower
         if cached_text_encoder(index.spec, index.identity) is None:
-            raise RuntimeError("the default model got no text-tower record")
+            raise RuntimeError(f"{index.spec.describe()} got no text-tower record")
     return "NumPy fp32"
 
 

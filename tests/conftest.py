@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import draw_image, save_tiny_model
+from tests.helpers import draw_image, save_tiny_hf_model, save_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +33,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_model(tiny_model_dir) -> str:
     """The tiny model as a --model value."""
     return f"local-dir:{tiny_model_dir}"
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model_dir(tmp_path_factory) -> Path:
+    """A tiny multilingual model: a random XLM-R text tower from Hugging Face transformers
+    with a tokenizer trained on Korean, English and Russian (tests.helpers)."""
+    return save_tiny_hf_model(tmp_path_factory.mktemp("models") / "tiny-hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model(tiny_hf_model_dir) -> str:
+    """The tiny multilingual model as a --model value."""
+    return f"local-dir:{tiny_hf_model_dir}"
 
 
 @pytest.fixture

@@ -132,3 +132,124 @@ def crashing_writer(real: Callable[[Path, bytes], None], allowed_writes: int):
         real(path, data)
 
     return write
+
+
+# --- a tiny multilingual model: an XLM-R text tower from Hugging Face transformers -----------
+
+TINY_HF_TEXT_CFG = {
+    "hf_model_name": ".",  # the tower's config.json is in the model folder itself
+    "hf_tokenizer_name": ".",
+    "hf_proj_type": "linear",
+    "hf_pooler_type": "mean_pooler",
+    "context_length": 32,
+}
+
+# Words the tokenizer is trained on, in three scripts; the corpus is random sentences of them.
+CORPUS_WORDS = {
+    "ko": "고양이 강아지 사진 바다 산 하늘 꽃 자동차 도시 밤 낮 빨간 파란 초록 노란 원 사각형 "
+    "삼각형 그림 풍경 사람 아이 집 나무 물 해변 일몰 눈 비 숲",
+    "en": "cat dog photo sea mountain sky flower car city night day red blue green yellow circle "
+    "square triangle drawing landscape person child house tree water beach sunset snow rain forest",
+    "ru": "кошка собака фото море гора небо цветок машина город ночь день красный синий зелёный "
+    "жёлтый круг квадрат треугольник рисунок пейзаж человек ребёнок дом дерево вода пляж закат "
+    "снег дождь лес",
+}
+# XLM-R's special tokens, in its order: <s>=0, <pad>=1, </s>=2, <unk>=3 (open_clip's HF tower
+# masks the pad id from its config; the mean pooler averages every other position).
+HF_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+
+
+def multilingual_corpus(lines_per_language: int = 200, seed: int = 0) -> list[str]:
+    """Random sentences of :data:`CORPUS_WORDS`, in Korean, English and Russian."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for words in CORPUS_WORDS.values():
+        vocab = words.split()
+        for _ in range(lines_per_language):
+            lines.append(" ".join(rng.choice(vocab) for _ in range(rng.randint(3, 10))))
+    return lines
+
+
+def save_hf_tokenizer(folder: Path, lines: list[str], vocab_size: int = 2000) -> Path:
+    """Train a SentencePiece-style unigram tokenizer (XLM-R's kind) on ``lines`` and save it
+    in ``folder`` as a fast tokenizer that ``AutoTokenizer.from_pretrained`` loads offline."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=list(HF_SPECIAL_TOKENS), unk_token="<unk>"
+    )
+    tok.train_from_iterator(lines, trainer)
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", bos), ("</s>", eos)],
+    )
+    s, pad, e, unk, mask = HF_SPECIAL_TOKENS
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=s,
+        cls_token=s,
+        eos_token=e,
+        sep_token=e,
+        pad_token=pad,
+        unk_token=unk,
+        mask_token=mask,
+    )
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def save_tiny_hf_model(
+    folder: Path,
+    seed: int = 0,
+    *,
+    lines: list[str] | None = None,
+    text_cfg: dict | None = None,
+    tower_dir: str = ".",
+) -> Path:
+    """A tiny open_clip ``CustomTextCLIP`` with an XLM-R text tower (2 layers, width 64) and a
+    tokenizer trained on :func:`multilingual_corpus`, seeded random weights, as a local-dir:
+    folder: open_clip_config.json, open_clip_model.safetensors, the tokenizer's files, and the
+    tower's config.json in ``tower_dir`` (relative to the folder)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+    from transformers import XLMRobertaConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_hf_tokenizer(folder, lines if lines is not None else multilingual_corpus(seed=seed))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    text = {**TINY_HF_TEXT_CFG, "hf_model_name": tower_dir, **(text_cfg or {})}
+    XLMRobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        # RoBERTa numbers positions from pad_token_id + 1: room for the context and that offset
+        max_position_embeddings=text["context_length"] + 2,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    ).save_pretrained(str(folder / tower_dir))
+    model_cfg = {"embed_dim": 512, "vision_cfg": TINY_CFG["vision_cfg"], "text_cfg": text}
+    build_cfg = {**text, "hf_model_name": str(folder / tower_dir), "hf_model_pretrained": False}
+    torch.manual_seed(seed)
+    model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": build_cfg})
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": PREPROCESS_CFG}, ensure_ascii=False)
+    )
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    return folder

@@ -117,6 +117,7 @@ class IndexInfo:
     errors: int
     schema_version: int
     created: float
+    text_sha256: str | None = None  # a local-dir: model's HF tokenizer and tower config
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -512,6 +513,7 @@ class ImageIndex:
             errors=len(meta.errors()),
             schema_version=int(meta.get_meta("schema_version", SCHEMA_VERSION)),
             created=float(meta.get_meta("created", 0.0)),
+            text_sha256=self.identity.text_sha256,
         )
 
     def errors(self) -> list[ErrorRecord]:

@@ -166,7 +166,11 @@ class ModelIdentity:
     """What an index records about the model that made its vectors.
 
     Two identities are compatible when their ``key`` is equal: the weights' checksum where the
-    weights are a local file (so a moved folder still matches), otherwise name plus tag.
+    weights are a local file (so a moved folder still matches), otherwise name plus tag; for a
+    ``local-dir:`` folder with a Hugging Face text tower, plus ``text_sha256``, the checksum of
+    the tokenizer and tower config files in it (see :func:`hf_text_sha256`). CLIP-BPE models
+    have none, so their keys, and the identities that indexes of older releases recorded,
+    are unchanged.
     """
 
     model: str
@@ -175,12 +179,13 @@ class ModelIdentity:
     dim: int
     image_size: int
     preprocess: dict[str, Any] = field(default_factory=dict)
+    text_sha256: str | None = None
 
     @property
     def key(self) -> str:
-        if self.weights_sha256:
-            return f"sha256:{self.weights_sha256}"
-        return f"{self.model}|{self.pretrained}"
+        base = f"sha256:{self.weights_sha256}" if self.weights_sha256 else None
+        base = base or f"{self.model}|{self.pretrained}"
+        return f"{base}|text:{self.text_sha256}" if self.text_sha256 else base
 
     def describe(self) -> str:
         tag = self.pretrained or (self.weights_sha256 or "")[:12]
@@ -194,6 +199,8 @@ class ModelIdentity:
             "dim": self.dim,
             "image_size": self.image_size,
             "preprocess": self.preprocess,
+            # only where there is one: a CLIP-BPE model's record stays as older releases wrote it
+            **({"text_sha256": self.text_sha256} if self.text_sha256 else {}),
         }
 
     @classmethod
@@ -205,6 +212,7 @@ class ModelIdentity:
             dim=int(data["dim"]),
             image_size=int(data["image_size"]),
             preprocess=dict(data.get("preprocess") or {}),
+            text_sha256=data.get("text_sha256"),
         )
 
 
@@ -250,9 +258,63 @@ def checkpoint_in_folder(folder: Path) -> str | None:
 def spec_key(spec: ModelSpec) -> str:
     """The :attr:`ModelIdentity.key` the spec's model will have, computed without loading it."""
     path = weights_file(spec)
-    if path:
-        return f"sha256:{file_sha256(path)}"
-    return f"{spec.model}|{spec.pretrained}"
+    base = f"sha256:{file_sha256(path)}" if path else f"{spec.model}|{spec.pretrained}"
+    folder = spec.local_dir
+    text = hf_text_sha256(folder) if folder is not None else None
+    return f"{base}|text:{text}" if text else base
+
+
+# The files a Hugging Face tokenizer or model config may be read from, in a local-dir: folder
+# or the tower's own folder (transformers' names; whichever of them exist are hashed).
+HF_TEXT_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def hf_text_cfg(model_cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``text_cfg`` of an open_clip model config whose text tower comes from Hugging Face
+    transformers (``hf_model_name`` or ``hf_tokenizer_name`` set), else None."""
+    text = model_cfg.get("text_cfg") or {}
+    return text if text.get("hf_model_name") or text.get("hf_tokenizer_name") else None
+
+
+def local_hf_model_dir(folder: Path, hf_model_name: str) -> Path | None:
+    """The folder an HF tower's ``hf_model_name`` names relative to a ``local-dir:`` model
+    folder (``"."``, ``"text"``), or an absolute folder; None where it names a hub model."""
+    path = Path(hf_model_name).expanduser()
+    path = path if path.is_absolute() else folder / path
+    return path if (path / "config.json").is_file() else None
+
+
+def hf_text_sha256(folder: Path) -> str | None:
+    """The checksum of what a ``local-dir:`` folder's Hugging Face text tower is read from,
+    besides the weights (the checkpoint holds those): its ``text_cfg``, and the tokenizer and
+    config files of the folder (open_clip reads the tokenizer from there) and of the tower's
+    own folder. None for a CLIP-BPE model, or a folder without a readable config."""
+    try:
+        model_cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))["model_cfg"]
+        text = hf_text_cfg(model_cfg)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if text is None:
+        return None
+    digest = hashlib.sha256(json.dumps(text, sort_keys=True).encode())
+    tower = local_hf_model_dir(folder, str(text.get("hf_model_name") or ""))
+    for where in dict.fromkeys(d.resolve() for d in (folder, tower) if d is not None):
+        for name in HF_TEXT_FILES:
+            if (where / name).is_file():
+                digest.update(f"\n{name}:{file_sha256(where / name)}".encode())
+    return digest.hexdigest()
 
 
 def cache_home() -> Path:

@@ -19,6 +19,12 @@ from typing import Any
 
 from clipsearch.errors import ModelLoadError, one_line
 from clipsearch.models.encoder import Encoder
+from clipsearch.models.hftext import (
+    check_local_tokenizer,
+    hub_files,
+    local_dir_text_cfg,
+    require_transformers,
+)
 from clipsearch.models.identity import (
     CONFIG_NAME,
     DEMO_DIR,
@@ -29,9 +35,11 @@ from clipsearch.models.identity import (
     ModelSpec,
     file_sha256,
     hf_cache_dir,
+    hf_text_cfg,
+    hf_text_sha256,
     weights_file,
 )
-from clipsearch.models.openclip_private import safe_weight_names
+from clipsearch.models.openclip_private import hf_hub_model_config, safe_weight_names
 from clipsearch.models.runtime import encode_text, pick_device, pick_precision
 from clipsearch.models.texttower import NumpyTextEncoder, applies, cached_text_encoder, remember
 from clipsearch.threads import TORCH, limit_threads
@@ -192,9 +200,33 @@ def resolve(spec: ModelSpec, cache_dir: str | None = None) -> LoadPlan:
         return _resolve_local_dir(spec, cache_dir)
     if spec.hf_repo is not None:
         _check_hub_reachable_or_cached(spec, spec.hf_repo)
+        model_cfg: dict[str, Any] = {}
+        with contextlib.suppress(Exception):  # an unreadable config fails in create, with why
+            model_cfg = dict(hf_hub_model_config(spec.hf_repo, cache_dir)["model_cfg"])
+        _check_hf_text(spec, model_cfg, cache_dir)
         kwargs = {"cache_dir": cache_dir, "require_pretrained": True}
         return LoadPlan(spec.open_clip_name, kwargs, hf_repo=spec.hf_repo)
     return _resolve_builtin(spec, cache_dir)
+
+
+def _check_hf_text(
+    spec: ModelSpec,
+    model_cfg: dict[str, Any],
+    cache_dir: str | None = None,
+    folder: Path | None = None,
+) -> dict[str, Any] | None:
+    """For a model with a Hugging Face text tower: check that transformers is installed and
+    that the tower's config and tokenizer are cached or reachable, as for the weights.
+    Returns the tower's ``text_cfg``, or None for a CLIP-BPE model."""
+    text = hf_text_cfg(model_cfg)
+    if text is None:
+        return None
+    require_transformers(spec.describe(), text)
+    if folder is not None:
+        check_local_tokenizer(spec.describe(), folder)
+    for repo, files, what in hub_files(text, folder):
+        _check_cached_or_online(spec, repo, files, cache_dir, what=what)
+    return text
 
 
 def _resolve_local_dir(spec: ModelSpec, cache_dir: str | None) -> LoadPlan:
@@ -214,8 +246,27 @@ def _resolve_local_dir(spec: ModelSpec, cache_dir: str | None) -> LoadPlan:
         raise ModelLoadError(
             f"model {name}: no weights file (*.safetensors, *.bin, *.pth) in {folder}"
         )
-    kwargs = {"cache_dir": cache_dir, "require_pretrained": True}
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir, "require_pretrained": True}
+    text = _check_hf_text(spec, _read_model_cfg(spec, folder), cache_dir, folder)
+    if text is not None:  # open_clip would resolve a relative hf_model_name against the CWD
+        kwargs["text_cfg"] = local_dir_text_cfg(folder, text)
     return LoadPlan(spec.open_clip_name, kwargs, local_weights)
+
+
+def _read_model_cfg(spec: ModelSpec, folder: Path) -> dict[str, Any]:
+    """The ``model_cfg`` of a ``local-dir:`` folder's open_clip_config.json."""
+    import json
+
+    try:
+        cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))["model_cfg"]
+        if not isinstance(cfg, dict):
+            raise TypeError("model_cfg is not an object")
+        return cfg
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(
+            f"model {spec.describe()}: {folder / CONFIG_NAME} is unreadable ({one_line(e)}); "
+            "it must hold a JSON object with a model_cfg"
+        ) from e
 
 
 def _resolve_builtin(spec: ModelSpec, cache_dir: str | None) -> LoadPlan:
@@ -235,8 +286,10 @@ def _resolve_builtin(spec: ModelSpec, cache_dir: str | None) -> LoadPlan:
             f"model {name} needs --pretrained: a tag ({', '.join(tags) or 'none known'}), "
             f"a weights file, or {RANDOM_WEIGHTS!r} for untrained weights"
         )
+    _check_hf_text(spec, open_clip.get_model_config(name), cache_dir)
     if spec.random_weights:
-        return LoadPlan(name, {"cache_dir": cache_dir})
+        # pretrained_text=False: an HF text tower untrained too, not its hub weights
+        return LoadPlan(name, {"cache_dir": cache_dir, "pretrained_text": False})
     path = spec.pretrained_file
     if path is not None:
         if not Path(path).is_file():
@@ -331,6 +384,7 @@ def create_text_only(plan: LoadPlan, device: str) -> tuple[Any, dict[str, Any]] 
     if not path or not str(path).endswith(".safetensors"):
         return None
     args = {k: v for k, v in plan.kwargs.items() if k not in ("pretrained", "require_pretrained")}
+    args["pretrained_text"] = False  # an HF text tower: its weights too come from the checkpoint
     with _skip_init(), dropping_log(RANDOM_INIT_NOTICE):  # the weights follow below
         model = open_clip.create_model(plan.name, device=device, load_weights=False, **args)
     pp = open_clip.get_model_preprocess_cfg(model)
@@ -379,6 +433,7 @@ def identify(
     with torch.inference_mode(), limit_threads(1 if device == "cpu" else None, TORCH):
         dim = int(encode_text(model, tokenizer(["x"]).to(device)).shape[-1])
     local = plan.local_weights
+    folder = spec.local_dir
     return ModelIdentity(
         model=spec.model,
         pretrained=None if local else spec.pretrained,
@@ -386,6 +441,7 @@ def identify(
         dim=dim,
         image_size=int(size if isinstance(size, int) else size[0]),
         preprocess=preprocess_record(preprocess_cfg),
+        text_sha256=hf_text_sha256(folder) if folder is not None else None,
     )
 
 
@@ -468,10 +524,11 @@ def _check_hub_reachable_or_cached(spec: ModelSpec, hf_repo: str) -> None:
 
 
 def _check_cached_or_online(
-    spec: ModelSpec, repo: str, filenames: list[str], cache_dir: str | None
+    spec: ModelSpec, repo: str, filenames: list[str], cache_dir: str | None, what: str = "weights"
 ) -> None:
     """Fail at once, with a message that says what to do, instead of after long retries
-    when the weights are not cached and the hub cannot be reached."""
+    when the weights (or ``what`` else the model reads from the hub) are not cached and the
+    hub cannot be reached."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     cache = hf_cache_dir(cache_dir)
@@ -486,7 +543,7 @@ def _check_cached_or_online(
         "offline mode (HF_HUB_OFFLINE) is on" if offline else f"{constants.ENDPOINT} is unreachable"
     )
     raise ModelLoadError(
-        f"model {spec.describe()}: weights not in the local cache ({cache}, repo {repo}) and "
+        f"model {spec.describe()}: {what} not in the local cache ({cache}, repo {repo}) and "
         f"{why}; fix: go online once so they are cached, pass --pretrained /path/to/weights"
         ".safetensors, or use --model local-dir:/path/to/folder"
     )

@@ -31,3 +31,12 @@ def default_text_cleaner() -> Callable[[str], str]:
     from open_clip import tokenizer
 
     return tokenizer._clean_lower
+
+
+def hf_whitespace_cleaner() -> Callable[[str], str]:
+    """The cleaning function of open_clip's ``HFTokenizer`` by default (``clean="whitespace"``:
+    ftfy, HTML entities, whitespace collapsed; case kept), the one the NumPy path of Hugging
+    Face text towers reproduces."""
+    from open_clip import tokenizer
+
+    return tokenizer._clean_whitespace

@@ -86,7 +86,8 @@ def encode_text(model: Any, tokens: torch.Tensor) -> torch.Tensor:
 
     CLIP's text transformer is causal and pools at the end-of-text token, so the padding
     after it cannot change the result: a 5-word query needs ~10 of the 77 positions, a
-    seventh of the work. Models that pool elsewhere or attend both ways run in full.
+    seventh of the work. A Hugging Face text tower runs up to its last non-padding token (see
+    :func:`_without_trailing_padding`); other models run in full.
     """
     import open_clip
     import torch
@@ -94,7 +95,7 @@ def encode_text(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     pool = getattr(model, "text_pool_type", None)
     mask = getattr(model, "attn_mask", None)
     if type(model) is not open_clip.CLIP or mask is None or pool not in ("argmax", "eos"):
-        return model.encode_text(tokens)
+        return model.encode_text(_without_trailing_padding(model, tokens))
     if pool == "argmax":
         ends = tokens.argmax(dim=-1)
     else:
@@ -113,6 +114,25 @@ def encode_text(model: Any, tokens: torch.Tensor) -> torch.Tensor:
         else:
             x = x @ model.text_projection
     return x
+
+
+def _without_trailing_padding(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """For a Hugging Face text tower, the tokens up to the last one that is not padding.
+
+    Such a tower masks the padding out of its attention and pools over the other positions
+    only (mean or first token), and RoBERTa-style position ids count real tokens only, so the
+    padding columns cannot change the result: a short query is a few of the context's
+    positions. Other towers (max pooling, open_clip's own) get every column."""
+    from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, HFTextEncoder, MeanPooler
+
+    text = getattr(model, "text", None)
+    if not isinstance(text, HFTextEncoder) or tokens.ndim != 2 or not tokens.shape[1]:
+        return tokens
+    if type(text.pooler) not in (MeanPooler, ClsPooler, ClsLastHiddenStatePooler):
+        return tokens
+    real = (tokens != text.config.pad_token_id).any(dim=0).nonzero()
+    n = int(real.max()) + 1 if len(real) else 1
+    return tokens[:, :n]
 
 
 def normalize(features: torch.Tensor) -> np.ndarray:

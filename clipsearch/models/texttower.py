@@ -9,6 +9,10 @@ the projection and L2 normalization: what open_clip's ``CLIP.encode_text`` compu
 Attention is causal and the output is read at the end-of-text token, so only the positions up
 to it are computed (exact, and a tenth of the work for a short query).
 
+Models whose text tower comes from Hugging Face (XLM-R / RoBERTa in ``CustomTextCLIP``, as in
+``xlm-roberta-base-ViT-B-32``) take the same path with :mod:`clipsearch.models.hftower`: their
+record also names a copy of the tokenizer transformers ran (``<record>.tokenizer``).
+
 Which models may take this path is decided where open_clip has the model loaded: when
 :func:`clipsearch.models.loading.load_spec` builds one (indexing, or a search that had to use
 torch),
@@ -32,16 +36,22 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
-import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from clipsearch.models.hftower import PROBES as HF_PROBES
+from clipsearch.models.hftower import (
+    HFTextTokenizer,
+    HFTower,
+    HFTowerConfig,
+    describe_hf,
+    save_tokenizer,
+)
 from clipsearch.models.identity import (
     ModelIdentity,
     ModelSpec,
@@ -49,6 +59,14 @@ from clipsearch.models.identity import (
     hf_cache_dir,
     spec_key,
     weights_file,
+)
+from clipsearch.models.npmath import (
+    gelu,
+    layer_norm,
+    linear,
+    quick_gelu,
+    read_safetensors,
+    save_safetensors,
 )
 from clipsearch.models.openclip_private import default_text_cleaner
 from clipsearch.models.tokenizer import ClipTokenizer
@@ -77,6 +95,8 @@ PARITY_TOLERANCE = 1e-4  # max abs difference of unit vectors, NumPy fp32 vs tor
 class TextTowerConfig:
     """The shape of an open_clip standard text tower, as :class:`TextTower` runs it."""
 
+    kind: ClassVar[str] = "clip"
+
     context_length: int
     vocab_size: int
     width: int
@@ -95,7 +115,7 @@ class TextTowerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TextTowerConfig:
-        config = cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        config = cls(**{f.name: data[f.name] for f in fields(cls)})
         if config.pool not in ("argmax", "eos") or config.projection not in (
             "matrix",
             "linear",
@@ -185,8 +205,8 @@ class TextTower:
         causal = np.triu(np.full((n, n), -np.inf, dtype=np.float32), 1)
         for i in range(c.layers):
             p = f"transformer.resblocks.{i}."
-            h = _layer_norm(x, t[p + "ln_1.weight"], t[p + "ln_1.bias"], c.ln_eps)
-            qkv = _linear(h, t[p + "attn.in_proj_weight"], t[p + "attn.in_proj_bias"])
+            h = layer_norm(x, t[p + "ln_1.weight"], t[p + "ln_1.bias"], c.ln_eps)
+            qkv = linear(h, t[p + "attn.in_proj_weight"], t[p + "attn.in_proj_bias"])
             # (rows, n, 3, heads, hd) -> three (rows, heads, n, hd)
             q, k, v = qkv.reshape(rows, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
             scores = (q * np.float32(hd**-0.5)) @ k.transpose(0, 1, 3, 2) + causal
@@ -194,18 +214,18 @@ class TextTower:
             np.exp(scores, out=scores)
             scores /= scores.sum(axis=-1, keepdims=True)
             attn = (scores @ v).transpose(0, 2, 1, 3).reshape(rows * n, c.width)
-            x = x + _linear(attn, t[p + "attn.out_proj.weight"], t[p + "attn.out_proj.bias"])
-            h = _layer_norm(x, t[p + "ln_2.weight"], t[p + "ln_2.bias"], c.ln_eps)
-            h = _linear(h, t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"])
+            x = x + linear(attn, t[p + "attn.out_proj.weight"], t[p + "attn.out_proj.bias"])
+            h = layer_norm(x, t[p + "ln_2.weight"], t[p + "ln_2.bias"], c.ln_eps)
+            h = linear(h, t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"])
             h = quick_gelu(h) if c.quick_gelu else gelu(h)
-            x = x + _linear(h, t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"])
+            x = x + linear(h, t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"])
         x = x.reshape(rows, n, c.width)
         x = x[np.arange(len(x)), ends]  # LayerNorm is per position: pool first, then normalize
-        x = _layer_norm(x, t["ln_final.weight"], t["ln_final.bias"], c.ln_eps)
+        x = layer_norm(x, t["ln_final.weight"], t["ln_final.bias"], c.ln_eps)
         if c.projection == "matrix":
             x = x @ t["text_projection"]
         elif c.projection == "linear":
-            x = _linear(x, t["text_projection.weight"], t.get("text_projection.bias"))
+            x = linear(x, t["text_projection.weight"], t.get("text_projection.bias"))
         norms = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
         return (x / norms).astype(np.float32, copy=False)
 
@@ -239,125 +259,6 @@ def _projection_shapes(
     return shapes
 
 
-# Weight rows per block in _linear: about 256 KB of them, which stay in a core's L2 cache.
-_BLOCK_BYTES = 256 << 10
-
-
-def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """``x @ weight.T + bias`` for a torch-layout (out, in) weight.
-
-    A query is a few rows of x: OpenBLAS runs such thin products well below its speed (it
-    repacks the whole weight for a handful of columns), and ``x @ weight.T`` slower still.
-    ``weight @ x.T`` in blocks of weight rows that fit in L2 is faster (benchmarks/RESULTS.md);
-    one row is a matrix-vector product anyway.
-    """
-    rows = x.shape[0]
-    xt = np.ascontiguousarray(x.T)
-    if 1 < rows <= 16:
-        out = np.empty((weight.shape[0], rows), dtype=np.float32)
-        step = max(8, _BLOCK_BYTES // (weight.itemsize * weight.shape[1]))
-        for i in range(0, weight.shape[0], step):
-            np.matmul(weight[i : i + step], xt, out=out[i : i + step])
-    else:
-        out = weight @ xt
-    return out.T + bias if bias is not None else out.T
-
-
-def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    var = np.square(centred).mean(axis=-1, keepdims=True)
-    return centred / np.sqrt(var + np.float32(eps)) * weight + bias
-
-
-def quick_gelu(x: np.ndarray) -> np.ndarray:
-    # x * sigmoid(1.702 x), with sigmoid(y) = (1 + tanh(y / 2)) / 2: no overflow for large |x|
-    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.851) * x))
-
-
-# Abramowitz & Stegun 7.1.26: erf(z) = 1 - poly(t) exp(-z^2), t = 1 / (1 + p z), z >= 0, with an
-# absolute error below 1.5e-7, about one float32 ulp of 1: as exact as torch's fp32 GELU.
-_ERF_P = 0.3275911
-_ERF_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
-
-
-def _erfc_abs(z: np.ndarray) -> np.ndarray:
-    """erfc(|z|) in float64."""
-    z = np.abs(z)
-    t = 1.0 / (1.0 + _ERF_P * z)
-    poly = np.zeros_like(t)
-    for a in _ERF_A:  # Horner, highest power first
-        poly = (poly + a) * t
-    return poly * np.exp(-z * z)
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact GELU, x * Phi(x) = x/2 * (1 + erf(x / sqrt 2)), as ``torch.nn.GELU()``; numpy has no
-    erf, and the tanh approximation differs by up to 4.7e-4."""
-    z = x.astype(np.float64) * (1.0 / math.sqrt(2.0))
-    tail = _erfc_abs(z)  # erfc(|z|): for z < 0, Phi = tail / 2 without cancellation
-    phi = np.where(z >= 0, 1.0 - 0.5 * tail, 0.5 * tail)
-    return (x * phi).astype(np.float32)
-
-
-# --- safetensors, memory-mapped ------------------------------------------------------------
-
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
-
-
-def read_safetensors(
-    path: str | os.PathLike[str], names: Sequence[str] | None = None
-) -> dict[str, np.ndarray]:
-    """Tensors of a safetensors file as float32 arrays; F32 ones are memory-mapped (no copy:
-    pages are read when touched, so a large token embedding costs the few rows a query uses).
-
-    Args:
-        path: the file.
-        names: the tensors wanted (default: all); absent names are left out.
-
-    Raises:
-        ValueError: the file is not a valid safetensors file or holds a dtype we do not read.
-    """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > 100 << 20:
-            raise ValueError(f"{path}: not a safetensors file (header of {n} bytes)")
-        header = json.loads(f.read(n))
-    base = 8 + n
-    data = np.memmap(path, dtype=np.uint8, mode="r") if size > base else np.empty(0, np.uint8)
-    wanted = set(header) - {"__metadata__"} if names is None else set(names) & set(header)
-    out: dict[str, np.ndarray] = {}
-    for name in wanted:
-        info = header[name]
-        dtype = _DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise ValueError(f"{path}: tensor {name} has dtype {info.get('dtype')}")
-        shape = tuple(int(s) for s in info["shape"])
-        begin, end = (int(o) for o in info["data_offsets"])
-        count = math.prod(shape)
-        if not 0 <= begin <= end <= size - base or end - begin != count * np.dtype(dtype).itemsize:
-            raise ValueError(f"{path}: tensor {name} lies outside the file")
-        arr = np.frombuffer(data, dtype=dtype, count=count, offset=base + begin).reshape(shape)
-        if info["dtype"] == "BF16":  # the top half of a float32
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        elif dtype is not np.float32:
-            arr = arr.astype(np.float32)
-        out[name] = arr
-    return out
-
-
-def _save_safetensors(tensors: Mapping[str, np.ndarray], path: Path) -> None:
-    """Write float32 tensors as a safetensors file, atomically."""
-    from safetensors.numpy import save
-
-    data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
-    atomic_write(path, data, durable=False)
-
-
 # --- the encoder and its cache record ------------------------------------------------------
 
 
@@ -372,7 +273,12 @@ class NumpyTextEncoder:
     precision = "fp32"
     towers = "text"
 
-    def __init__(self, tokenizer: ClipTokenizer, tower: TextTower, identity: ModelIdentity):
+    def __init__(
+        self,
+        tokenizer: ClipTokenizer | HFTextTokenizer,
+        tower: TextTower | HFTower,
+        identity: ModelIdentity,
+    ):
         self.tokenizer = tokenizer
         self.tower = tower
         self.identity = identity
@@ -467,13 +373,11 @@ def cached_text_encoder(
         recorded = ModelIdentity.from_dict(record["identity"])
         if identity is not None and recorded.dim != identity.dim:
             return None
-        config = TextTowerConfig.from_dict(record["config"])
-        wanted = [*config.tensor_shapes(), *_projection_names(config)]
-        tower = TextTower(config, read_safetensors(record["weights"], wanted))
-        if tower.dim != recorded.dim:
-            return None
-        return NumpyTextEncoder(ClipTokenizer(config.context_length), tower, identity or recorded)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        config = _config_from_record(record)
+        encoder = _encoder(config, record["weights"], identity or recorded, record.get("tokenizer"))
+        return encoder if encoder.tower.dim == recorded.dim else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        # ImportError: an HF tower's record, and the tokenizers package since uninstalled
         log.debug("text tower record %s is unusable: %s", record.get("weights"), e)
         return None
 
@@ -507,7 +411,7 @@ def remember(
             return False
         if _read_record(spec, identity.key, cache_dir) is not None:
             return True
-        config = describe(model, tokenizer)
+        config = describe(model, tokenizer) or describe_hf(model, tokenizer)
         if config is None:
             return False
         return _write_record(spec, identity, model, tokenizer, config, checkpoint, cache_dir)
@@ -628,10 +532,41 @@ def _projection_kind(proj: Any) -> tuple[str, bool] | None:
     return None
 
 
-def _model_tensors(model: Any, config: TextTowerConfig) -> dict[str, np.ndarray]:
+TowerConfig = TextTowerConfig | HFTowerConfig
+
+
+def _tensor_names(config: TowerConfig) -> list[str]:
+    """The state-dict names of every tensor a tower reads."""
+    if isinstance(config, HFTowerConfig):
+        return list(config.tensor_shapes())
+    return [*config.tensor_shapes(), *_projection_names(config)]
+
+
+def _config_from_record(record: Mapping[str, Any]) -> TowerConfig:
+    """The tower config a record holds: open_clip's own text tower unless it says otherwise
+    (records of older releases say nothing)."""
+    if record.get("kind", "clip") == HFTowerConfig.kind:
+        return HFTowerConfig.from_dict(record["config"])
+    return TextTowerConfig.from_dict(record["config"])
+
+
+def _encoder(
+    config: TowerConfig, weights: str, identity: ModelIdentity, tokenizer: str | None
+) -> NumpyTextEncoder:
+    """The NumPy encoder of a tower config, its weights file and (HF) tokenizer file."""
+    tensors = read_safetensors(weights, _tensor_names(config))
+    if isinstance(config, HFTowerConfig):
+        if not tokenizer:
+            raise ValueError("the record names no tokenizer")
+        text = HFTextTokenizer(tokenizer, config.context_length, config.pad_id)
+        return NumpyTextEncoder(text, HFTower(config, tensors), identity)
+    clip = ClipTokenizer(config.context_length)
+    return NumpyTextEncoder(clip, TextTower(config, tensors), identity)
+
+
+def _model_tensors(model: Any, config: TowerConfig) -> dict[str, np.ndarray]:
     state = model.state_dict()
-    names = [*config.tensor_shapes(), *_projection_names(config)]
-    return {n: state[n].detach().to("cpu").float().numpy() for n in names}
+    return {n: state[n].detach().to("cpu").float().numpy() for n in _tensor_names(config)}
 
 
 def _write_record(
@@ -639,7 +574,7 @@ def _write_record(
     identity: ModelIdentity,
     model: torch.nn.Module,
     tokenizer: Any,
-    config: TextTowerConfig,
+    config: TowerConfig,
     checkpoint: Callable[[], str | None],
     cache_dir: str | None,
 ) -> bool:
@@ -657,13 +592,13 @@ def _write_record(
                 weights = str(path)
     if weights is None:  # another format, or converted on load: keep a float32 copy
         copy = record_path.with_suffix(".safetensors")
-        _save_safetensors(expected, copy)
+        save_safetensors(expected, copy)
         weights = str(copy)
-    encoder = NumpyTextEncoder(
-        ClipTokenizer(config.context_length),
-        TextTower(config, read_safetensors(weights, list(expected))),
-        identity,
-    )
+    tokenizer_file = None
+    if isinstance(config, HFTowerConfig):  # the pipeline transformers runs, as it runs it
+        tokenizer_file = str(record_path.with_suffix(".tokenizer"))
+        save_tokenizer(tokenizer, Path(tokenizer_file))
+    encoder = _encoder(config, weights, identity, tokenizer_file)
     if not _parity(model, tokenizer, encoder):
         log.debug("NumPy text tower of %s differs from open_clip's; not recorded", spec)
         return False
@@ -678,6 +613,8 @@ def _write_record(
         "source": source,
         "source_stat": _stat(source) if source else None,
         "hub_ref": _hub_ref(weights),
+        "kind": config.kind,
+        "tokenizer": tokenizer_file,
     }
     atomic_write(record_path, json.dumps(record, indent=1).encode(), durable=False)
     return True
@@ -708,10 +645,14 @@ def _parity(model: Any, tokenizer: Any, encoder: NumpyTextEncoder) -> bool:
 
     from clipsearch.models.runtime import encode_text
 
-    ours = encoder.tokenizer(list(PROBES))
-    if not np.array_equal(ours, tokenizer(list(PROBES)).numpy()):
+    clip = isinstance(encoder.tower, TextTower)
+    texts = list(PROBES) if clip else [*PROBES, *HF_PROBES]
+    ours = encoder.tokenizer(texts)
+    if not np.array_equal(ours, tokenizer(texts).numpy()):
         return False
-    short = ours[ours.argmax(axis=1) < 24]
+    # CLIP's: the short ones (the end-of-text token has the highest id); an HF tower runs up
+    # to its last real token anyway
+    short = ours[ours.argmax(axis=1) < 24] if clip else ours
     device = next(model.parameters()).device
     with torch.inference_mode(), limit_threads(1 if device.type == "cpu" else None, TORCH):
         reference = encode_text(model, torch.from_numpy(short).to(device)).float()

@@ -116,15 +116,16 @@ def _splitter() -> regex.Pattern[str]:
     )
 
 
-def clean(text: str) -> str:
+def clean(text: str, *, lower: bool = True) -> str:
     """The text as the tokenizer sees it: fixed by ftfy, unescaped, whitespace-normalized and
-    lower-cased."""
+    lower-cased (open_clip's default cleaning; without ``lower``, its ``whitespace`` one, which
+    its Hugging Face tokenizers use)."""
     if not plain_ascii(text):
         import ftfy  # a slow import: only for text it could change
 
         text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text))
-    return " ".join(text.split()).lower()
+    text = " ".join(html.unescape(html.unescape(text)).split())
+    return text.lower() if lower else text
 
 
 def plain_ascii(text: str) -> bool:

@@ -135,6 +135,11 @@ class InfoOut(BaseModel):
     errors: int
     schema_version: int
     created: float
+    text_sha256: str | None = Field(
+        default=None,
+        description="For a local-dir: model with a Hugging Face text tower: the checksum of its "
+        "tokenizer and tower config files.",
+    )
     styles: dict[str, int] = Field(description="Style label -> number of images with it.")
     unlabelled: int = Field(description="Images without a style label.")
     limits: Limits

@@ -13,8 +13,10 @@ import open_clip
 from clipsearch.models.openclip_private import (
     default_text_cleaner,
     hf_hub_model_config,
+    hf_whitespace_cleaner,
     safe_weight_names,
 )
+from clipsearch.models.tokenizer import clean
 from tests.helpers import TINY_CFG, put_in_hf_cache
 
 
@@ -31,6 +33,16 @@ def test_default_text_cleaner_is_the_default_tokenizers_own():
         "open_clip's default SimpleTokenizer no longer cleans with tokenizer._clean_lower"
     )
     assert cleaner("  A  Red\tCircle ") == "a red circle"
+
+
+def test_hf_whitespace_cleaner_is_the_hf_tokenizers_own(tiny_hf_model_dir):
+    tokenizer = open_clip.tokenizer.HFTokenizer(str(tiny_hf_model_dir))
+    cleaner = hf_whitespace_cleaner()
+    assert tokenizer.clean_fn is cleaner, (
+        "open_clip's HFTokenizer no longer cleans with tokenizer._clean_whitespace by default"
+    )
+    for text in ("  A  Red\tCircle ", "AT&amp;T café", "빨간  원", "", "\n"):
+        assert cleaner(text) == clean(text, lower=False), text
 
 
 def test_hf_hub_model_config_reads_the_cached_config(tmp_path):

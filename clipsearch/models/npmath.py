@@ -1,0 +1,134 @@
+"""NumPy building blocks of the torch-free text towers (:mod:`clipsearch.models.texttower`,
+:mod:`clipsearch.models.hftower`): thin matrix products, LayerNorm, exact GELU, and
+memory-mapped safetensors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from clipsearch.store.fileio import atomic_write
+
+# Weight rows per block in linear: about 256 KB of them, which stay in a core's L2 cache.
+_BLOCK_BYTES = 256 << 10
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """``x @ weight.T + bias`` for a torch-layout (out, in) weight.
+
+    A query is a few rows of x: OpenBLAS runs such thin products well below its speed (it
+    repacks the whole weight for a handful of columns), and ``x @ weight.T`` slower still.
+    ``weight @ x.T`` in blocks of weight rows that fit in L2 is faster (benchmarks/RESULTS.md);
+    one row is a matrix-vector product anyway.
+    """
+    rows = x.shape[0]
+    xt = np.ascontiguousarray(x.T)
+    if 1 < rows <= 16:
+        out = np.empty((weight.shape[0], rows), dtype=np.float32)
+        step = max(8, _BLOCK_BYTES // (weight.itemsize * weight.shape[1]))
+        for i in range(0, weight.shape[0], step):
+            np.matmul(weight[i : i + step], xt, out=out[i : i + step])
+    else:
+        out = weight @ xt
+    return out.T + bias if bias is not None else out.T
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = np.square(centred).mean(axis=-1, keepdims=True)
+    return centred / np.sqrt(var + np.float32(eps)) * weight + bias
+
+
+def quick_gelu(x: np.ndarray) -> np.ndarray:
+    # x * sigmoid(1.702 x), with sigmoid(y) = (1 + tanh(y / 2)) / 2: no overflow for large |x|
+    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.851) * x))
+
+
+# Abramowitz & Stegun 7.1.26: erf(z) = 1 - poly(t) exp(-z^2), t = 1 / (1 + p z), z >= 0, with an
+# absolute error below 1.5e-7, about one float32 ulp of 1: as exact as torch's fp32 GELU.
+_ERF_P = 0.3275911
+_ERF_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
+
+
+def _erfc_abs(z: np.ndarray) -> np.ndarray:
+    """erfc(|z|) in float64."""
+    z = np.abs(z)
+    t = 1.0 / (1.0 + _ERF_P * z)
+    poly = np.zeros_like(t)
+    for a in _ERF_A:  # Horner, highest power first
+        poly = (poly + a) * t
+    return poly * np.exp(-z * z)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU, x * Phi(x) = x/2 * (1 + erf(x / sqrt 2)), as ``torch.nn.GELU()``; numpy has no
+    erf, and the tanh approximation differs by up to 4.7e-4."""
+    z = x.astype(np.float64) * (1.0 / math.sqrt(2.0))
+    tail = _erfc_abs(z)  # erfc(|z|): for z < 0, Phi = tail / 2 without cancellation
+    phi = np.where(z >= 0, 1.0 - 0.5 * tail, 0.5 * tail)
+    return (x * phi).astype(np.float32)
+
+
+# --- safetensors, memory-mapped ------------------------------------------------------------
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+
+
+def read_safetensors(
+    path: str | os.PathLike[str], names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Tensors of a safetensors file as float32 arrays; F32 ones are memory-mapped (no copy:
+    pages are read when touched, so a large token embedding costs the few rows a query uses).
+
+    Args:
+        path: the file.
+        names: the tensors wanted (default: all); absent names are left out.
+
+    Raises:
+        ValueError: the file is not a valid safetensors file or holds a dtype we do not read.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100 << 20:
+            raise ValueError(f"{path}: not a safetensors file (header of {n} bytes)")
+        header = json.loads(f.read(n))
+    base = 8 + n
+    data = np.memmap(path, dtype=np.uint8, mode="r") if size > base else np.empty(0, np.uint8)
+    wanted = set(header) - {"__metadata__"} if names is None else set(names) & set(header)
+    out: dict[str, np.ndarray] = {}
+    for name in wanted:
+        info = header[name]
+        dtype = _DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise ValueError(f"{path}: tensor {name} has dtype {info.get('dtype')}")
+        shape = tuple(int(s) for s in info["shape"])
+        begin, end = (int(o) for o in info["data_offsets"])
+        count = math.prod(shape)
+        if not 0 <= begin <= end <= size - base or end - begin != count * np.dtype(dtype).itemsize:
+            raise ValueError(f"{path}: tensor {name} lies outside the file")
+        arr = np.frombuffer(data, dtype=dtype, count=count, offset=base + begin).reshape(shape)
+        if info["dtype"] == "BF16":  # the top half of a float32
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        elif dtype is not np.float32:
+            arr = arr.astype(np.float32)
+        out[name] = arr
+    return out
+
+
+def save_safetensors(tensors: Mapping[str, np.ndarray], path: Path) -> None:
+    """Write float32 tensors as a safetensors file, atomically."""
+    from safetensors.numpy import save
+
+    data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
+    atomic_write(path, data, durable=False)
