@@ -99,14 +99,30 @@ def parse_labels(labels: str | Sequence[str], *, minimum: int = 2) -> tuple[str,
 
 
 def style_prompts(label: str) -> list[str]:
-    """The prompt ensemble of a style label."""
+    """The prompt ensemble of a style label; a label in another language than English is its
+    own prompt (see :func:`templated`)."""
+    if not templated(label):
+        return [label]
     phrases = STYLE_PHRASES.get(label.lower(), (label,))
     return [t.format(p) for p in phrases for t in STYLE_TEMPLATES]
 
 
 def classify_prompts(label: str) -> list[str]:
-    """The prompt ensemble of an arbitrary label for :func:`classify_vector`."""
+    """The prompt ensemble of an arbitrary label for :func:`classify_vector`; a label in
+    another language than English is its own prompt (see :func:`templated`)."""
+    if not templated(label):
+        return [label]
     return [t.format(label) for t in CLASSIFY_TEMPLATES]
+
+
+def templated(label: str) -> bool:
+    """Whether a label goes into the English prompt templates: only a label written in ASCII.
+
+    A label such as "연필 스케치" or "кошка" would otherwise become a sentence in two languages
+    ("a photo of a 연필 스케치."), which a multilingual model reads worse than the label alone,
+    and which a model taught one language per caption (the demo model) has never seen.
+    """
+    return label.isascii()
 
 
 def label_embeddings(encoder: Encoder, prompts: Sequence[Sequence[str]]) -> np.ndarray:

@@ -348,3 +348,16 @@ def test_style_commands_have_help(command):
     code, out = run(*command, "--help")
     assert code == 0
     assert len(out.split("Options:")[0].strip().splitlines()) >= 3
+
+
+def test_labels_in_other_languages_are_their_own_prompts(tiny_hf_model):
+    from clipsearch.models.loading import load_encoder
+    from clipsearch.style.labels import classify_prompts, label_embeddings, style_prompts
+
+    assert len(classify_prompts("cat")) > 1 and all("cat" in p for p in classify_prompts("cat"))
+    assert classify_prompts("고양이") == ["고양이"]
+    assert style_prompts("연필 스케치") == ["연필 스케치"] and len(style_prompts("sketch")) > 1
+    encoder = load_encoder(tiny_hf_model, precision="fp32")
+    labels = ["고양이", "кошка"]
+    vectors = label_embeddings(encoder, [classify_prompts(label) for label in labels])
+    np.testing.assert_allclose(vectors, encoder.encode_texts(labels), atol=1e-6)
