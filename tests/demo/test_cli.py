@@ -34,7 +34,7 @@ def run():
 def test_group_lists_every_command(run):
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("build", "finetune", "eval", "samples", "style-head"):
+    for command in ("build", "finetune", "bilingual", "eval", "samples", "style-head"):
         assert re.search(rf"^  {command}\s+\S", result.output, re.MULTILINE), command
 
 
@@ -43,7 +43,8 @@ def test_group_lists_every_command(run):
     [
         ("build", ["--minutes FLOAT", "default: 65.0", "default: 0.001", "--resume"]),
         ("finetune", ["default: 15.0", "--base", "--warmup", "--no-style-head", "--image-size"]),
-        ("eval", ["--model", "default: demo", "default: 600", "default: 3"]),
+        ("bilingual", ["default: 35.0", "--base", "--korean", "default: 0.5", "default: 96"]),
+        ("eval", ["--model", "default: demo", "default: 600", "default: 3", "--lang"]),
         ("samples", ["--out", "default: sample_images", "default: 150", "default: 4"]),
         ("style-head", ["--out", "default: 2000", "default: 5"]),
     ],
@@ -100,6 +101,7 @@ def test_unknown_label_facts_are_refused_before_training(run, tmp_path, command)
     ("args", "message"),
     [
         (["finetune", "--steps", "1", "--base", "{tmp}/nothing"], "no demo model in"),
+        (["bilingual", "--steps", "1", "--base", "{tmp}/nothing"], "no demo model in"),
         (["style-head", "--out", "{tmp}/nothing"], "nothing"),
         (["eval", "--model", "no-such-model", "-n", "5"], "no-such-model"),
     ],
