@@ -95,8 +95,7 @@ def bilingual(
     """
     base, out, work = Path(base).resolve(), Path(out), Path(work_dir)
     base_metrics = _bilingual_base(base)
-    before = _image_tower(base)
-    head = _base_style_head(base)
+    before, head = _image_tower(base), _base_style_head(base)
     widened = widen_context(base, work / f"base-ctx{context_length}", context_length, seed)
     settings = RunSettings(
         minutes=minutes,
