@@ -5,7 +5,7 @@ three to eight tokens on a Korean phrase where English spends one), the image to
 and the text tower alone (with the temperature) trains on a stream whose captions are half
 Korean, half English as before::
 
-    python -m clipsearch.demo bilingual --minutes 35 --threads 1
+    python -m clipsearch.demo bilingual --minutes 36 --threads 1
 
 The image embeddings stay exactly those of the starting model, so the shipped style head,
 trained on image embeddings alone, stays valid as it is: it is carried over to the new weights

@@ -8,11 +8,12 @@ still show real retrieval::
     clipsearch index sample_images --model demo
     clipsearch search "a red circle"
 
-The shipped model is rebuilt in two steps (``--steps N`` instead of ``--minutes`` repeats a
+The shipped model is rebuilt in three steps (``--steps N`` instead of ``--minutes`` repeats a
 run's exact step count, recorded in its ``metrics.json``)::
 
     python -m clipsearch.demo build --out build/demo-base
     python -m clipsearch.demo finetune --base build/demo-base --minutes 18
+    python -m clipsearch.demo bilingual --minutes 36  # Korean queries (clipsearch.demo.bilingual)
     python -m clipsearch.demo eval                   # recall of the shipped model
 
 ``finetune`` continues a built model on captions that stress the style, re-measures the

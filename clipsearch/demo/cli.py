@@ -114,8 +114,9 @@ def training_options(*, minutes: float, work_dir: str, lr: float, seed: int) -> 
 def cli() -> None:
     """Build, evaluate and showcase the small demo model that ships with clipsearch.
 
-    The shipped model is made by `build`, then `finetune` on build's output; `eval` measures
-    it, `samples` writes the quickstart's pictures.
+    The shipped model is made by `build`, then `finetune` on build's output, then `bilingual`
+    (Korean queries); `eval` measures it in both languages, `samples` writes the quickstart's
+    pictures.
     """
 
 
