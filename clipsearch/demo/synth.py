@@ -3,8 +3,9 @@
 The synthetic world is small on purpose: a few shapes in a few colours, drawn one to three at a
 time in one of five styles, at one of five positions, on one of a few backgrounds. Every picture
 comes with captions that state some of its attributes in varied wording ("a red circle",
-"a sketch of two blue stars", "a red heart on the left on a white background"). The demo model
-(see :mod:`clipsearch.demo.build`) is trained and evaluated on this world.
+"a sketch of two blue stars", "a red heart on the left on a white background"), in English or,
+with ``lang="ko"``, in Korean ("빨간 원", "연필로 그린 파란 별 두 개"). The demo model (see
+:mod:`clipsearch.demo.build`) is trained and evaluated on this world.
 
 All randomness comes from a NumPy generator seeded per picture, so ``generate(n, seed)`` gives
 the same pixels and captions on every run, and any picture can be made without the ones before.
