@@ -8,11 +8,12 @@ still show real retrieval::
     clipsearch index sample_images --model demo
     clipsearch search "a red circle"
 
-The shipped model is rebuilt in two steps (``--steps N`` instead of ``--minutes`` repeats a
+The shipped model is rebuilt in three steps (``--steps N`` instead of ``--minutes`` repeats a
 run's exact step count, recorded in its ``metrics.json``)::
 
     python -m clipsearch.demo build --out build/demo-base
     python -m clipsearch.demo finetune --base build/demo-base --minutes 18
+    python -m clipsearch.demo bilingual --minutes 36  # Korean queries (clipsearch.demo.bilingual)
     python -m clipsearch.demo eval                   # recall of the shipped model
 
 ``finetune`` continues a built model on captions that stress the style, re-measures the
@@ -375,6 +376,47 @@ def resize_input(base: str | Path, out: str | Path, image_size: int) -> Path:
     ).contiguous()
     vision["image_size"] = image_size
     cfg["preprocess_cfg"]["size"] = [image_size, image_size]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / WEIGHTS_NAME, save(state))
+    atomic_write(out / CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())
+    if (base / "metrics.json").is_file():
+        atomic_write(out / "metrics.json", (base / "metrics.json").read_bytes())
+    return out
+
+
+def widen_context(base: str | Path, out: str | Path, context_length: int, seed: int = 0) -> Path:
+    """Copy the demo model in ``base`` to ``out`` with a longer text context.
+
+    The text tower's position embeddings gain rows for the new positions, drawn as open_clip
+    initializes them (normal, std 0.01, from ``seed``): a causal text tower read at the end of
+    the text never trained the rows past its longest caption either, so the new ones start as
+    those did. The learned rows and every other weight are kept, so a text that fits the old
+    context embeds exactly as before; the config says the new length (the tokenizer and the
+    causal mask follow it). ``metrics.json`` is copied along.
+
+    Returns:
+        ``out``, a folder loadable as ``local-dir:<out>``.
+
+    Raises:
+        ClipsearchError: ``context_length`` is shorter than the model's.
+    """
+    import torch
+    from safetensors.torch import load_file, save
+
+    base, out = Path(base), Path(out)
+    cfg = json.loads((base / CONFIG_NAME).read_text(encoding="utf-8"))
+    text = cfg["model_cfg"]["text_cfg"]
+    old = int(text["context_length"])
+    if context_length < old:
+        raise ClipsearchError(
+            f"text context {context_length} is shorter than the model's {old}; pass at least {old}"
+        )
+    state = {k: v.float() for k, v in load_file(base / WEIGHTS_NAME).items()}
+    pos = state["positional_embedding"]  # (context, width)
+    generator = torch.Generator().manual_seed(seed)
+    extra = torch.randn(context_length - old, pos.shape[1], generator=generator) * 0.01
+    state["positional_embedding"] = torch.cat([pos, extra]).contiguous()
+    text["context_length"] = context_length
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / WEIGHTS_NAME, save(state))
     atomic_write(out / CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())

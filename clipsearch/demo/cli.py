@@ -12,6 +12,7 @@ import click
 
 from clipsearch.cli.output import DomainErrorGroup
 from clipsearch.demo.recipe import (
+    BILINGUAL_SEED,
     EVAL_SEED,
     FINETUNE_SEED,
     LABEL_CLASSES,
@@ -113,8 +114,9 @@ def training_options(*, minutes: float, work_dir: str, lr: float, seed: int) -> 
 def cli() -> None:
     """Build, evaluate and showcase the small demo model that ships with clipsearch.
 
-    The shipped model is made by `build`, then `finetune` on build's output; `eval` measures
-    it, `samples` writes the quickstart's pictures.
+    The shipped model is made by `build`, then `finetune` on build's output, then `bilingual`
+    (Korean queries); `eval` measures it in both languages, `samples` writes the quickstart's
+    pictures.
     """
 
 
@@ -186,6 +188,103 @@ def finetune(out: Path, no_style_head: bool, **options: Any) -> None:
     _echo_written(report)
 
 
+@cli.command()
+@click.option(
+    "--minutes",
+    type=float,
+    default=35.0,
+    show_default=True,
+    help="Wall-clock training budget; the schedule follows the clock.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    help="Exact training steps on a step schedule (overrides --minutes).",
+)
+@click.option("--out", type=FOLDER, default=DEMO_DIR, show_default=SHIPPED, help="Model folder.")
+@click.option(
+    "--base",
+    type=FOLDER,
+    default=DEMO_DIR,
+    show_default=SHIPPED,
+    help="Model to start from, as finetune wrote it.",
+)
+@click.option(
+    "--work-dir",
+    type=FOLDER,
+    default=Path("build/demo-bilingual"),
+    show_default=True,
+    help="Where checkpoints go.",
+)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option(
+    "--warmup",
+    "warmup_steps",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Warmup steps.",
+)
+@click.option("--seed", type=int, default=BILINGUAL_SEED, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Torch threads (default: torch's choice)."
+)
+@click.option("--precision", type=click.Choice(("bf16", "fp32")), default="bf16", show_default=True)
+@click.option(
+    "--korean",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Share of training captions in Korean.",
+)
+@click.option(
+    "--context-length",
+    type=click.IntRange(min=2),
+    default=96,
+    show_default=True,
+    help="Text context of the new model, in tokens.",
+)
+@click.option(
+    "--pool-size",
+    type=click.IntRange(min=64),
+    default=6000,
+    show_default=True,
+    help="Pictures kept in the stream's pool.",
+)
+@click.option(
+    "--style-groups",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Share of groups that are style groups.",
+)
+@click.option(
+    "--style-only",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Share of style-alone captions.",
+)
+@click.option(
+    "--file-like",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Share of pictures drawn at 2x the input size and JPEG-saved.",
+)
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
+def bilingual(out: Path, **options: Any) -> None:
+    """Teach the demo model Korean queries, its image tower frozen."""
+    from clipsearch.demo.bilingual import bilingual as bilingual_model
+
+    report = bilingual_model(out, **options)
+    click.echo(report.gallery.table())
+    if report.gallery_ko is not None:
+        click.echo(report.gallery_ko.table())
+    _echo_written(report)
+
+
 def _echo_written(report: BuildReport) -> None:
     click.echo(
         f"wrote {report.output_dir} ({report.size_mb:.1f} MB) after {report.steps} steps "
@@ -240,13 +339,26 @@ def style_head(out: Path, n: int, seed: int) -> None:
     help="Pictures in the gallery.",
 )
 @click.option("--seed", type=int, default=EVAL_SEED, show_default=True)
-def evaluate(model: str, n: int, seed: int) -> None:
-    """Measure a model on a fresh synthetic gallery."""
-    from clipsearch.demo.gallery import evaluate_gallery
+@click.option(
+    "--lang",
+    "languages",
+    type=click.Choice(("en", "ko")),
+    multiple=True,
+    default=("en", "ko"),
+    show_default=True,
+    help="Query language; repeat for several.",
+)
+def evaluate(model: str, n: int, seed: int, languages: tuple[str, ...]) -> None:
+    """Measure a model on a fresh synthetic gallery, in each query language."""
+    from clipsearch.demo.gallery import evaluate_gallery, gallery
     from clipsearch.models.loading import load_encoder
 
     encoder = load_encoder(model, device="cpu")
-    click.echo(evaluate_gallery(encoder, n=n, seed=seed).table())
+    pictures = gallery(n, seed)
+    tables = [
+        evaluate_gallery(encoder, pictures, seed=seed, lang=lang).table() for lang in languages
+    ]
+    click.echo("\n\n".join(tables))
 
 
 def main() -> None:

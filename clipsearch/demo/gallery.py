@@ -59,12 +59,14 @@ class GalleryReport:
         seed: the seed the gallery was drawn with.
         kinds: recall per kind of query, in :data:`QUERY_KINDS` order.
         by_style: colour+shape recall@1 restricted to pictures of each style.
+        lang: the language of the queries, one of :data:`synth.LANGUAGES`.
     """
 
     images: int
     seed: int
     kinds: tuple[KindRecall, ...]
     by_style: tuple[tuple[str, float], ...] = ()
+    lang: str = "en"
 
     def __getitem__(self, kind: str) -> KindRecall:
         for k in self.kinds:
@@ -76,13 +78,15 @@ class GalleryReport:
         return {
             "images": self.images,
             "seed": self.seed,
+            "lang": self.lang,
             "kinds": {k.kind: asdict(k) for k in self.kinds},
             "color_shape_r1_by_style": dict(self.by_style),
         }
 
     def table(self) -> str:
         """A small text table of the recalls."""
-        lines = [f"gallery of {self.images} pictures (seed {self.seed})"]
+        language = {"en": "English", "ko": "Korean"}.get(self.lang, self.lang)
+        lines = [f"gallery of {self.images} pictures (seed {self.seed}), {language} queries"]
         lines.append(f"{'kind':<12} {'queries':>7} {'R@1':>6} {'R@5':>6}  example")
         for k in self.kinds:
             lines.append(
@@ -96,15 +100,16 @@ class GalleryReport:
         return "\n".join(lines)
 
 
-def gallery_queries(specs: Sequence[synth.SynthSpec], kind: str) -> list[Query]:
+def gallery_queries(specs: Sequence[synth.SynthSpec], kind: str, lang: str = "en") -> list[Query]:
     """The distinct queries of one kind that some picture in ``specs`` answers.
 
-    Each query is the plainest phrasing (``"a sketch of two blue stars"``) with the facts a
-    picture must have to count as a match.
+    Each query is the plainest phrasing (``"a sketch of two blue stars"``, in Korean
+    ``"연필로 그린 파란 별 두 개"``) with the facts a picture must have to count as a match.
 
     Args:
         specs: the gallery's pictures.
         kind: one of :data:`QUERY_KINDS`.
+        lang: the queries' language, one of :data:`synth.LANGUAGES`.
 
     Raises:
         ClipsearchError: an unknown kind.
@@ -117,7 +122,7 @@ def gallery_queries(specs: Sequence[synth.SynthSpec], kind: str) -> list[Query]:
     seen: dict[str, dict[str, str | int]] = {}
     for spec in specs:
         plain = spec if "count" in mention else replace(spec, count=1)
-        text = synth.describe(plain, mention)
+        text = synth.describe(plain, mention, lang=lang)
         seen.setdefault(text, synth.stated_facts(plain, mention))
     return sorted(seen.items())
 
@@ -148,6 +153,7 @@ def evaluate_gallery(
     n: int = 600,
     seed: int = EVAL_SEED,
     kinds: Sequence[str] = QUERY_KINDS,
+    lang: str = "en",
 ) -> GalleryReport:
     """Text-to-image recall@1/@5 of ``encoder`` on a gallery of synthetic pictures.
 
@@ -161,6 +167,8 @@ def evaluate_gallery(
         n: gallery size when ``samples`` is None.
         seed: gallery seed when ``samples`` is None.
         kinds: which kinds of query to measure.
+        lang: the queries' language, one of :data:`synth.LANGUAGES`; the gallery is the same
+            in every language.
     """
     if samples is None:
         samples = gallery(n, seed)
@@ -169,14 +177,14 @@ def evaluate_gallery(
     image_emb = encoder.encode_images([s.image for s in samples])
     reports = []
     for kind in kinds:
-        queries = gallery_queries(specs, kind)
+        queries = gallery_queries(specs, kind, lang)
         text_emb = encoder.encode_texts([q for q, _ in queries])
         recall = recall_at_k(text_emb @ image_emb.T, _relevance(queries, facts))
         reports.append(KindRecall(kind, len(queries), recall[1], recall[5], queries[0][0]))
     by_style: list[tuple[str, float]] = []
     if "color+shape" in kinds:
-        by_style = _recall_by_style(encoder, specs, image_emb)
-    return GalleryReport(len(samples), seed, tuple(reports), tuple(by_style))
+        by_style = _recall_by_style(encoder, specs, image_emb, lang)
+    return GalleryReport(len(samples), seed, tuple(reports), tuple(by_style), lang)
 
 
 def _relevance(queries: Sequence[Query], facts: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -187,10 +195,10 @@ def _relevance(queries: Sequence[Query], facts: Sequence[dict[str, Any]]) -> np.
 
 
 def _recall_by_style(
-    encoder: Encoder, specs: Sequence[synth.SynthSpec], image_emb: np.ndarray
+    encoder: Encoder, specs: Sequence[synth.SynthSpec], image_emb: np.ndarray, lang: str
 ) -> list[tuple[str, float]]:
     """Colour+shape recall@1 among the pictures of each style, for the styles present."""
-    queries = gallery_queries(specs, "color+shape")
+    queries = gallery_queries(specs, "color+shape", lang)
     text_emb = encoder.encode_texts([q for q, _ in queries])
     out = []
     for style in synth.STYLES:

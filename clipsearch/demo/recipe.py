@@ -18,6 +18,7 @@ EVAL_SEED = 3
 SAMPLES_SEED = 4
 STYLE_SEED = 5
 FINETUNE_SEED = 6
+BILINGUAL_SEED = 7
 IMAGE_SIZE = int(
     json.loads((MODELS_DIR / f"{ARCHITECTURE}.json").read_text(encoding="utf-8"))["vision_cfg"][
         "image_size"

@@ -22,7 +22,7 @@ from clipsearch.store.fileio import atomic_write
 from clipsearch.threads import TORCH, limit_threads
 from clipsearch.training.config import TrainConfig
 from clipsearch.training.contrastive import train_clip
-from clipsearch.training.data import PairStream
+from clipsearch.training.data import CaptionedImage, PairStream
 from clipsearch.training.evaluation import RetrievalMetrics
 from clipsearch.training.loop import TrainResult
 
@@ -50,6 +50,7 @@ class RunSettings:
     label_loss: float
     resume: bool
     progress: bool
+    lock_image: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,15 @@ class TrainedRun:
 
 
 def train_and_evaluate(
-    settings: RunSettings, out: Path, model: str, stream: PairStream
+    settings: RunSettings,
+    out: Path,
+    model: str,
+    stream: PairStream,
+    val_data: list[CaptionedImage] | None = None,
 ) -> TrainedRun:
     """Train ``model`` (an architecture name or ``local-dir:``) on ``stream`` into ``out``,
-    following the clock unless ``settings.steps`` is set, then measure the written model."""
+    following the clock unless ``settings.steps`` is set, then measure the written model;
+    ``val_data`` replaces the usual 500 English validation pairs."""
     from clipsearch.models.loading import load_encoder
 
     config = _config(settings, out, model)
@@ -117,7 +123,7 @@ def train_and_evaluate(
     result = train_clip(
         config,
         stream,
-        val_data=validation_pairs(500),
+        val_data=validation_pairs(500) if val_data is None else val_data,
         progress=settings.progress,
         on_eval=None if settings.progress else _print_eval,
     )
@@ -154,6 +160,7 @@ def _config(s: RunSettings, out: Path, model: str) -> TrainConfig:
         time_limit_minutes=time_limit,
         labels=s.labels if s.label_loss else {},
         label_weight=s.label_loss,
+        lock_image=s.lock_image,
     )
 
 

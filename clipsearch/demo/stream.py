@@ -29,6 +29,7 @@ def synth_pair(
     image: Image.Image,
     rng: np.random.Generator,
     mention_rates: dict[str, float] | None = None,
+    lang: str = "en",
 ) -> CaptionedImage:
     """Caption a synthetic picture for training, with the facts its caption states.
 
@@ -38,11 +39,12 @@ def synth_pair(
         rng: draws which attributes the caption states and its wording.
         mention_rates: how often the optional attributes it names are stated, in place of the
             usual rates (see :func:`synth.random_mentions`).
+        lang: the caption's language, one of :data:`synth.LANGUAGES`.
     """
     mention = synth.random_mentions(rng, mention_rates)
     return CaptionedImage(
         image=image,
-        caption=synth.describe(spec, mention, rng),
+        caption=synth.describe(spec, mention, rng, lang),
         image_facts=spec.facts(),
         caption_facts=synth.stated_facts(spec, mention),
     )
@@ -103,6 +105,7 @@ class SynthStream:
             ("pixel art", "a pencil sketch"), which every picture of that style fits.
         file_like: share of the pictures drawn at twice the input size and saved as JPEG
             before being resized (see :func:`render_for_training`).
+        korean: share of the captions written in Korean rather than English.
     """
 
     batch_size: int = 64
@@ -115,6 +118,7 @@ class SynthStream:
     style_groups: float = 0.0
     style_only: float = 0.0
     file_like: float = 0.0
+    korean: float = 0.0
 
     def __call__(self, seed: int) -> Iterator[CaptionedImage]:
         rng = np.random.default_rng([seed, 7])
@@ -156,14 +160,21 @@ class SynthStream:
     ) -> CaptionedImage:
         """Caption a picture of the pool; a picture outside the groups may get its style alone."""
         spec, image = drawn
+        lang = draw_language(rng, self.korean)
         if other and self.style_only and rng.random() < self.style_only:
             return CaptionedImage(
                 image=image,
-                caption=synth.describe_style(spec.style, rng),
+                caption=synth.describe_style(spec.style, rng, lang),
                 image_facts=spec.facts(),
                 caption_facts={"style": spec.style},
             )
-        return synth_pair(spec, image, rng, rates)
+        return synth_pair(spec, image, rng, rates, lang)
+
+
+def draw_language(rng: np.random.Generator, korean: float) -> str:
+    """``ko`` with probability ``korean``, else ``en``; draws nothing when ``korean`` is 0, so
+    an English-only stream is the same as before there were Korean captions."""
+    return "ko" if korean and rng.random() < korean else "en"
 
 
 class _Pool:
@@ -221,16 +232,18 @@ def _scene(spec: synth.SynthSpec) -> Scene:
     return spec.color, spec.shape, spec.count, spec.position
 
 
-def validation_pairs(n: int, seed: int = VAL_SEED) -> list[CaptionedImage]:
+def validation_pairs(n: int, seed: int = VAL_SEED, lang: str = "en") -> list[CaptionedImage]:
     """``n`` synthetic validation pairs, drawn like training pairs but from another seed.
 
     Args:
         n: how many.
         seed: the stream's seed.
+        lang: the captions' language; the pictures and the facts stated are the same in
+            every language.
     """
     out = []
     for i in range(n):
         rng = synth.sample_rng(seed, i)
         spec = synth.random_spec(rng)
-        out.append(synth_pair(spec, render_for_training(spec, rng), rng))
+        out.append(synth_pair(spec, render_for_training(spec, rng), rng, lang=lang))
     return out

@@ -3,8 +3,9 @@
 The synthetic world is small on purpose: a few shapes in a few colours, drawn one to three at a
 time in one of five styles, at one of five positions, on one of a few backgrounds. Every picture
 comes with captions that state some of its attributes in varied wording ("a red circle",
-"a sketch of two blue stars", "a red heart on the left on a white background"). The demo model
-(see :mod:`clipsearch.demo.build`) is trained and evaluated on this world.
+"a sketch of two blue stars", "a red heart on the left on a white background"), in English or,
+with ``lang="ko"``, in Korean ("빨간 원", "연필로 그린 파란 별 두 개"). The demo model (see
+:mod:`clipsearch.demo.build`) is trained and evaluated on this world.
 
 All randomness comes from a NumPy generator seeded per picture, so ``generate(n, seed)`` gives
 the same pixels and captions on every run, and any picture can be made without the ones before.
@@ -24,7 +25,7 @@ import io
 import itertools
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
@@ -98,6 +99,69 @@ _MIN_CONTRAST = 95.0  # RGB distance between object and background colours
 # How often a random caption mentions each optional attribute.
 _MENTION_RATES = {"style": 0.5, "count": 0.3, "position": 0.45, "background": 0.25, "size": 0.3}
 
+LANGUAGES: tuple[str, ...] = ("en", "ko")
+"""The languages captions can be written in: English and Korean."""
+
+# Korean captions: the same facts in natural Korean word order, modifiers before the noun and
+# the count after it ("왼쪽에 있는 파란 별 두 개"). The first phrasing of each slot is the plainest.
+_KO_COLORS = {
+    "red": ("빨간", "빨간색"),
+    "orange": ("주황색", "주황"),
+    "yellow": ("노란", "노란색"),
+    "green": ("초록", "초록색"),
+    "blue": ("파란", "파란색"),
+    "purple": ("보라색", "보라"),
+    "pink": ("분홍색", "분홍"),
+    "brown": ("갈색", "밤색"),
+    "black": ("검은", "검은색"),
+}
+_KO_SHAPES = {
+    "circle": ("원", "동그라미"),
+    "square": ("네모", "정사각형"),
+    "triangle": ("삼각형", "세모"),
+    "star": ("별", "별 모양"),
+    "heart": ("하트", "하트 모양"),
+}
+# A count follows the noun ("별 두 개", "별 둘") or precedes it ("두 개의 별").
+_KO_COUNTS = {
+    1: (" 한 개", " 하나", "한 개의 "),
+    2: (" 두 개", " 둘", "두 개의 "),
+    3: (" 세 개", " 셋", "세 개의 "),
+}
+_KO_SIZE_WORDS = {"small": ("작은", "조그만"), "large": ("큰", "커다란")}
+_KO_POSITION_PHRASES = {
+    "left": ("왼쪽에 있는", "왼쪽의"),
+    "right": ("오른쪽에 있는", "오른쪽의"),
+    "top": ("위쪽에 있는", "위쪽의"),
+    "bottom": ("아래쪽에 있는", "아래쪽의"),
+    "center": ("가운데에 있는", "중앙에 있는"),
+}
+_KO_BACKGROUNDS = {
+    "white": "흰색",
+    "light gray": "밝은 회색",
+    "dark gray": "어두운 회색",
+    "beige": "베이지색",
+    "light blue": "하늘색",
+    "light green": "연두색",
+}
+_KO_PAPER = ("종이 위의", "도화지 위의")
+_KO_BACKGROUND_FORMS = ("{} 배경의", "{} 바탕 위의")
+# "{}" is the whole noun phrase; "{}을" takes the object particle that fits its last syllable.
+_KO_STYLE_FORMS = {
+    "photo": ("{}의 사진", "{} 사진", "{}을 찍은 사진"),
+    "cartoon": ("만화 스타일의 {}", "만화로 그린 {}", "{} 만화 그림"),
+    "sketch": ("연필로 그린 {}", "{} 스케치", "{} 연필 스케치"),
+    "pixel art": ("픽셀 아트 {}", "픽셀 아트로 그린 {}", "{} 픽셀 아트"),
+    "flat": ("{}의 플랫 일러스트", "{} 클립아트", "단순하게 그린 {}"),
+}
+_KO_STYLE_NAMES = {
+    "photo": ("사진", "실사 사진", "사실적인 사진"),
+    "cartoon": ("만화", "만화 그림", "만화 스타일 그림"),
+    "sketch": ("연필 스케치", "스케치", "연필 그림"),
+    "pixel art": ("픽셀 아트", "픽셀 그림", "도트 그림"),
+    "flat": ("플랫 일러스트", "클립아트", "단순한 평면 그림"),
+}
+
 
 class SynthError(ClipsearchError):
     """A synthetic picture was asked for with an attribute value that does not exist."""
@@ -145,6 +209,7 @@ class SynthSample:
         position: where the shapes sit.
         background: the background's name.
         size: ``small``, ``medium`` or ``large``.
+        caption_ko: the same facts as ``caption`` in Korean; empty when the caption was given.
     """
 
     image: Image.Image
@@ -157,6 +222,7 @@ class SynthSample:
     position: str
     background: str
     size: str
+    caption_ko: str = ""
 
     @property
     def spec(self) -> SynthSpec:
@@ -277,20 +343,25 @@ def describe(
     spec: SynthSpec,
     mention: Iterable[str] = (),
     rng: np.random.Generator | None = None,
+    lang: str = "en",
 ) -> str:
     """One caption for ``spec`` that names colour, shape and the attributes in ``mention``.
 
     A count of one is stated as "one" when ``count`` is mentioned and as "a" otherwise; counts
     above one are always stated, since the noun is plural. A medium size is never stated.
+    Korean captions state the same facts ("빨간 원", "파란 별 두 개", "연필로 그린 노란 하트").
 
     Args:
         spec: the picture's attributes.
         mention: which of :data:`OPTIONAL_MENTIONS` to state.
         rng: picks among equivalent phrasings; None always takes the first, plainest one.
+        lang: one of :data:`LANGUAGES`.
 
     Raises:
-        SynthError: ``mention`` names an attribute that captions cannot state.
+        SynthError: ``mention`` names an attribute that captions cannot state; an unknown
+            language.
     """
+    _check("language", lang, LANGUAGES)
     mention = set(mention)
     unknown = mention - set(OPTIONAL_MENTIONS)
     if unknown:
@@ -298,24 +369,30 @@ def describe(
             f"cannot mention {', '.join(sorted(unknown))} in a caption; choose from "
             f"{', '.join(OPTIONAL_MENTIONS)}"
         )
-    options = _phrase_options(spec, mention)
+    options, assemble = _phrasing(spec, mention, lang)
     if rng is None:
-        return _assemble(spec, *(opts[0] for opts in options))
-    return _assemble(spec, *(opts[int(rng.integers(len(opts)))] for opts in options))
+        return assemble(spec, *(opts[0] for opts in options))
+    return assemble(spec, *(opts[int(rng.integers(len(opts)))] for opts in options))
 
 
-def describe_style(style: str, rng: np.random.Generator | None = None) -> str:
-    """A caption that names only a style: "pixel art", "a pencil sketch", "clip art".
+def describe_style(style: str, rng: np.random.Generator | None = None, lang: str = "en") -> str:
+    """A caption that names only a style: "pixel art", "a pencil sketch", "clip art"; in
+    Korean "픽셀 아트", "연필 스케치", "클립아트".
 
     Args:
         style: one of :data:`STYLES`.
         rng: picks among equivalent phrasings; None takes the first, plainest one.
+        lang: one of :data:`LANGUAGES`.
 
     Raises:
-        SynthError: an unknown style.
+        SynthError: an unknown style or language.
     """
     _check("style", style, STYLES)
-    options = [p.replace(" of {}", "").replace("{} in ", "") for p in _STYLE_PREFIXES[style]]
+    _check("language", lang, LANGUAGES)
+    if lang == "ko":
+        options = list(_KO_STYLE_NAMES[style])
+    else:
+        options = [p.replace(" of {}", "").replace("{} in ", "") for p in _STYLE_PREFIXES[style]]
     return options[0] if rng is None else _pick(rng, options)
 
 
@@ -339,19 +416,24 @@ def stated_facts(spec: SynthSpec, mention: Iterable[str]) -> dict[str, str | int
     return {k: facts[k] for k in keys}
 
 
-def caption_variants(sample: SynthSample | SynthSpec) -> tuple[str, ...]:
+def caption_variants(sample: SynthSample | SynthSpec, lang: str = "en") -> tuple[str, ...]:
     """Every caption that is true of the picture, in all phrasings, sorted.
 
     Args:
         sample: a sample or its attributes.
+        lang: one of :data:`LANGUAGES`.
+
+    Raises:
+        SynthError: an unknown language.
     """
+    _check("language", lang, LANGUAGES)
     spec = sample.spec if isinstance(sample, SynthSample) else sample
     out: set[str] = set()
     for r in range(len(OPTIONAL_MENTIONS) + 1):
         for mention in itertools.combinations(OPTIONAL_MENTIONS, r):
-            options = _phrase_options(spec, set(mention))
+            options, assemble = _phrasing(spec, set(mention), lang)
             for choice in itertools.product(*options):
-                out.add(_assemble(spec, *choice))
+                out.add(assemble(spec, *choice))
     return tuple(sorted(out))
 
 
@@ -367,6 +449,15 @@ def random_mentions(
     """
     rates = {**_MENTION_RATES, **(rates or {})}
     return frozenset(m for m in OPTIONAL_MENTIONS if rng.random() < rates[m])
+
+
+def _phrasing(
+    spec: SynthSpec, mention: set[str], lang: str
+) -> tuple[list[tuple[str, ...]], Callable[..., str]]:
+    """The alternatives for each caption slot in ``lang`` and what assembles one choice."""
+    if lang == "ko":
+        return _phrase_options_ko(spec, mention), _assemble_ko
+    return _phrase_options(spec, mention), _assemble
 
 
 def _phrase_options(spec: SynthSpec, mention: set[str]) -> list[tuple[str, ...]]:
@@ -404,6 +495,47 @@ def _assemble(spec: SynthSpec, style: str, count: str, size: str, position: str,
     if style.startswith("prefix:"):
         phrase = style[len("prefix:") :].format(phrase)
     return phrase
+
+
+def _phrase_options_ko(spec: SynthSpec, mention: set[str]) -> list[tuple[str, ...]]:
+    """Korean alternatives for each slot: style form, colour word, shape word, count, size,
+    place, ground."""
+    style = _KO_STYLE_FORMS[spec.style] if "style" in mention else ("{}",)
+    count = _KO_COUNTS[spec.count] if spec.count > 1 or "count" in mention else ("",)
+    size = _KO_SIZE_WORDS.get(spec.size, ("",)) if "size" in mention else ("",)
+    position = _KO_POSITION_PHRASES[spec.position] if "position" in mention else ("",)
+    if "background" not in mention:
+        background: tuple[str, ...] = ("",)
+    elif spec.background == PAPER:
+        background = _KO_PAPER
+    else:
+        background = tuple(f.format(_KO_BACKGROUNDS[spec.background]) for f in _KO_BACKGROUND_FORMS)
+    colour, shape = _KO_COLORS[spec.color], _KO_SHAPES[spec.shape]
+    return [style, colour, shape, count, size, position, background]
+
+
+def _assemble_ko(
+    spec: SynthSpec,
+    style: str,
+    colour: str,
+    shape: str,
+    count: str,
+    size: str,
+    position: str,
+    bg: str,
+) -> str:
+    before, after = (count, "") if count.endswith(" ") else ("", count)
+    words = [w for w in (position, bg, before.strip(), size, colour, shape) if w]
+    phrase = " ".join(words) + after
+    if "{}을" in style:
+        return style.replace("{}을", phrase + _object_particle(phrase))
+    return style.format(phrase)
+
+
+def _object_particle(word: str) -> str:
+    """Korean's object particle for ``word``: 을 after a final consonant, else 를."""
+    last = ord(word[-1]) - 0xAC00
+    return "을" if 0 <= last < 11172 and last % 28 else "를"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -732,8 +864,11 @@ def make_sample(
         caption: the caption to use; None draws a random one.
     """
     image = render(spec, rng, size)
+    caption_ko = ""
     if caption is None:
-        caption = describe(spec, random_mentions(rng), rng)
+        mention = random_mentions(rng)
+        caption = describe(spec, mention, rng)
+        caption_ko = describe(spec, mention, rng, "ko")  # drawn last: the rest stays as it was
     return SynthSample(
         image=image,
         caption=caption,
@@ -745,6 +880,7 @@ def make_sample(
         position=spec.position,
         background=spec.background,
         size=spec.size,
+        caption_ko=caption_ko,
     )
 
 
@@ -800,8 +936,8 @@ def write_folder(
 ) -> list[Path]:
     """Write ``n`` pictures into ``dest`` plus a ``captions.jsonl`` that describes them.
 
-    Each line of ``captions.jsonl`` holds the picture's path relative to ``dest``, its caption,
-    its style and its other attributes; the file is what
+    Each line of ``captions.jsonl`` holds the picture's path relative to ``dest``, its caption
+    (and the same in Korean, ``caption_ko``), its style and its other attributes; the file is what
     :func:`clipsearch.training.data.load_pairs`
     reads. Existing pictures with the same names are overwritten.
 
@@ -834,7 +970,13 @@ def write_folder(
     for i, s in enumerate(generate(n, seed, size, balanced=balanced)):
         name = f"{i:0{width}d}-{s.color}-{s.shape}-{s.style.replace(' ', '-')}.{fmt}"
         paths.append(_write(folder / name, _encode(s.image, fmt, quality)))
-        record = {"path": name, "caption": s.caption, "style": s.style, **s.spec.facts()}
+        record = {
+            "path": name,
+            "caption": s.caption,
+            "caption_ko": s.caption_ko,
+            "style": s.style,
+            **s.spec.facts(),
+        }
         lines.append(json.dumps(record, ensure_ascii=False))
     _write(folder / "captions.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
     return paths

@@ -63,6 +63,10 @@ class TrainConfig:
             and are not exported. Pictures without a key (or with a value outside its classes)
             do not count towards that key's loss.
         label_weight: the weight of each auxiliary loss; 0 turns them off.
+        lock_image: freeze the image tower and train only the text tower and the temperature
+            (locked-image text tuning, LiT): the image embeddings stay exactly those of the
+            starting weights, so vectors and heads made from them stay valid, and each step
+            is cheaper (the image forward runs without gradients). Needs starting weights.
     """
 
     output_dir: Path | str
@@ -92,6 +96,7 @@ class TrainConfig:
     num_threads: int | None = None
     labels: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     label_weight: float = 0.0
+    lock_image: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -119,6 +124,11 @@ class TrainConfig:
             problems.append(f"label_weight must be >= 0, not {self.label_weight}")
         if self.label_weight > 0 and not self.labels:
             problems.append("an auxiliary label loss needs labels (fact key -> classes)")
+        if self.lock_image and self.label_weight > 0:
+            problems.append(
+                "an auxiliary label loss trains the image embedding, which lock_image freezes; "
+                "set label_weight to 0"
+            )
         for key, classes in self.labels.items():
             if len(set(classes)) < 2:
                 problems.append(f"labels[{key!r}] needs at least two distinct classes")

@@ -159,7 +159,8 @@ def optimizer_step(
         dtype=dtype or torch.float32,
         enabled=dtype is not None,
     ):
-        image_features = model.encode_image(pixels, normalize=True)
+        with torch.set_grad_enabled(not config.lock_image):
+            image_features = model.encode_image(pixels, normalize=True)
         text_features = model.encode_text(tokens, normalize=True)
     loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), batch.matches)
     accuracy: dict[str, float] = {}

@@ -118,6 +118,7 @@ def build_trainee(config: TrainConfig) -> Trainee:
     """
     import torch
 
+    from clipsearch.models.identity import RANDOM_WEIGHTS
     from clipsearch.models.loading import load_encoder
     from clipsearch.models.runtime import pick_device
 
@@ -125,6 +126,13 @@ def build_trainee(config: TrainConfig) -> Trainee:
     name, pretrained = model_source(config)
     encoder = load_encoder(name, pretrained, device=device, precision="fp32")
     model_cfg = model_config(name, encoder.model)
+    if config.lock_image:
+        if pretrained == RANDOM_WEIGHTS:
+            raise TrainingError(
+                f"lock_image freezes the image tower of {config.model}, which has random "
+                "weights here; start from trained weights (a local-dir: model or a tag)"
+            )
+        encoder.model.lock_image_tower()
     dtype = autocast_dtype(config.precision, device)
     groups = param_groups(encoder.model, config.weight_decay)
     label_loss = None

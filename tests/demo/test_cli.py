@@ -34,7 +34,7 @@ def run():
 def test_group_lists_every_command(run):
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("build", "finetune", "eval", "samples", "style-head"):
+    for command in ("build", "finetune", "bilingual", "eval", "samples", "style-head"):
         assert re.search(rf"^  {command}\s+\S", result.output, re.MULTILINE), command
 
 
@@ -43,7 +43,8 @@ def test_group_lists_every_command(run):
     [
         ("build", ["--minutes FLOAT", "default: 65.0", "default: 0.001", "--resume"]),
         ("finetune", ["default: 15.0", "--base", "--warmup", "--no-style-head", "--image-size"]),
-        ("eval", ["--model", "default: demo", "default: 600", "default: 3"]),
+        ("bilingual", ["default: 35.0", "--base", "--korean", "default: 0.5", "default: 96"]),
+        ("eval", ["--model", "default: demo", "default: 600", "default: 3", "--lang"]),
         ("samples", ["--out", "default: sample_images", "default: 150", "default: 4"]),
         ("style-head", ["--out", "default: 2000", "default: 5"]),
     ],
@@ -100,6 +101,7 @@ def test_unknown_label_facts_are_refused_before_training(run, tmp_path, command)
     ("args", "message"),
     [
         (["finetune", "--steps", "1", "--base", "{tmp}/nothing"], "no demo model in"),
+        (["bilingual", "--steps", "1", "--base", "{tmp}/nothing"], "no demo model in"),
         (["style-head", "--out", "{tmp}/nothing"], "nothing"),
         (["eval", "--model", "no-such-model", "-n", "5"], "no-such-model"),
     ],
@@ -131,29 +133,36 @@ def test_bad_options_give_one_error_line(run, args, message):
 def test_eval_measures_a_model_on_a_fresh_gallery(run, tiny_model):
     result = run("eval", "--model", tiny_model, "-n", 30, "--seed", 9)
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[0] == "gallery of 30 pictures (seed 9)"
-    kinds = [line.split()[0] for line in lines[2:7]]
-    assert kinds == ["color+shape", "style", "count", "position", "style+count"]
-    for line in lines[2:7]:
-        r1, r5 = (float(x) for x in line.split()[2:4])
-        assert 0.0 <= r1 <= r5 <= 1.0
+    english, korean = (table.splitlines() for table in result.output.split("\n\n"))
+    assert english[0] == "gallery of 30 pictures (seed 9), English queries"
+    assert korean[0] == "gallery of 30 pictures (seed 9), Korean queries"
+    for lines in (english, korean):
+        kinds = [line.split()[0] for line in lines[2:7]]
+        assert kinds == ["color+shape", "style", "count", "position", "style+count"]
+        for line in lines[2:7]:
+            r1, r5 = (float(x) for x in line.split()[2:4])
+            assert 0.0 <= r1 <= r5 <= 1.0
+    assert not re.search("[가-힣]", english[2]) and re.search("[가-힣]", korean[2])
+    only = run("eval", "--model", tiny_model, "-n", 30, "--seed", 9, "--lang", "ko").output
+    assert only == "\n".join(korean) + "\n"
 
 
 def test_the_shipped_models_rebuild_commands_still_parse():
     """metrics.json tells how to repeat the shipped model; each command it names parses."""
     metrics = json.loads((DEMO_DIR / "metrics.json").read_text())
     commands = [part.split("  (")[0] for part in metrics["rebuild"].split("; then ")]
-    assert len(commands) == 2
-    for command, steps in zip(
-        commands, (metrics["train"]["steps"], metrics["finetune"]["steps"]), strict=True
-    ):
+    assert len(commands) == 3
+    stages = ("train", "finetune", "bilingual")
+    for command, stage in zip(commands, stages, strict=True):
         argv = shlex.split(command)
         assert argv[:3] == ["python", "-m", "clipsearch.demo"]
         sub = cli.commands[argv[3]]
         ctx = sub.make_context(argv[3], argv[4:])
-        assert ctx.params["steps"] == steps
-        assert ctx.params["label_facts"] == ("style", "position")
+        assert ctx.params["steps"] == metrics[stage]["steps"]
+        if stage == "bilingual":
+            assert ctx.params["context_length"] == metrics[stage]["context_length"]
+        else:
+            assert ctx.params["label_facts"] == ("style", "position")
 
 
 def test_python_dash_m_runs_the_click_group(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -258,3 +259,116 @@ def test_shipped_sample_images_cover_the_world():
     for r in itertools.islice(records, 0, None, 10):
         path = folder / r["path"]
         assert path.is_file() and path.stat().st_size < 20_000
+
+
+# --- Korean captions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "mention", "caption"),
+    [
+        (_spec(), (), "빨간 원"),
+        (_spec(shape="star", color="blue", count=2), (), "파란 별 두 개"),
+        (
+            _spec(shape="heart", color="yellow", style="sketch", background="paper"),
+            ("style",),
+            "연필로 그린 노란 하트",
+        ),
+        (
+            _spec(shape="square", color="green", position="left"),
+            ("position",),
+            "왼쪽에 있는 초록 네모",
+        ),
+        (_spec(count=3, position="top"), ("position",), "위쪽에 있는 빨간 원 세 개"),
+        (_spec(), ("count",), "빨간 원 한 개"),
+        (_spec(style="photo"), ("style",), "빨간 원의 사진"),
+        (_spec(style="cartoon"), ("style",), "만화 스타일의 빨간 원"),
+        (_spec(style="pixel art"), ("style",), "픽셀 아트 빨간 원"),
+        (_spec(style="flat"), ("style",), "빨간 원의 플랫 일러스트"),
+        (_spec(size="small", position="right"), ("size", "position"), "오른쪽에 있는 작은 빨간 원"),
+        (_spec(size="large"), ("size", "background"), "흰색 배경의 큰 빨간 원"),
+        (
+            _spec(shape="star", color="blue", count=2, style="sketch", background="paper"),
+            ("style", "count"),
+            "연필로 그린 파란 별 두 개",
+        ),
+    ],
+)
+def test_korean_captions_in_natural_word_order(
+    spec: synth.SynthSpec, mention: tuple[str, ...], caption: str
+):
+    assert synth.describe(spec, mention, lang="ko") == caption
+    assert caption in synth.caption_variants(spec, "ko")
+
+
+@pytest.mark.parametrize(
+    ("spec", "caption"),
+    [
+        (_spec(shape="star", color="blue", count=2), "두 개의 파란 별"),
+        (_spec(shape="star", color="blue", count=2), "파란색 별 둘"),
+        (_spec(style="sketch", background="paper"), "빨간 동그라미 스케치"),
+        (_spec(style="photo"), "빨간 원을 찍은 사진"),
+        (_spec(shape="heart", style="photo"), "빨간 하트를 찍은 사진"),
+        (_spec(style="pixel art", position="center"), "가운데에 있는 빨간 원 픽셀 아트"),
+        (_spec(color="black", shape="triangle", style="flat"), "검은 세모 클립아트"),
+        (_spec(style="cartoon", background="light blue"), "하늘색 바탕 위의 빨간 원 만화 그림"),
+    ],
+)
+def test_korean_variants_include_other_natural_phrasings(spec: synth.SynthSpec, caption: str):
+    assert caption in synth.caption_variants(spec, "ko")
+
+
+def test_korean_captions_never_state_something_false():
+    spec = _spec(shape="star", color="blue", count=2, position="left", style="cartoon")
+    variants = synth.caption_variants(spec, "ko")
+    assert len(variants) > 100
+    for wrong in ("빨간", "원", "세 개", "하나", "오른쪽", "연필", "픽셀", "사진", "작은", "큰"):
+        assert not any(wrong in v for v in variants), wrong
+    assert all(("파란" in v) and ("별" in v) for v in variants)
+    assert all(("두 개" in v) or v.endswith("둘") or "둘 " in v for v in variants)
+
+
+def test_korean_style_names_and_unknown_languages():
+    assert [synth.describe_style(s, lang="ko") for s in synth.STYLES] == [
+        "사진",
+        "만화",
+        "연필 스케치",
+        "픽셀 아트",
+        "플랫 일러스트",
+    ]
+    for call in (
+        lambda: synth.describe(_spec(), lang="fr"),
+        lambda: synth.describe_style("photo", lang="fr"),
+        lambda: synth.caption_variants(_spec(), "fr"),
+    ):
+        with pytest.raises(synth.SynthError, match="unknown language 'fr'"):
+            call()
+
+
+def test_english_captions_are_byte_identical_to_before_korean():
+    """The English phrasings, their random draws and the captions of generated pictures are what
+    they were before Korean captions existed (the shipped samples and models depend on them):
+    this digest was taken from the code before the change."""
+    digest = hashlib.sha256()
+    for i in range(40):
+        rng = synth.sample_rng(21, i)
+        spec = synth.random_spec(rng)
+        for c in synth.caption_variants(spec):
+            digest.update(c.encode() + b"\n")
+        digest.update(synth.describe(spec, synth.random_mentions(rng), rng).encode() + b"\n")
+        digest.update(synth.describe_style(spec.style, rng).encode() + b"\n")
+    for s in synth.generate(20, seed=22, size=32):
+        digest.update(s.caption.encode() + b"\n")
+    assert digest.hexdigest() == "9e04976041c3c1eca9a0a36b05563466a4e265640d29f8f137a4e788d0ad4264"
+
+
+def test_generated_pictures_carry_a_korean_caption_with_the_same_facts():
+    words = {1: ("한 개", "하나"), 2: ("두 개", "둘"), 3: ("세 개", "셋")}
+    places = {"left": "왼쪽", "right": "오른쪽", "top": "위쪽", "bottom": "아래쪽"}
+    for s in synth.generate(40, seed=9, size=32):
+        assert s.caption_ko and not re.search("[a-z]", s.caption_ko), s.caption_ko
+        stated_count = re.search(r"\b(one|two|three)\b", s.caption)
+        assert bool(stated_count) == any(w in s.caption_ko for w in words[s.count]), s
+        if s.position in places:
+            stated_place = re.search(r"(on the (left|right)|(at|near) the (top|bottom))", s.caption)
+            assert bool(stated_place) == (places[s.position] in s.caption_ko), s

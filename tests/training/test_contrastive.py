@@ -164,3 +164,35 @@ def test_bad_data_raises_training_errors(tmp_path: Path):
         train_clip(train_config(tmp_path, batch_size=2), unreadable, progress=False)
 
     assert issubclass(TrainingError, ClipsearchError)
+
+
+def test_lock_image_trains_the_text_tower_and_leaves_the_image_tower_as_it_was(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    start = train_clip(train_config(tmp_path / "a", steps=2), colour_shape_stream, progress=False)
+    locked = train_config(
+        tmp_path / "b", model=f"local-dir:{start.output_dir}", steps=6, lock_image=True
+    )
+    result = train_clip(locked, colour_shape_stream, progress=False)
+
+    before = load_file(start.output_dir / "open_clip_model.safetensors")
+    after = load_file(result.output_dir / "open_clip_model.safetensors")
+    assert set(before) == set(after)
+    visual = [k for k in before if k.startswith("visual.")]
+    changed = [k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())]
+    assert visual and not set(visual) & set(changed)
+    assert "token_embedding.weight" in changed and "text_projection" in changed
+    assert "logit_scale" in changed
+
+    # The image embeddings are exactly those of the starting weights.
+    image = next(colour_shape_stream(3)).image
+    a = load_encoder(f"local-dir:{start.output_dir}", device="cpu").encode_images([image])
+    b = load_encoder(f"local-dir:{result.output_dir}", device="cpu").encode_images([image])
+    assert np.array_equal(a, b)
+
+
+def test_lock_image_needs_trained_weights_and_no_label_loss(tmp_path: Path):
+    with pytest.raises(TrainingError, match="lock_image freezes"):
+        train_config(tmp_path, lock_image=True, label_weight=1.0, **STYLE_LABELS)
+    with pytest.raises(TrainingError, match="random weights"):
+        train_clip(train_config(tmp_path, lock_image=True), colour_shape_stream, progress=False)
