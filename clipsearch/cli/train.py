@@ -123,6 +123,12 @@ def run_options(f: F) -> F:
     metavar="TAG|FILE",
     help="Starting weights for a built-in architecture (omit to start from random weights).",
 )
+@click.option(
+    "--lock-image",
+    is_flag=True,
+    help="Freeze the image tower and train only the text tower (LiT): teach a model new words "
+    "or a new language while its picture embeddings stay exactly as they were.",
+)
 @schedule_options
 @run_options
 @json_option
@@ -131,6 +137,7 @@ def train(
     out: Path,
     model: str,
     pretrained: str | None,
+    lock_image: bool,
     steps: int,
     batch_size: int,
     lr: float,
@@ -155,6 +162,8 @@ def train(
     \b
         clipsearch train my_captioned_photos --out models/mine --model ViT-B-32 \\
             --pretrained laion2b_s34b_b79k --lr 1e-5 --steps 2000
+        clipsearch train korean_captions --out models/ko --model local-dir:models/mine \\
+            --lock-image --lr 1e-4 --steps 1000
     """
     from clipsearch.training.contrastive import TrainConfig, train_clip
 
@@ -174,6 +183,7 @@ def train(
         eval_every=eval_every,
         augment=not no_augment,
         time_limit_minutes=minutes,
+        lock_image=lock_image,
     )
     result = train_clip(config, data, val_data=val_data, progress=not as_json)
     if as_json:

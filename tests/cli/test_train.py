@@ -4,18 +4,39 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from tests.helpers import draw_image
+
+
+def _captioned(folder):
+    pairs = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "circle")]
+    for i, (color, shape) in enumerate(pairs * 2):
+        draw_image(folder / f"{i}.png", color, shape)
+        (folder / f"{i}.txt").write_text(f"a {color} {shape}", encoding="utf-8")
+    return folder
+
+
+def test_lock_image_trains_the_text_tower_only(run, tiny_model, tmp_path):
+    from clipsearch.models.loading import load_encoder
+
+    data = _captioned(tmp_path / "captioned")
+    out = tmp_path / "text-only"
+    args = ["--model", tiny_model, "--steps", "3", "--batch-size", "4", "--warmup", "1"]
+    result = run("train", data, "--out", out, "--lock-image", "--lr", "1e-2", *args)
+    assert result.exit_code == 0, result.output
+    before = load_encoder(tiny_model, device="cpu")
+    after = load_encoder(f"local-dir:{out}", device="cpu")
+    picture = draw_image(tmp_path / "probe.png", "red", "circle")
+    np.testing.assert_array_equal(after.encode_file(picture), before.encode_file(picture))
+    texts = ["a red circle", "a blue square"]
+    assert np.abs(after.encode_texts(texts) - before.encode_texts(texts)).max() > 1e-3
 
 
 def test_train_command_fine_tunes_a_model_that_loads(run, tiny_model, tmp_path):
     from clipsearch.models.loading import load_encoder
 
-    data = tmp_path / "captioned"
-    for i, (color, shape) in enumerate(
-        [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "circle")] * 2
-    ):
-        draw_image(data / f"{i}.png", color, shape)
-        (data / f"{i}.txt").write_text(f"a {color} {shape}")
+    data = _captioned(tmp_path / "captioned")
     out = tmp_path / "trained"
     result = run(
         "train",
