@@ -61,12 +61,12 @@ def search(
     \b
         clipsearch search "beach" --plus "2:sunset" --minus "people"
         clipsearch search @photos/cat.jpg --minus "indoors"
-        clipsearch search "receipts" -0 | xargs -0 mv -t ~/receipts/
+        clipsearch search "receipts" -k 50 -0 | xargs -0 cp -t ~/receipts/
         clipsearch search "sunset" -k 50 --link-to ~/sunsets
     """
     if query is None and not plus:
         raise click.UsageError("give a QUERY or at least one --plus term")
-    _check_output_flags(as_json, paths_only, null)
+    _check_output_flags(as_json, paths_only, null, link_to)
     with open_index(ctx, device=device, precision=precision) as index:
         hits = index.search(
             query,
@@ -102,7 +102,7 @@ def similar(
     precision: str,
 ) -> None:
     """Find images that look like IMAGE (never IMAGE itself)."""
-    _check_output_flags(as_json, paths_only, null)
+    _check_output_flags(as_json, paths_only, null, link_to)
     with open_index(ctx, device=device, precision=precision) as index:
         hits = index.similar(
             image, k=k, min_score=min_score, path_prefix=path_prefix, styles=styles or None
@@ -110,10 +110,15 @@ def similar(
     _hand_over(hits, as_json, paths_only or null, null, link_to)
 
 
-def _check_output_flags(as_json: bool, paths_only: bool, null: bool) -> None:
+def _check_output_flags(as_json: bool, paths_only: bool, null: bool, link_to: Path | None) -> None:
+    """Refuse conflicting flags, and a --link-to folder that would be refused after the search."""
     if as_json and (paths_only or null):
         flag = "-0" if null else "--paths"
         raise click.UsageError(f"{flag} and --json cannot be combined: pick one output")
+    if link_to is not None:
+        from clipsearch.index.links import check_link_folder
+
+        check_link_folder(link_to)
 
 
 def _hand_over(

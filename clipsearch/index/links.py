@@ -96,6 +96,12 @@ def link_results(
     return LinkReport(folder, tuple(names), removed)
 
 
+def check_link_folder(folder: str | os.PathLike[str]) -> None:
+    """Raise :class:`LinkFolderError` now if :func:`link_results` would refuse ``folder``:
+    for callers that would rather learn it before a search than after."""
+    _own_links(Path(folder).expanduser())
+
+
 def _own_links(folder: Path) -> list[str]:
     """The names of clipsearch's links in ``folder``; refuses a folder that holds anything else."""
     if not folder.exists() and not folder.is_symlink():

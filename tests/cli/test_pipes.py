@@ -68,6 +68,9 @@ def test_link_to_fills_refreshes_and_refuses(run, indexed, tmp_path):
     assert len(refused.output.strip().splitlines()) == 1
     assert (target / "notes.txt").read_text() == "mine"
     assert len(os.listdir(target)) == 4  # two links, the record, the user's file
+    # Refused before the index is even opened: no search is wasted.
+    early = run("search", "x", "--link-to", target, index_dir=tmp_path / "no-index")
+    assert early.exit_code == 1 and "notes.txt" in early.output
 
 
 def test_link_to_a_file_is_refused(run, indexed, tmp_path):
