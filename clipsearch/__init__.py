@@ -30,6 +30,7 @@ _EXPORTS = {
             "IndexMismatchError",
             "IndexNotFoundError",
             "IndexVersionError",
+            "LinkFolderError",
             "ModelLoadError",
             "QueryError",
             "StyleError",
@@ -39,6 +40,7 @@ _EXPORTS = {
     ),
     **dict.fromkeys(["ImageIndex", "IndexInfo", "SearchResult"], "index.imageindex"),
     "IndexReport": "index.pipeline",
+    **dict.fromkeys(["LinkReport", "link_results"], "index.links"),
     "Progress": "progress",
     **dict.fromkeys(["Query", "Term"], "index.query"),
     **dict.fromkeys(["IndexStyles", "StyleApplyReport", "StyleStats"], "index.styles"),
@@ -59,12 +61,14 @@ if TYPE_CHECKING:
         IndexMismatchError,
         IndexNotFoundError,
         IndexVersionError,
+        LinkFolderError,
         ModelLoadError,
         QueryError,
         StyleError,
         StyleHeadError,
     )
     from clipsearch.index.imageindex import ImageIndex, IndexInfo, SearchResult
+    from clipsearch.index.links import LinkReport, link_results
     from clipsearch.index.pipeline import IndexReport
     from clipsearch.index.query import Query, Term
     from clipsearch.index.styles import IndexStyles, StyleApplyReport, StyleStats
@@ -104,6 +108,8 @@ __all__ = [
     "IndexNotFoundError",
     "IndexReport",
     "IndexVersionError",
+    "LinkFolderError",
+    "LinkReport",
     "ModelLoadError",
     "ModelSpec",
     "Prediction",
@@ -122,6 +128,7 @@ __all__ = [
     "TrainOptions",
     "ZeroShotLabeller",
     "classify_image",
+    "link_results",
     "load_encoder",
     "load_text_encoder",
 ]

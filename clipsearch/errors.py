@@ -59,6 +59,11 @@ class StyleHeadError(StyleError):
     """A trained style head is missing, unreadable, or belongs to another backbone model."""
 
 
+class LinkFolderError(ClipsearchError):
+    """A folder cannot take result links: it holds files clipsearch did not put there, is not
+    a folder, or a link cannot be made in it. Nothing in it was deleted or overwritten."""
+
+
 class TrainingError(ClipsearchError):
     """Training data, settings or checkpoints are unusable; the message says which and why."""
 

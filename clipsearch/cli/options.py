@@ -7,8 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
-from clipsearch.models.identity import DEVICES, PRECISIONS
+from clipsearch.models.identity import (
+    DEVICES,
+    HF_HUB_PREFIX,
+    LOCAL_DIR_PREFIX,
+    PRECISIONS,
+    model_names,
+)
 
 if TYPE_CHECKING:
     from clipsearch.index.imageindex import ImageIndex
@@ -30,6 +37,14 @@ def open_index(ctx: click.Context, **kwargs: Any) -> ImageIndex:
     return ImageIndex.open(index_dir(ctx), **kwargs)
 
 
+def complete_model(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion of --model: the built-in names and the two prefixes."""
+    names = [*model_names(), HF_HUB_PREFIX, LOCAL_DIR_PREFIX]
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
 def model_options(f: F) -> F:
     f = click.option(
         "--pretrained",
@@ -40,6 +55,7 @@ def model_options(f: F) -> F:
     f = click.option(
         "--model",
         metavar="NAME",
+        shell_complete=complete_model,
         help="open_clip model: a name (ViT-B-16), hf-hub:org/repo, local-dir:/path, or 'demo'. "
         "Default for a new index: ViT-B-16 with DFN-2B weights; an existing index uses its own.",
     )(f)
@@ -69,6 +85,30 @@ def device_options(f: F) -> F:
 
 def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+def results_output_options(f: F) -> F:
+    """--json, --paths, -0 and --link-to: how `search` and `similar` hand over their results."""
+    f = click.option(
+        "--link-to",
+        metavar="DIR",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Also fill DIR with symbolic links to the results, named by rank (001-beach.jpg), "
+        "for any image viewer. Creates DIR; a later search replaces the links. Refuses a folder "
+        "that holds anything else.",
+    )(f)
+    f = click.option(
+        "-0",
+        "--null",
+        "null",
+        is_flag=True,
+        help="Paths only, each ended by a NUL byte instead of a newline, for `xargs -0`. "
+        "Implies --paths.",
+    )(f)
+    f = click.option(
+        "--paths", "paths_only", is_flag=True, help="Print paths only, one a line, best first."
+    )(f)
+    return json_option(f)
 
 
 def k_option(f: F) -> F:

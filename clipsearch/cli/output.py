@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -47,6 +48,14 @@ def echo_path_line(line: str, err: bool = False) -> None:
     """Echo a line that holds file paths: a name that is not valid UTF-8 goes out as the raw
     bytes it has on disk (as `ls` and `find` print it to a pipe) instead of failing."""
     click.echo(os.fsencode(line), err=err)
+
+
+def echo_paths(paths: Iterable[str], null: bool = False) -> None:
+    """Echo bare paths, one a line, or each ended by a NUL byte (``null``) for ``xargs -0``;
+    as :func:`echo_path_line`, names go out as their bytes on disk."""
+    end = b"\0" if null else b"\n"
+    for path in paths:
+        click.echo(os.fsencode(path) + end, nl=False)
 
 
 def echo_json(data: Any, indent: int | None = 2) -> None:

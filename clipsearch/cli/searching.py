@@ -17,8 +17,9 @@ from clipsearch.cli.options import (
     k_option,
     model_options,
     open_index,
+    results_output_options,
 )
-from clipsearch.cli.output import allow_quick_exit, echo_json, echo_path_line
+from clipsearch.cli.output import allow_quick_exit, echo_json, echo_path_line, echo_paths
 
 if TYPE_CHECKING:
     from clipsearch.index.imageindex import SearchResult
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 @click.option("--minus", multiple=True, metavar="TERM", help="Subtract a term (repeatable).")
 @k_option
 @filter_options
-@json_option
+@results_output_options
 @device_options
 @click.pass_context
 def search(
@@ -45,6 +46,9 @@ def search(
     path_prefix: str | None,
     styles: tuple[str, ...],
     as_json: bool,
+    paths_only: bool,
+    null: bool,
+    link_to: Path | None,
     device: str,
     precision: str,
 ) -> None:
@@ -57,9 +61,12 @@ def search(
     \b
         clipsearch search "beach" --plus "2:sunset" --minus "people"
         clipsearch search @photos/cat.jpg --minus "indoors"
+        clipsearch search "receipts" -k 50 -0 | xargs -0 cp -t ~/receipts/
+        clipsearch search "sunset" -k 50 --link-to ~/sunsets
     """
     if query is None and not plus:
         raise click.UsageError("give a QUERY or at least one --plus term")
+    _check_output_flags(as_json, paths_only, null, link_to)
     with open_index(ctx, device=device, precision=precision) as index:
         hits = index.search(
             query,
@@ -70,14 +77,14 @@ def search(
             path_prefix=path_prefix,
             styles=styles or None,
         )
-    _print_hits(hits, as_json)
+    _hand_over(hits, as_json, paths_only or null, null, link_to)
 
 
 @click.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @k_option
 @filter_options
-@json_option
+@results_output_options
 @device_options
 @click.pass_context
 def similar(
@@ -88,23 +95,52 @@ def similar(
     path_prefix: str | None,
     styles: tuple[str, ...],
     as_json: bool,
+    paths_only: bool,
+    null: bool,
+    link_to: Path | None,
     device: str,
     precision: str,
 ) -> None:
     """Find images that look like IMAGE (never IMAGE itself)."""
+    _check_output_flags(as_json, paths_only, null, link_to)
     with open_index(ctx, device=device, precision=precision) as index:
         hits = index.similar(
             image, k=k, min_score=min_score, path_prefix=path_prefix, styles=styles or None
         )
-    _print_hits(hits, as_json)
+    _hand_over(hits, as_json, paths_only or null, null, link_to)
 
 
-def _print_hits(hits: Sequence[SearchResult], as_json: bool) -> None:
-    """Print search results, best first: a JSON list, or one `score  path  [style]` line each."""
+def _check_output_flags(as_json: bool, paths_only: bool, null: bool, link_to: Path | None) -> None:
+    """Refuse conflicting flags, and a --link-to folder that would be refused after the search."""
+    if as_json and (paths_only or null):
+        flag = "-0" if null else "--paths"
+        raise click.UsageError(f"{flag} and --json cannot be combined: pick one output")
+    if link_to is not None:
+        from clipsearch.index.links import check_link_folder
+
+        check_link_folder(link_to)
+
+
+def _hand_over(
+    hits: Sequence[SearchResult], as_json: bool, paths_only: bool, null: bool, link_to: Path | None
+) -> None:
+    """Link the results into --link-to's folder, if given, then print them."""
+    if link_to is not None:
+        from clipsearch.index.links import link_results
+
+        report = link_results([h.path for h in hits], link_to)
+        echo_path_line(f"{len(report.links)} links in {report.folder}", err=True)
     allow_quick_exit()
     if as_json:
         echo_json([h.to_dict() for h in hits])
-        return
+    elif paths_only:
+        echo_paths([h.path for h in hits], null=null)
+    else:
+        _print_hits(hits)
+
+
+def _print_hits(hits: Sequence[SearchResult]) -> None:
+    """Print search results, best first: one `score  path  [style]` line each."""
     if not hits:
         click.echo("no results", err=True)
     for h in hits:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -355,3 +356,15 @@ def hf_cache_dir(cache_dir: str | None) -> str:
     from huggingface_hub import constants
 
     return str(constants.HF_HUB_CACHE)
+
+
+def model_names() -> list[str]:
+    """The names ``--model`` takes without a prefix: ``demo``, clipsearch's own architectures
+    and open_clip's, read from their config files without importing open_clip (for shell
+    completion, which runs on every key press)."""
+    folders = [MODELS_DIR]
+    spec = importlib.util.find_spec("open_clip")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        folders.append(Path(folder) / "model_configs")
+    names = {cfg.stem for folder in folders for cfg in folder.glob("*.json")}
+    return [DEMO_MODEL, *sorted(names)]
