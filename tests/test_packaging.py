@@ -36,7 +36,7 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp / "src"
     shutil.copytree(PACKAGE, src / "clipsearch")
     compileall.compile_dir(src / "clipsearch", quiet=1)  # the caches of a checkout in use
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     out = tmp / "dist"
     subprocess.run(
@@ -68,12 +68,14 @@ def test_the_wheel_metadata(wheel):
         meta = Parser().parsestr(z.read(meta_name).decode())
         (ep_name,) = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
         entry_points = z.read(ep_name).decode()
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in z.namelist())
     assert meta["Requires-Python"] == ">=3.10"
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
     assert {"Homepage", "Documentation", "Issues"} <= urls.keys()
     assert "Typing :: Typed" in meta.get_all("Classifier")
     assert meta["Keywords"] and meta["Summary"]
     assert "clipsearch = clipsearch.cli:run" in entry_points
+    assert meta["License-Expression"] == "MIT" and "LICENSE" in meta.get_all("License-File")
     extras = set(meta.get_all("Provides-Extra"))
     assert {"web", "ray", "multilingual", "dev"} <= extras
 
