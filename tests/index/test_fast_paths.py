@@ -128,7 +128,7 @@ def test_cli_exact_decode_flag(tmp_path, tiny_model, photos):
     args = ["--index", str(tmp_path / "idx"), "index", str(photos), "--model", tiny_model]
     result = runner.invoke(main_cli(), [*args, "--exact-decode", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["added"] == 5
+    assert json.loads(result.stdout)["added"] == 5
 
 
 def main_cli():
