@@ -153,3 +153,17 @@ def test_missing_index_error_says_where_the_folder_came_from(plain):
     assert result.exit_code == 1
     assert result.stderr.startswith(f"clipsearch: error: no index at {data_dir_index()}")
     assert result.stderr.endswith("(index from: user data dir)\n")
+
+
+def test_config_model_is_used_where_there_is_no_index(run, tiny_model, config_file):
+    config_file.write_text(f'model = "{tiny_model}"\n')
+    given = run("embed", "--text", "a red circle", "--json", "--model", tiny_model)
+    from_config = run("embed", "--text", "a red circle", "--json")
+    assert from_config.exit_code == 0, from_config.output
+    # the same model (the NumPy text tower may answer one of the two: equal up to rounding)
+    pairs = zip(json.loads(from_config.stdout), json.loads(given.stdout), strict=True)
+    cosine = sum(a * b for a, b in pairs)
+    assert cosine > 0.999
+    config_file.write_text('model = "no-such-model-xyz"\n')
+    result = run("embed", "--text", "a red circle")
+    assert result.exit_code == 1 and "no-such-model-xyz" in result.stderr
