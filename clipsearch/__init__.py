@@ -23,6 +23,7 @@ _EXPORTS = {
     **dict.fromkeys(
         [
             "ClipsearchError",
+            "ConfigError",
             "CorruptIndexError",
             "EmptyIndexError",
             "ImageReadError",
@@ -49,11 +50,13 @@ _EXPORTS = {
     ),
     **dict.fromkeys(["ClassMetrics", "StyleHead", "StyleMetrics", "TrainOptions"], "style.head"),
     "StyleTrainReport": "style.training",
+    **dict.fromkeys(["Setting", "Settings", "resolve_settings"], "settings"),
 }
 
 if TYPE_CHECKING:
     from clipsearch.errors import (
         ClipsearchError,
+        ConfigError,
         CorruptIndexError,
         EmptyIndexError,
         ImageReadError,
@@ -76,6 +79,7 @@ if TYPE_CHECKING:
     from clipsearch.models.identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
     from clipsearch.models.loading import load_encoder, load_text_encoder
     from clipsearch.progress import Progress
+    from clipsearch.settings import Setting, Settings, resolve_settings
     from clipsearch.store.catalog import ErrorRecord
     from clipsearch.style.head import ClassMetrics, StyleHead, StyleMetrics, TrainOptions
     from clipsearch.style.labels import (
@@ -95,6 +99,7 @@ __all__ = [
     "DEFAULT_STYLE_LABELS",
     "ClassMetrics",
     "ClipsearchError",
+    "ConfigError",
     "CorruptIndexError",
     "EmptyIndexError",
     "Encoder",
@@ -117,6 +122,8 @@ __all__ = [
     "Query",
     "QueryError",
     "SearchResult",
+    "Setting",
+    "Settings",
     "StyleApplyReport",
     "StyleError",
     "StyleHead",
@@ -131,6 +138,7 @@ __all__ = [
     "link_results",
     "load_encoder",
     "load_text_encoder",
+    "resolve_settings",
 ]
 
 

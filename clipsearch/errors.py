@@ -7,6 +7,11 @@ class ClipsearchError(Exception):
     """Base class for every error clipsearch raises on purpose."""
 
 
+class ConfigError(ClipsearchError):
+    """The config file (clipsearch.toml) cannot be read: bad TOML, an unknown key, a value of
+    the wrong type. The message names the file and the key."""
+
+
 class ModelLoadError(ClipsearchError):
     """A model or its weights could not be found, downloaded or read."""
 

@@ -11,10 +11,14 @@ from tests.helpers import draw_image, save_tiny_hf_model, save_tiny_model
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch):
-    """No test reads the user's index, home or network: everything points at temp dirs."""
+    """No test reads the user's index, config file, home or network: everything points at temp
+    dirs (the config file at `home/config/clipsearch.toml`, absent until a test writes it)."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("CLIPSEARCH_INDEX", str(home / "default-index"))
+    monkeypatch.setenv("CLIPSEARCH_CONFIG", str(home / "config" / "clipsearch.toml"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))  # the user data dir
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))  # clipsearch's own cache too

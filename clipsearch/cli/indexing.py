@@ -12,10 +12,10 @@ import click
 from clipsearch.cli.options import (
     F,
     device_options,
-    index_dir,
     json_option,
     model_options,
     open_index,
+    settings,
 )
 from clipsearch.cli.output import TqdmProgress, echo_json, echo_path_line
 from clipsearch.store.vectors import INDEX_CHOICES
@@ -33,7 +33,8 @@ def pipeline_options(f: F) -> F:
         "--exclude",
         multiple=True,
         metavar="GLOB",
-        help="Skip files or folders matching this glob, e.g. '*.tmp' or 'raw/*' (repeatable).",
+        help="Skip files or folders matching this glob, e.g. '*.tmp' or 'raw/*' (repeatable). "
+        "Replaces the config file's exclude list.",
     )(f)
     f = click.option(
         "--workers",
@@ -154,14 +155,24 @@ def index_cmd(
     remote = None
     if executor == "ray":
         remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size)
+    s = settings(ctx, model, pretrained, exclude)
     index = ImageIndex.open_or_create(
-        index_dir(ctx), model, pretrained, device=device, precision=precision
+        s.index.value,
+        s.model.value,
+        s.pretrained.value,
+        device=device,
+        precision=precision,
+        model_is_default=s.model_is_default,
     )
+    if index.created:
+        echo_path_line(
+            f"clipsearch: created a new index at {index.path} (from: {s.index.source})", err=True
+        )
     with index:
         try:
             report = index.add(
                 paths,
-                exclude=exclude,
+                exclude=s.exclude.value,
                 include_hidden=hidden,
                 batch_size=batch_size,
                 workers=workers,

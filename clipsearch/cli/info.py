@@ -6,7 +6,7 @@ import json
 
 import click
 
-from clipsearch.cli.options import json_option, open_index
+from clipsearch.cli.options import json_option, open_index, settings
 from clipsearch.cli.output import echo_json, echo_path_line
 
 
@@ -14,13 +14,17 @@ from clipsearch.cli.output import echo_json, echo_path_line
 @json_option
 @click.pass_context
 def info(ctx: click.Context, as_json: bool) -> None:
-    """Show what the index holds and which model made it."""
+    """Show which index is in force and why, what it holds and which model made it."""
     with open_index(ctx) as index:
         data = index.info().to_dict()
+    source = settings(ctx).index.source
     if as_json:
-        echo_json(data)
+        echo_json({**data, "index_source": source})
         return
+    echo_path_line(f"index: {data['path']} (from: {source})")
     for key, value in data.items():
+        if key == "path":
+            continue
         if key == "roots":
             value = ", ".join(value) or "-"
         echo_path_line(f"{key:15} {value}")

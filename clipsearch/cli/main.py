@@ -13,9 +13,9 @@ from pathlib import Path
 
 import click
 
+from clipsearch.cli.config import config
 from clipsearch.cli.indexing import index_cmd, reindex, repair
 from clipsearch.cli.info import errors, info
-from clipsearch.cli.options import DEFAULT_INDEX
 from clipsearch.cli.output import DomainErrorGroup, quick_exit_allowed
 from clipsearch.cli.searching import embed, search, similar
 from clipsearch.cli.serve import serve
@@ -41,15 +41,14 @@ def run() -> None:
 @click.option(
     "--index",
     "index_dir",
-    envvar="CLIPSEARCH_INDEX",
-    default=DEFAULT_INDEX,
-    show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Index directory (also from CLIPSEARCH_INDEX).",
+    help="Index directory. Default: $CLIPSEARCH_INDEX, else ./indexes/default when it exists, "
+    "else the config file's index, else indexes/default in the user data folder; "
+    "`clipsearch config` shows which.",
 )
 @click.version_option(package_name="clipsearch")
 @click.pass_context
-def main(ctx: click.Context, index_dir: Path) -> None:
+def main(ctx: click.Context, index_dir: Path | None) -> None:
     """Semantic search for your own photos.
 
     Index a folder once, then search it by text, by example image, or both:
@@ -65,7 +64,7 @@ def main(ctx: click.Context, index_dir: Path) -> None:
 
 for _command in (index_cmd, reindex, repair, search, similar, embed, info, errors):
     main.add_command(_command)
-for _command in (style, classify, serve, train):
+for _command in (style, classify, serve, train, config):
     main.add_command(_command)
 
 

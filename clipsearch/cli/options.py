@@ -1,4 +1,5 @@
-"""Options that several commands share, and the index that the global --index names."""
+"""Options that several commands share, and the settings in force: the index that the global
+--index names (or the environment, or the config file: :mod:`clipsearch.settings`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
+from clipsearch.errors import IndexNotFoundError
 from clipsearch.models.identity import (
     DEVICES,
     HF_HUB_PREFIX,
@@ -16,25 +18,45 @@ from clipsearch.models.identity import (
     PRECISIONS,
     model_names,
 )
+from clipsearch.settings import Settings, resolve_settings
 
 if TYPE_CHECKING:
     from clipsearch.index.imageindex import ImageIndex
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_INDEX = "indexes/default"
+
+def settings(
+    ctx: click.Context,
+    model: str | None = None,
+    pretrained: str | None = None,
+    exclude: tuple[str, ...] = (),
+) -> Settings:
+    """The settings in force: the global --index and this command's own options over the
+    environment, ./indexes/default and the config file."""
+    obj = ctx.ensure_object(dict)
+    if model is None and pretrained is None and not exclude:
+        if "settings" not in obj:
+            obj["settings"] = resolve_settings(obj.get("index"))
+        return obj["settings"]
+    return resolve_settings(obj.get("index"), model, pretrained, exclude)
 
 
 def index_dir(ctx: click.Context) -> Path:
-    """The index folder given by the global --index (or CLIPSEARCH_INDEX)."""
-    return ctx.obj["index"]
+    """The index folder in force (see :func:`settings`)."""
+    return settings(ctx).index.value
 
 
 def open_index(ctx: click.Context, **kwargs: Any) -> ImageIndex:
-    """Open the existing index that --index names; keyword arguments go to ImageIndex.open."""
+    """Open the existing index in force; keyword arguments go to ImageIndex.open. When there is
+    none, the error also says why that folder was chosen."""
     from clipsearch.index.imageindex import ImageIndex
 
-    return ImageIndex.open(index_dir(ctx), **kwargs)
+    index = settings(ctx).index
+    try:
+        return ImageIndex.open(index.value, **kwargs)
+    except IndexNotFoundError as e:
+        raise IndexNotFoundError(f"{e} (index from: {index.source})") from None
 
 
 def complete_model(
@@ -57,7 +79,8 @@ def model_options(f: F) -> F:
         metavar="NAME",
         shell_complete=complete_model,
         help="open_clip model: a name (ViT-B-16), hf-hub:org/repo, local-dir:/path, or 'demo'. "
-        "Default for a new index: ViT-B-16 with DFN-2B weights; an existing index uses its own.",
+        "Default for a new index: the config file's model, else ViT-B-16 with DFN-2B weights; "
+        "an existing index uses its own.",
     )(f)
     return f
 

@@ -12,12 +12,12 @@ import click
 from clipsearch.cli.options import (
     device_options,
     filter_options,
-    index_dir,
     json_option,
     k_option,
     model_options,
     open_index,
     results_output_options,
+    settings,
 )
 from clipsearch.cli.output import allow_quick_exit, echo_json, echo_path_line, echo_paths
 
@@ -176,13 +176,15 @@ def embed(
     from clipsearch.index.query import Query
 
     query = Query.text(text) if text is not None else Query.image(str(image))
+    s = settings(ctx, model, pretrained)
     vector = embed_query(
         query,
-        index=index_dir(ctx),
-        model=model,
-        pretrained=pretrained,
+        index=s.index.value,
+        model=s.model.value,
+        pretrained=s.pretrained.value,
         device=device,
         precision=precision,
+        model_is_default=s.model_is_default,
     )
     if as_json:
         click.echo(json.dumps([float(x) for x in vector]))

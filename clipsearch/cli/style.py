@@ -9,10 +9,10 @@ import click
 
 from clipsearch.cli.options import (
     device_options,
-    index_dir,
     json_option,
     model_options,
     open_index,
+    settings,
 )
 from clipsearch.cli.output import TqdmProgress, echo_json
 
@@ -219,14 +219,16 @@ def classify(
     """
     from clipsearch.index.oneshot import classify as classify_with
 
+    s = settings(ctx, model, pretrained)
     predictions = classify_with(
         image,
         labels,
-        index=index_dir(ctx),
-        model=model,
-        pretrained=pretrained,
+        index=s.index.value,
+        model=s.model.value,
+        pretrained=s.pretrained.value,
         device=device,
         precision=precision,
+        model_is_default=s.model_is_default,
     )
     if as_json:
         echo_json([p.to_dict() for p in predictions])

@@ -156,6 +156,9 @@ class ImageIndex:
         self.device = device
         self.precision = precision
         self._encoder: Encoder | None = None
+        self.created = False
+        """True when this object created the index (:meth:`create`, or :meth:`open_or_create`
+        of a folder that held none)."""
         self._text_encoder: Encoder | None = None
         self._numpy_text: NumpyTextEncoder | None | bool = None  # False: not available
         self._vectors: VectorIndex | None = None
@@ -219,6 +222,7 @@ class ImageIndex:
         )
         index = cls(folder, catalog, encoder.identity, spec, device=device, precision=precision)
         index._encoder = encoder
+        index.created = True
         return index
 
     @classmethod
@@ -230,9 +234,12 @@ class ImageIndex:
         *,
         device: str = "auto",
         precision: str = "fp32",
+        model_is_default: bool = False,
     ) -> ImageIndex:
         """Open the index at ``path``, or create it. A model given for an existing index must
-        be the one it was built with.
+        be the one it was built with, unless ``model_is_default``: then ``model`` and
+        ``pretrained`` are only a default for a new index (the config file's, see
+        :mod:`clipsearch.settings`) and an existing index keeps its own.
 
         Raises:
             IndexMismatchError: the index was built with another model.
@@ -241,7 +248,7 @@ class ImageIndex:
         if not (folder / CATALOG_FILE).is_file() or _unfinished(folder):
             return cls.create(folder, model, pretrained, device=device, precision=precision)
         index = cls.open(folder, device=device, precision=precision)
-        if model is not None or pretrained is not None:
+        if not model_is_default and (model is not None or pretrained is not None):
             try:
                 index.check_model(ModelSpec.from_user(model, pretrained))
             except BaseException:

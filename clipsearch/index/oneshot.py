@@ -29,8 +29,14 @@ def index_exists(index: str | os.PathLike[str] | None) -> bool:
     return index is not None and (Path(index).expanduser() / CATALOG_FILE).is_file()
 
 
-def _use_index(index: str | os.PathLike[str] | None, model: str | None, pretrained: str | None):
-    return model is None and pretrained is None and index_exists(index)
+def _use_index(
+    index: str | os.PathLike[str] | None,
+    model: str | None,
+    pretrained: str | None,
+    model_is_default: bool,
+) -> bool:
+    given = not model_is_default and (model is not None or pretrained is not None)
+    return not given and index_exists(index)
 
 
 def embed_query(
@@ -41,8 +47,10 @@ def embed_query(
     pretrained: str | None = None,
     device: str = "auto",
     precision: str = "fp32",
+    model_is_default: bool = False,
 ) -> np.ndarray:
     """The combined, normalized vector of a query, by the index's model or the given one.
+    With ``model_is_default`` (a config file's model) the index's model wins where it exists.
 
     Text terms go through :func:`load_text_encoder` (the NumPy text tower where it applies),
     image terms through the full model, loaded only when there is one.
@@ -50,7 +58,7 @@ def embed_query(
     Raises:
         IndexNotFoundError, ModelLoadError, QueryError, ImageReadError: as their names say.
     """
-    if _use_index(index, model, pretrained):
+    if _use_index(index, model, pretrained, model_is_default):
         with ImageIndex.open(index, device=device, precision=precision) as opened:
             return opened.query_vector(query)
     vectors: list[np.ndarray] = [np.empty(0)] * len(query.terms)
@@ -77,8 +85,10 @@ def classify(
     pretrained: str | None = None,
     device: str = "auto",
     precision: str = "fp32",
+    model_is_default: bool = False,
 ) -> list[Prediction]:
     """Zero-shot classify an image among any labels, by the index's model or the given one.
+    With ``model_is_default`` (a config file's model) the index's model wins where it exists.
 
     Returns:
         Every label with its softmax probability, most probable first.
@@ -87,7 +97,7 @@ def classify(
         StyleError: the labels are invalid (checked before any model is loaded).
         QueryError, ImageReadError, ModelLoadError: as their names say.
     """
-    if _use_index(index, model, pretrained):
+    if _use_index(index, model, pretrained, model_is_default):
         with ImageIndex.open(index, device=device, precision=precision) as opened:
             return opened.classify(image, labels)
     names = parse_labels(labels)

@@ -128,7 +128,7 @@ def test_cli_exact_decode_flag(tmp_path, tiny_model, photos):
     args = ["--index", str(tmp_path / "idx"), "index", str(photos), "--model", tiny_model]
     result = runner.invoke(main_cli(), [*args, "--exact-decode", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["added"] == 5
+    assert json.loads(result.stdout)["added"] == 5
 
 
 def main_cli():
@@ -484,7 +484,7 @@ def test_cli_index_compile_flag_stores_the_same_vectors(tmp_path, tiny_model, ph
         args = ["--index", str(tmp_path / name), "index", str(photos), "--model", tiny_model]
         result = runner.invoke(main_cli(), [*args, *extra, "--precision", "fp32", "--json"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["added"] == 5
+        assert json.loads(result.stdout)["added"] == 5
     (encoder,) = compiled
     assert encoder.compiled  # it really ran compiled, not the fallback
     with ImageIndex.open(tmp_path / "plain") as a, ImageIndex.open(tmp_path / "compiled") as b:
