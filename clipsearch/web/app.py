@@ -244,7 +244,12 @@ NOT_FOUND: Responses = {404: doc.NO_IMAGE}
 router = APIRouter(prefix="/api")
 
 
-@router.get("/info", response_model=InfoOut, summary="What the index holds")
+@router.get(
+    "/info",
+    response_model=InfoOut,
+    responses={200: doc.ok(photos=doc.INFO)},
+    summary="What the index holds",
+)
 def info(svc: Svc) -> InfoOut:
     data = svc.index.info().to_dict()
     counts = svc.index.catalog.style_counts()

@@ -123,6 +123,29 @@ IMAGE = {
     **{k: v for k, v in HIT.items() if k != "score"},
     "similar_url": "/api/images/7/similar",
 }
+# FastAPI leaves out null values from the examples in its schema: these show none.
+INFO = {
+    "path": "/home/me/indexes/photos",
+    "count": 1234,
+    "model": "ViT-B-32",
+    "pretrained": "laion2b_s34b_b79k",
+    "weights_sha256": "3a4f0c4bd0e2b7c1f7b0a3e8d9c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8",
+    "dim": 512,
+    "image_size": 224,
+    "index_type": "flat",
+    "roots": ["/home/me/Pictures"],
+    "errors": 1,
+    "schema_version": 3,
+    "created": 1.7e9,
+    "styles": {"photo": 1100, "sketch": 34},
+    "unlabelled": 100,
+    "limits": {
+        "max_k": 200,
+        "max_query_chars": 1000,
+        "max_terms": 16,
+        "max_upload_bytes": 20971520,
+    },
+}
 FAILED = [{"path": "/home/me/Pictures/broken.jpg", "reason": "cannot decode", "at": 1.7e9}]
 VALIDATION = {
     "detail": [

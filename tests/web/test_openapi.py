@@ -177,6 +177,14 @@ def test_documented_response_examples_match_their_schemas(schema):
     assert checked >= 10
 
 
+def test_every_json_answer_has_an_example(schema):
+    for _, path, operation in operations(schema):
+        for status, response in operation["responses"].items():
+            media = response.get("content", {}).get("application/json")
+            if media is not None:
+                assert media.get("examples"), (path, status)
+
+
 def test_request_examples_match_their_parameter_schemas(schema):
     for _, path, operation in operations(schema):
         for param in operation.get("parameters", []):
