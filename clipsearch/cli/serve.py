@@ -28,8 +28,8 @@ def serve(ctx: click.Context, host: str, port: int, device: str, precision: str)
     """Search the index in a web browser: a page with thumbnails, and a JSON API.
 
     Open the address it prints. The page searches by text, by an image dropped on it, or
-    finds images similar to one you click. The API is described at /openapi.json. Needs the
-    web extra: pip install 'clipsearch[web]'.
+    finds images similar to one you click. The API is described at /openapi.json and
+    browsable at /docs. Needs the web extra: pip install 'clipsearch[web]'.
     """
     from clipsearch import web
 

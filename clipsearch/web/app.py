@@ -12,7 +12,8 @@ Routes (JSON unless noted; ``{id}`` is an image id, the only way to name an imag
     GET  /api/images/{id}/similar   images that look like it (never itself)
     GET  /api/images/{id}/thumb     a thumbnail (WebP, 256 px), cached in <index>/thumbs/
     GET  /api/images/{id}/file      the image file itself
-    GET  /openapi.json              the OpenAPI schema
+    GET  /openapi.json              the OpenAPI schema, with an example of every request
+    GET  /docs                      Swagger UI over it, from files installed with the package
 
 Query terms use the syntax of :mod:`clipsearch.index.query`, except that an image term names an
 indexed image by id (``@42``, ``0.5:@42``): no path from a request ever reaches the file system.
@@ -43,10 +44,11 @@ from clipsearch.index.imageindex import ImageIndex, SearchResult
 from clipsearch.index.query import MAX_QUERY_CHARS
 from clipsearch.media.files import load_image
 from clipsearch.store.catalog import StoredImage
+from clipsearch.web import openapi as doc
 from clipsearch.web.guards import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders
 from clipsearch.web.thumbs import THUMBS_DIR, ThumbnailCache
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = doc.STATIC_DIR
 MAX_K = 200
 DEFAULT_K = 24
 MAX_TERMS = 16
@@ -151,10 +153,6 @@ class ErrorOut(BaseModel):
     at: float
 
 
-class Problem(BaseModel):
-    detail: str
-
-
 # --- the shared index -----------------------------------------------------------------------
 
 
@@ -239,17 +237,19 @@ def _not_modified(request: Request, etag: str) -> bool:
 
 # --- routes ---------------------------------------------------------------------------------
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: {"model": Problem, "description": "An invalid query, style or upload."},
-}
-NOT_FOUND: dict[int | str, dict[str, object]] = {
-    404: {"model": Problem, "description": "No such image."},
-}
+Responses = dict[int | str, dict[str, object]]
+SEARCH_RESPONSES: Responses = {200: doc.ok(found=doc.RESULTS), 400: doc.BAD_QUERY}
+NOT_FOUND: Responses = {404: doc.NO_IMAGE}
 
 router = APIRouter(prefix="/api")
 
 
-@router.get("/info", response_model=InfoOut, summary="What the index holds")
+@router.get(
+    "/info",
+    response_model=InfoOut,
+    responses={200: doc.ok(photos=doc.INFO)},
+    summary="What the index holds",
+)
 def info(svc: Svc) -> InfoOut:
     data = svc.index.info().to_dict()
     counts = svc.index.catalog.style_counts()
@@ -266,12 +266,23 @@ def info(svc: Svc) -> InfoOut:
     )
 
 
-@router.get("/errors", response_model=list[ErrorOut], summary="Files that could not be indexed")
+@router.get(
+    "/errors",
+    response_model=list[ErrorOut],
+    responses={200: doc.ok(one_failed=doc.FAILED)},
+    summary="Files that could not be indexed",
+)
 def errors(svc: Svc) -> list[ErrorOut]:
     return [ErrorOut(path=r.path, reason=r.reason, at=r.at) for r in svc.index.errors()]
 
 
-@router.get("/search", response_model=Results, responses=ERRORS, summary="Search by text or terms")
+@router.get(
+    "/search",
+    response_model=Results,
+    responses=SEARCH_RESPONSES,
+    summary="Search by text or terms",
+    openapi_extra={"x-clipsearch-constraints": [doc.ONE_OF_Q_PLUS]},
+)
 def search(
     request: Request,
     svc: Svc,
@@ -289,7 +300,11 @@ def search(
     style: Styles = (),  # type: ignore[assignment]
 ) -> Results:
     """Rank indexed images by similarity to a weighted sum of terms: ``q`` and ``plus`` are
-    added, ``minus`` subtracted. Images used as positive terms are left out of the results."""
+    added, ``minus`` subtracted. Images used as positive terms are left out of the results.
+
+    At least one of ``q`` and ``plus`` must hold a term that is not blank; a request with
+    neither is answered 400 (OpenAPI cannot require one of two parameters: the rule is also in
+    ``x-clipsearch-constraints``)."""
     index = svc.index
     hits = svc.search(
         style, index.search_indexed, q or None, plus=plus, minus=minus, k=k, min_score=min_score
@@ -300,13 +315,21 @@ def search(
 @router.post(
     "/search/image",
     response_model=Results,
-    responses={**ERRORS, 413: {"model": Problem, "description": "The upload is too large."}},
+    responses={**SEARCH_RESPONSES, 400: doc.BAD_UPLOAD, 413: doc.TOO_LARGE},
     summary="Search by an uploaded image",
+    openapi_extra={"x-clipsearch-constraints": doc.UPLOAD_SIZE},
 )
 def search_image(
     request: Request,
     svc: Svc,
-    image: Annotated[UploadFile, File(description=f"An image file, at most {UPLOAD_LIMIT}.")],
+    image: Annotated[
+        UploadFile,
+        File(
+            description=f"An image file, not empty (an empty one is answered 400), at most "
+            f"{UPLOAD_LIMIT} (413).",
+            json_schema_extra={"minLength": 1, "maxLength": MAX_UPLOAD_BYTES},
+        ),
+    ],
     plus: Plus = (),  # type: ignore[assignment]
     minus: Minus = (),  # type: ignore[assignment]
     k: K = DEFAULT_K,
@@ -333,7 +356,10 @@ def search_image(
 
 
 @router.get(
-    "/images/{image_id:int}", response_model=ImageOut, responses=NOT_FOUND, summary="One image"
+    "/images/{image_id:int}",
+    response_model=ImageOut,
+    responses={200: doc.ok(image=doc.IMAGE), **NOT_FOUND},
+    summary="One image",
 )
 def image_record(request: Request, svc: Svc, image_id: int) -> ImageOut:
     rec = svc.record(image_id)
@@ -354,7 +380,7 @@ def image_record(request: Request, svc: Svc, image_id: int) -> ImageOut:
 @router.get(
     "/images/{image_id:int}/similar",
     response_model=Results,
-    responses={**ERRORS, **NOT_FOUND},
+    responses={**SEARCH_RESPONSES, **NOT_FOUND},
     summary="Images like an indexed one",
 )
 def similar(
@@ -373,7 +399,11 @@ def similar(
 @router.get(
     "/images/{image_id:int}/thumb",
     response_class=Response,
-    responses={200: {"content": {"image/webp": {}}}, 304: {}, **NOT_FOUND},
+    responses={
+        200: {"content": {"image/webp": {}}, "description": "The thumbnail."},
+        304: {"description": "Not modified: the If-None-Match tag is current."},
+        404: doc.GONE,
+    },
     summary="A thumbnail",
 )
 def thumbnail(request: Request, svc: Svc, image_id: int) -> Response:
@@ -394,7 +424,11 @@ def thumbnail(request: Request, svc: Svc, image_id: int) -> Response:
 @router.get(
     "/images/{image_id:int}/file",
     response_class=Response,
-    responses={200: {"content": {"image/*": {}}}, 304: {}, **NOT_FOUND},
+    responses={
+        200: {"content": {"image/*": {}}, "description": "The image file."},
+        304: {"description": "Not modified: the If-None-Match tag is current."},
+        404: doc.GONE,
+    },
     summary="The image file",
 )
 def image_file(request: Request, svc: Svc, image_id: int) -> Response:
@@ -441,6 +475,26 @@ def _problem(status: int):
     return handler
 
 
+def _add_docs(app: FastAPI) -> None:
+    """The schema with its request examples, and /docs: Swagger UI from installed files."""
+
+    def schema() -> dict[str, object]:
+        if app.openapi_schema is None:
+            app.openapi_schema = doc.add_examples(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]
+    swagger = doc.swagger_dir()
+    if swagger is None:  # fastapi-offline is missing: no /docs (the schema is still served)
+        return
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount(doc.SWAGGER_PATH, StaticFiles(directory=swagger), name="swagger-ui")
+
+
 def create_app(
     index: ImageIndex | str | os.PathLike[str],
     *,
@@ -479,7 +533,7 @@ def create_app(
         version=__version__,
         summary="Semantic search over your own photos.",
         description=__doc__,
-        docs_url=None,  # FastAPI's docs pages load scripts from a CDN; the schema is enough
+        docs_url=None,  # FastAPI's docs pages load scripts from a CDN: /docs is ours, below
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -492,6 +546,7 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    _add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(
         BodyLimit,

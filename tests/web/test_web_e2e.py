@@ -189,3 +189,39 @@ def test_search_open_and_find_similar_in_a_browser(server, index_dir, tmp_path):
     elsewhere = [u for u in requests if not u.startswith((server, "data:", "blob:"))]
     assert elsewhere == [], "the page made requests off this machine"
     assert (tmp_path / "grid.png").stat().st_size > 5_000
+
+
+def test_api_docs_page_renders_from_this_server_alone(server):
+    requests: list[str] = []
+    problems: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+            page.goto(server + "docs")
+            sync_api.expect(page.locator(".info .title")).to_contain_text("clipsearch")
+            operations = page.locator(".opblock-summary-path")
+            sync_api.expect(operations.first).to_be_visible()
+            paths = set(operations.all_inner_texts())
+            assert {"/api/search", "/api/search/image", "/api/images/{image_id}/similar"} <= {
+                p.replace("\u200b", "") for p in paths
+            }, paths
+
+            # Try the search with its first documented example (docs.js opens "Try it out"):
+            # the server answers 200 with results.
+            search = page.locator("#operations-default-search_api_search_get")
+            search.locator(".opblock-summary").click()
+            search.locator(".execute").click()
+            sync_api.expect(
+                search.locator(".live-responses-table td.response-col_status:not(.col_header)")
+            ).to_contain_text("200")
+            sync_api.expect(search.locator(".live-responses-table")).to_contain_text('"count"')
+        finally:
+            browser.close()
+    assert problems == [], problems
+    elsewhere = [u for u in requests if not u.startswith((server, "data:", "blob:"))]
+    assert elsewhere == [], elsewhere
