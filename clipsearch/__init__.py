@@ -38,6 +38,7 @@ _EXPORTS = {
         "errors",
     ),
     **dict.fromkeys(["ImageIndex", "IndexInfo", "SearchResult"], "index.imageindex"),
+    **dict.fromkeys(["DuplicateGroup", "DuplicateMember"], "index.duplicates"),
     "IndexReport": "index.pipeline",
     "Progress": "progress",
     **dict.fromkeys(["Query", "Term"], "index.query"),
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
         StyleError,
         StyleHeadError,
     )
+    from clipsearch.index.duplicates import DuplicateGroup, DuplicateMember
     from clipsearch.index.imageindex import ImageIndex, IndexInfo, SearchResult
     from clipsearch.index.pipeline import IndexReport
     from clipsearch.index.query import Query, Term
@@ -92,6 +94,8 @@ __all__ = [
     "ClassMetrics",
     "ClipsearchError",
     "CorruptIndexError",
+    "DuplicateGroup",
+    "DuplicateMember",
     "EmptyIndexError",
     "Encoder",
     "ErrorRecord",
