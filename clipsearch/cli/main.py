@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from clipsearch.cli.duplicates import duplicates
 from clipsearch.cli.indexing import index_cmd, reindex, repair
 from clipsearch.cli.info import errors, info
 from clipsearch.cli.options import DEFAULT_INDEX
@@ -65,7 +66,7 @@ def main(ctx: click.Context, index_dir: Path) -> None:
 
 for _command in (index_cmd, reindex, repair, search, similar, embed, info, errors):
     main.add_command(_command)
-for _command in (style, classify, serve, train):
+for _command in (duplicates, style, classify, serve, train):
     main.add_command(_command)
 
 
