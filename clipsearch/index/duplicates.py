@@ -13,7 +13,7 @@ bounded by the batch and the pairs found. Nothing is ever deleted.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ DEFAULT_THRESHOLD = 0.95
 FIRST_K = 16  # neighbours asked for first; rows that need more ask again with GROW times as many
 GROW = 4
 BATCH = 1024  # query vectors per FAISS call
+MAX_K = 4096  # neighbours per image at most (bounds the memory of a batch)
 
 SAME_CONTENT = "same content"
 SIMILAR = "similar"
@@ -106,15 +107,16 @@ def check_threshold(threshold: float) -> float:
     return value
 
 
-def similar_pairs(
+def iter_pairs(
     index: VectorIndex,
     blocks: Iterable[tuple[np.ndarray, np.ndarray]],
     threshold: float,
     allowed: np.ndarray | None = None,
     *,
     first_k: int = FIRST_K,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair of indexed vectors at cosine similarity at least ``threshold``.
+    max_k: int = MAX_K,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Pairs of indexed vectors at cosine similarity at least ``threshold``, batch by batch.
 
     Args:
         index: the vector index to search.
@@ -123,20 +125,35 @@ def similar_pairs(
         threshold: the least cosine similarity of a pair.
         allowed: only these ids may be paired (a path filter); None: any.
         first_k: neighbours asked for at first.
+        max_k: neighbours asked for at most: an image with more near-identical neighbours
+            than that is paired with the ``max_k`` nearest (which keeps memory bounded; its
+            group is joined through them all the same).
 
-    Returns:
-        (a, b, score) arrays, each pair once with ``a < b``.
+    Yields:
+        (a, b, score) arrays of one batch; a pair may come twice, once from each end.
     """
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for ids, vecs in _rebatch(blocks, BATCH):
-        found.append(_pairs_of_batch(index, ids, vecs, threshold, allowed, first_k))
+        yield _pairs_of_batch(index, ids, vecs, threshold, allowed, first_k, max_k)
+
+
+def similar_pairs(
+    index: VectorIndex,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
+    threshold: float,
+    allowed: np.ndarray | None = None,
+    *,
+    first_k: int = FIRST_K,
+    max_k: int = MAX_K,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of :func:`iter_pairs` in arrays, each pair once with ``a < b`` and its best
+    score (all in memory: :func:`find_duplicates` joins them batch by batch instead)."""
+    found = list(iter_pairs(index, blocks, threshold, allowed, first_k=first_k, max_k=max_k))
     if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     a = np.concatenate([f[0] for f in found])
     b = np.concatenate([f[1] for f in found])
     s = np.concatenate([f[2] for f in found])
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    # Each pair is usually found from both ends: keep one of each, with its best score.
     order = np.lexsort((-s, hi, lo))
     lo, hi, s = lo[order], hi[order], s[order]
     first = np.ones(len(lo), dtype=bool)
@@ -151,11 +168,12 @@ def _pairs_of_batch(
     threshold: float,
     allowed: np.ndarray | None,
     k: int,
+    max_k: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs of one batch of query vectors, growing k for the rows that need it."""
     out_a, out_b, out_s = [], [], []
     rows = np.arange(len(ids))
-    limit = max(index.ntotal, 1)
+    limit = min(max(index.ntotal, 1), max_k)
     while len(rows):
         k = min(k, limit)
         scores, nbrs = index.search(vecs[rows], k, allowed)
@@ -169,57 +187,97 @@ def _pairs_of_batch(
         if k >= limit or not more.any():
             break
         rows, k = rows[more], k * GROW
-        out_a, out_b, out_s = _drop_rows(out_a, out_b, out_s, set(ids[rows].tolist()))
+        out_a, out_b, out_s = _drop_rows(out_a, out_b, out_s, ids[rows])
     return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_s)
 
 
 def _drop_rows(
-    a: list[np.ndarray], b: list[np.ndarray], s: list[np.ndarray], again: set[int]
+    a: list[np.ndarray], b: list[np.ndarray], s: list[np.ndarray], again: np.ndarray
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Forget what the rows searched again found so far: the wider search finds it again."""
     aa, bb, ss = np.concatenate(a), np.concatenate(b), np.concatenate(s)
-    keep = ~np.isin(aa, np.fromiter(again, np.int64, len(again)))
+    keep = ~np.isin(aa, again)
     return [aa[keep]], [bb[keep]], [ss[keep]]
 
 
 def _rebatch(
     blocks: Iterable[tuple[np.ndarray, np.ndarray]], size: int
-) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for ids, vecs in blocks:
         for start in range(0, len(ids), size):
             yield ids[start : start + size], vecs[start : start + size]
+
+
+class Components:
+    """Connected groups of ids, joined pair by pair in NumPy (a union-find whose every label
+    points at the least position of its group), so millions of pairs never meet a Python
+    loop and none of them is kept.
+
+    Args:
+        ids: every id that may be joined.
+    """
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = np.unique(np.asarray(ids, dtype=np.int64))
+        self.labels = np.arange(len(self.ids))
+
+    def join(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Put ``a[i]`` and ``b[i]`` in one group, for every i (ids outside are ignored)."""
+        pa, pb = self._positions(a, b)
+        labels = self.labels
+        while len(pa):
+            ra, rb = labels[pa], labels[pb]
+            apart = ra != rb
+            if not apart.any():
+                break
+            pa, pb, ra, rb = pa[apart], pb[apart], ra[apart], rb[apart]
+            low = np.minimum(ra, rb)
+            np.minimum.at(labels, ra, low)  # labels only decrease: no cycles
+            np.minimum.at(labels, rb, low)
+            while True:  # point every label at its group's least position
+                flat = labels[labels]
+                if np.array_equal(flat, labels):
+                    break
+                labels = flat
+        self.labels = labels
+
+    def _positions(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = np.asarray(a, dtype=np.int64)
+        b = np.asarray(b, dtype=np.int64)
+        if not len(self.ids):
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        pa = np.minimum(np.searchsorted(self.ids, a), len(self.ids) - 1)
+        pb = np.minimum(np.searchsorted(self.ids, b), len(self.ids) - 1)
+        known = (self.ids[pa] == a) & (self.ids[pb] == b)
+        return pa[known], pb[known]
+
+    def groups(self) -> list[list[int]]:
+        """The groups of two or more ids, each sorted."""
+        order = np.argsort(self.labels, kind="stable")
+        labels = self.labels[order]
+        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+        sizes = np.diff(np.r_[starts, len(labels)])
+        return [
+            self.ids[order[s : s + n]].tolist() for s, n in zip(starts, sizes, strict=True) if n > 1
+        ]
 
 
 def group_ids(
     pairs: tuple[np.ndarray, np.ndarray],
     same_hash: Iterable[Sequence[int]] = (),
 ) -> list[list[int]]:
-    """Connected groups of ids (union-find) from pairs and from lists of ids with equal hashes;
-    only groups of two or more."""
-    parent: dict[int, int] = {}
+    """Connected groups of ids from pairs and from lists of ids with equal hashes; only groups
+    of two or more."""
+    hashed = [np.asarray(g, dtype=np.int64) for g in same_hash]
+    comps = Components(np.concatenate([pairs[0], pairs[1], *hashed]).astype(np.int64))
+    _join_same(comps, hashed)
+    comps.join(pairs[0], pairs[1])
+    return comps.groups()
 
-    def find(x: int) -> int:
-        root = x
-        while parent.setdefault(root, root) != root:
-            root = parent[root]
-        while parent[x] != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
 
-    def union(x: int, y: int) -> None:
-        rx, ry = find(x), find(y)
-        if rx != ry:
-            parent[max(rx, ry)] = min(rx, ry)
-
-    for ids in same_hash:
-        for other in ids[1:]:
-            union(int(ids[0]), int(other))
-    for x, y in zip(pairs[0].tolist(), pairs[1].tolist(), strict=True):
-        union(x, y)
-    groups: dict[int, list[int]] = {}
-    for x in list(parent):
-        groups.setdefault(find(x), []).append(x)
-    return [g for g in groups.values() if len(g) > 1]
+def _join_same(comps: Components, groups: Iterable[np.ndarray]) -> None:
+    for g in groups:
+        comps.join(np.full(len(g) - 1, g[0]), g[1:])
 
 
 def keep_order(image: StoredImage) -> tuple[int, int, str]:
@@ -283,9 +341,12 @@ def find_duplicates(
         allowed: only these ids (a path filter); None: every image.
     """
     threshold = check_threshold(threshold)
+    comps = Components(catalog.ids() if allowed is None else allowed)
+    _join_same(comps, [np.asarray(g) for g in catalog.same_content(allowed)])
     blocks = catalog.iter_vectors(None if allowed is None else allowed.tolist())
-    a, b, _ = similar_pairs(index, blocks, threshold, allowed)
-    groups = group_ids((a, b), catalog.same_content(None if allowed is None else allowed))
+    for a, b, _ in iter_pairs(index, blocks, threshold, allowed):
+        comps.join(a, b)
+    groups = comps.groups()
     wanted = [i for g in groups for i in g]
     records = catalog.images(wanted)
     vectors: dict[int, np.ndarray] = {}

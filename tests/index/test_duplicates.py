@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from clipsearch import DuplicateGroup, ImageIndex, QueryError
-from clipsearch.index.duplicates import group_ids, similar_pairs
+from clipsearch.index.duplicates import Components, group_ids, iter_pairs, similar_pairs
 from clipsearch.store.vectors import INDEX_TYPES, IndexLayout, VectorIndex
 from tests.helpers import draw_near_duplicates
 
@@ -172,3 +172,56 @@ def test_allowed_ids_limit_the_pairs():
     a, b, _ = similar_pairs(vi, [(allowed, x[allowed])], 0.9, allowed)
     assert set(a.tolist()) | set(b.tolist()) <= set(allowed.tolist())
     assert len(a) == 2 * (5 * 4 // 2)
+
+
+def python_groups(n_ids: int, a: list[int], b: list[int]) -> set[frozenset[int]]:
+    """Connected components by breadth-first search: the reference for Components."""
+    edges: dict[int, set[int]] = {}
+    for x, y in zip(a, b, strict=True):
+        edges.setdefault(x, set()).add(y)
+        edges.setdefault(y, set()).add(x)
+    seen: set[int] = set()
+    out = set()
+    for start in edges:
+        if start in seen:
+            continue
+        group, todo = set(), [start]
+        while todo:
+            x = todo.pop()
+            if x not in group:
+                group.add(x)
+                todo.extend(edges[x] - group)
+        seen |= group
+        if len(group) > 1:
+            out.add(frozenset(group))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_components_match_a_breadth_first_search(seed):
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(10_000, size=400, replace=False) * 7  # sparse, unordered ids
+    comps = Components(ids)
+    a_all, b_all = [], []
+    for _ in range(4):  # joined in several batches, as find_duplicates does
+        a = rng.choice(ids, size=150)
+        b = rng.choice(ids, size=150)
+        comps.join(a, b)
+        a_all += a.tolist()
+        b_all += b.tolist()
+    comps.join(np.array([-5, ids[0]]), np.array([ids[1], 10**9]))  # unknown ids: ignored
+    got = {frozenset(g) for g in comps.groups()}
+    assert got == python_groups(len(ids), a_all, b_all)
+    assert all(g == sorted(g) for g in comps.groups())
+
+
+def test_a_cluster_larger_than_max_k_is_still_one_group():
+    x = clustered(1, 60)
+    ids = np.arange(len(x), dtype=np.int64)
+    vi = VectorIndex.create(x.shape[1], IndexLayout("flat"))
+    vi.add(ids, x)
+    comps = Components(ids)
+    for a, b, _ in iter_pairs(vi, [(ids, x)], 0.9, first_k=2, max_k=8):
+        assert len(a) <= len(ids) * 7
+        comps.join(a, b)
+    assert comps.groups() == [ids.tolist()]
