@@ -6,8 +6,10 @@ at least the threshold (re-encodes, resizes, crops, small edits, bursts) joins t
 every stored vector is searched in batches for its ``k`` nearest neighbours, and the rows whose
 ``k``-th neighbour still reaches the threshold are searched again with a larger ``k``. This
 works for every index type through :meth:`VectorIndex.search` (FAISS has no range search for
-HNSW); it is exact for ``flat`` and has the recall of the index type otherwise. Memory stays
-bounded by the batch and the pairs found. Nothing is ever deleted.
+HNSW); it is exact for ``flat`` and has the recall of the index type otherwise. Each batch's
+pairs are joined into the groups in NumPy and dropped, and ``k`` stops growing at
+:data:`MAX_K`, so memory stays bounded by the batch whatever the threshold. Nothing is ever
+deleted.
 """
 
 from __future__ import annotations
