@@ -40,6 +40,7 @@ _EXPORTS = {
         "errors",
     ),
     **dict.fromkeys(["ImageIndex", "IndexInfo", "SearchResult"], "index.imageindex"),
+    **dict.fromkeys(["DuplicateGroup", "DuplicateMember"], "index.duplicates"),
     "IndexReport": "index.pipeline",
     **dict.fromkeys(["LinkReport", "link_results"], "index.links"),
     "Progress": "progress",
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
         StyleError,
         StyleHeadError,
     )
+    from clipsearch.index.duplicates import DuplicateGroup, DuplicateMember
     from clipsearch.index.imageindex import ImageIndex, IndexInfo, SearchResult
     from clipsearch.index.links import LinkReport, link_results
     from clipsearch.index.pipeline import IndexReport
@@ -101,6 +103,8 @@ __all__ = [
     "ClipsearchError",
     "ConfigError",
     "CorruptIndexError",
+    "DuplicateGroup",
+    "DuplicateMember",
     "EmptyIndexError",
     "Encoder",
     "ErrorRecord",

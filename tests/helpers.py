@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,3 +254,36 @@ def save_tiny_hf_model(
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
     return folder
+
+
+def draw_near_duplicates(root: Path, start: float = 1_700_000_000.0) -> dict[str, Path]:
+    """Near-duplicates of one picture and unrelated pictures, with set modification times.
+
+    ``base`` (128 px) and its JPEG re-encode ``jpeg`` (128 px, newer), its byte-identical
+    ``copy`` (newest), a 116 px crop ``crop`` and a 64 px resize ``small`` (the oldest file,
+    but the smallest); ``blue`` and its byte-identical ``blue_copy``; three unrelated shapes.
+    """
+    import shutil
+
+    base = draw_image(root / "a" / "base.png", "red", "circle", size=128)
+    picture = Image.open(base)
+    files = {"base": base, "jpeg": root / "b" / "reencoded.jpg", "copy": root / "c" / "copy.png"}
+    files["jpeg"].parent.mkdir(parents=True, exist_ok=True)
+    picture.save(files["jpeg"], quality=80)
+    files["copy"].parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(base, files["copy"])
+    files["crop"] = root / "b" / "crop.png"
+    picture.crop((6, 6, 122, 122)).save(files["crop"])
+    files["small"] = root / "a" / "small.png"
+    picture.resize((64, 64)).save(files["small"])
+    files["blue"] = draw_image(root / "other" / "blue_square.png", "blue", "square", size=96)
+    files["blue_copy"] = root / "c" / "blue_square copy.png"
+    shutil.copyfile(files["blue"], files["blue_copy"])
+    for color, shape in [("green", "triangle"), ("yellow", "circle"), ("purple", "triangle")]:
+        files[color] = draw_image(root / "other" / f"{color}_{shape}.png", color, shape, size=96)
+    ages = {"small": -100, "base": 0, "jpeg": 10, "copy": 20, "crop": 30, "blue": 0}
+    ages["blue_copy"] = 5
+    for name, path in files.items():
+        t = start + ages.get(name, 50)
+        os.utime(path, (t, t))
+    return files

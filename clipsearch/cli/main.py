@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from clipsearch.cli.config import config
+from clipsearch.cli.duplicates import duplicates
 from clipsearch.cli.indexing import index_cmd, reindex, repair
 from clipsearch.cli.info import errors, info
 from clipsearch.cli.output import DomainErrorGroup, quick_exit_allowed
@@ -64,7 +65,7 @@ def main(ctx: click.Context, index_dir: Path | None) -> None:
 
 for _command in (index_cmd, reindex, repair, search, similar, embed, info, errors):
     main.add_command(_command)
-for _command in (style, classify, serve, train, config):
+for _command in (duplicates, style, classify, serve, train, config):
     main.add_command(_command)
 
 

@@ -34,6 +34,12 @@ from clipsearch.errors import (
     IndexNotFoundError,
     QueryError,
 )
+from clipsearch.index.duplicates import (
+    DEFAULT_THRESHOLD,
+    DuplicateGroup,
+    check_threshold,
+    find_duplicates,
+)
 from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport, check_roots
 from clipsearch.index.query import (
     Query,
@@ -705,6 +711,39 @@ class ImageIndex:
                 )
             )
         return out
+
+    def duplicates(
+        self, threshold: float = DEFAULT_THRESHOLD, *, path_prefix: str | None = None
+    ) -> list[DuplicateGroup]:
+        """Groups of near-identical images, largest group first; nothing is deleted.
+
+        Files with the same bytes are grouped, and so are images whose cosine similarity
+        reaches ``threshold`` (re-encodes, resizes, crops, small edits, bursts). Each group
+        lists the image to keep first: the largest resolution, then the oldest file (by its
+        modification time). The pairs come from the vector index: exact for ``flat``, with
+        the recall of the index type for the others.
+
+        Args:
+            threshold: the least cosine similarity, in (0, 1].
+            path_prefix: only images whose absolute path starts with this.
+
+        Returns:
+            The groups; empty for an empty index or a prefix that matches nothing.
+
+        Raises:
+            QueryError: the threshold is not in (0, 1], or the prefix lies outside the
+                indexed folders.
+        """
+        threshold = check_threshold(threshold)
+        allowed = None
+        if path_prefix is not None:
+            prefix = path_filter(path_prefix, self.catalog.roots().values())
+            allowed = self.catalog.ids_matching(path_prefix=prefix)
+            if len(allowed) < 2:
+                return []
+        if self.catalog.count() < 2:
+            return []
+        return find_duplicates(self.catalog, self.vectors, threshold, allowed)
 
     def _check_not_empty(self) -> None:
         if self.catalog.count() == 0:

@@ -453,6 +453,26 @@ class Catalog:
         with self.session() as s:
             return np.fromiter(s.scalars(query), dtype=np.int64)
 
+    def same_content(self, ids: Sequence[int] | None = None) -> list[list[int]]:
+        """Ids of files whose bytes hash alike, in groups of two or more (among ``ids`` only,
+        when given), each group sorted."""
+        query = (
+            select(ImageRow.sha256, ImageRow.id)
+            .where(
+                ImageRow.sha256.in_(
+                    select(ImageRow.sha256).group_by(ImageRow.sha256).having(func.count() > 1)
+                )
+            )
+            .order_by(ImageRow.sha256, ImageRow.id)
+        )
+        wanted = None if ids is None else set(_ints(ids))
+        groups: dict[str, list[int]] = {}
+        with self.session() as s:
+            for sha, image_id in s.execute(query):
+                if wanted is None or image_id in wanted:
+                    groups.setdefault(sha, []).append(image_id)
+        return [g for g in groups.values() if len(g) > 1]
+
     def style_counts(self) -> dict[str | None, int]:
         with self.session() as s:
             rows = s.execute(select(ImageRow.style, func.count()).group_by(ImageRow.style))

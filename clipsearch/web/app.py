@@ -396,6 +396,72 @@ def similar(
     return _hits(request, svc.search(style, svc.index.similar, image_id, k=k, min_score=min_score))
 
 
+class DuplicateOut(BaseModel):
+    """One image of a group of near-duplicates."""
+
+    id: int
+    path: ShownPath
+    width: int
+    height: int
+    size: int
+    mtime: float
+    similarity: float = Field(description="Cosine similarity to the image to keep.")
+    same_content: bool = Field(description="Whether its bytes equal those of the image to keep.")
+    thumb_url: str
+    image_url: str
+
+
+class DuplicateGroupOut(BaseModel):
+    """Near-identical images, the one to keep first."""
+
+    reason: str = Field(description="'same content' or 'similar'.")
+    min_similarity: float
+    max_similarity: float
+    members: list[DuplicateOut]
+
+
+class DuplicatesOut(BaseModel):
+    count: int = Field(description="Groups found; at most `limit` of them are listed.")
+    groups: list[DuplicateGroupOut]
+
+
+@router.get(
+    "/duplicates",
+    response_model=DuplicatesOut,
+    responses=ERRORS,
+    summary="Groups of near-identical images",
+)
+def duplicates(
+    request: Request,
+    svc: Svc,
+    threshold: Annotated[
+        float, Query(gt=0.0, le=1.0, description="Least cosine similarity of two duplicates.")
+    ] = 0.95,
+    prefix: Annotated[
+        str | None,
+        Query(max_length=4096, description="Only images whose absolute path starts with this."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="How many groups at most.")] = 100,
+) -> DuplicatesOut:
+    """Groups of near-identical images, largest first, the image to keep first in each (the
+    largest resolution, then the oldest file). Nothing is deleted."""
+    with svc.lock:
+        groups = svc.index.duplicates(threshold, path_prefix=prefix or None)
+    out = []
+    for g in groups[:limit]:
+        data = g.to_dict()
+        data["members"] = [
+            DuplicateOut(
+                **m,
+                thumb_url=_url(request, f"/api/images/{m['id']}/thumb"),
+                image_url=_url(request, f"/api/images/{m['id']}/file"),
+            )
+            for m in data["members"]
+        ]
+        out.append(DuplicateGroupOut(**data))
+    return DuplicatesOut(count=len(groups), groups=out)
+
+
 @router.get(
     "/images/{image_id:int}/thumb",
     response_class=Response,

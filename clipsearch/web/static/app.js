@@ -15,6 +15,7 @@ const els = {
   plus: $("#plus"),
   minus: $("#minus"),
   pick: $("#pick"),
+  dups: $("#dups"),
   file: $("#file"),
   status: $("#status"),
   grid: $("#results"),
@@ -147,12 +148,36 @@ async function searchUpload(file) {
   });
 }
 
+async function showDuplicates({ push = true } = {}) {
+  state.last = { kind: "duplicates" };
+  els.q.value = "";
+  remember(new URLSearchParams({ duplicates: "1" }), push);
+  const id = ++state.searchId;
+  setStatus("Looking for near-duplicates…");
+  els.grid.setAttribute("aria-busy", "true");
+  try {
+    const data = await api("api/duplicates");
+    if (id !== state.searchId) return;
+    renderGroups(data.groups);
+    const n = data.count;
+    let text = n ? `${n} group${n === 1 ? "" : "s"} of near-duplicates` : "No near-duplicates";
+    if (n > data.groups.length) text += `, the ${data.groups.length} largest shown`;
+    setStatus(`${text}; the image to keep comes first in each group. Nothing is deleted.`);
+  } catch (error) {
+    if (id !== state.searchId) return;
+    setStatus(error.message, true);
+  } finally {
+    if (id === state.searchId) els.grid.removeAttribute("aria-busy");
+  }
+}
+
 function again() {
   const last = state.last;
   if (!last) return;
   if (last.kind === "text") searchText({ push: false });
   else if (last.kind === "similar") searchSimilar(last.id, { push: false, label: last.label });
   else if (last.kind === "upload") searchUpload(last.file);
+  else if (last.kind === "duplicates") showDuplicates({ push: false });
 }
 
 async function run(request, label, { thumb = null } = {}) {
@@ -192,7 +217,8 @@ function fromLocation() {
   els.minus.value = params.get("minus") || "";
   if (els.plus.value || els.minus.value) els.refine.open = true;
   const similar = params.get("similar");
-  if (similar && /^\d+$/.test(similar)) searchSimilar(similar, { push: false });
+  if (params.get("duplicates")) showDuplicates({ push: false });
+  else if (similar && /^\d+$/.test(similar)) searchSimilar(similar, { push: false });
   else if (els.q.value || els.plus.value) searchText({ push: false });
 }
 
@@ -220,45 +246,67 @@ function styleText(hit) {
   return hit.style || "";
 }
 
+function card(hit, i, scoreText) {
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "thumb";
+  button.dataset.index = String(i);
+  const name = basename(hit.path);
+  const parts = [name, scoreText];
+  if (hit.style) parts.push(`style ${hit.style}`);
+  button.setAttribute("aria-label", parts.join(", "));
+  button.title = hit.path;
+
+  const frame = document.createElement("span");
+  frame.className = "frame";
+  const img = document.createElement("img");
+  img.src = hit.thumb_url;
+  img.alt = name;
+  img.loading = "lazy";
+  img.decoding = "async";
+  frame.append(img);
+
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = scoreText.replace(/^score /, "");
+  meta.append(score);
+  if (hit.style) {
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = styleText(hit);
+    meta.append(tag);
+  }
+  button.append(frame, meta);
+  li.append(button);
+  return li;
+}
+
 function render(results) {
   state.results = results;
   els.hint.hidden = true;
-  const items = results.map((hit, i) => {
-    const li = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "thumb";
-    button.dataset.index = String(i);
-    const name = basename(hit.path);
-    const parts = [name, `score ${hit.score.toFixed(3)}`];
-    if (hit.style) parts.push(`style ${hit.style}`);
-    button.setAttribute("aria-label", parts.join(", "));
-    button.title = hit.path;
+  const items = results.map((hit, i) => card(hit, i, `score ${hit.score.toFixed(3)}`));
+  els.grid.replaceChildren(...items);
+}
 
-    const frame = document.createElement("span");
-    frame.className = "frame";
-    const img = document.createElement("img");
-    img.src = hit.thumb_url;
-    img.alt = name;
-    img.loading = "lazy";
-    img.decoding = "async";
-    frame.append(img);
-
-    const meta = document.createElement("span");
-    meta.className = "meta";
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = hit.score.toFixed(3);
-    meta.append(score);
-    if (hit.style) {
-      const tag = document.createElement("span");
-      tag.className = "tag";
-      tag.textContent = styleText(hit);
-      meta.append(tag);
-    }
-    button.append(frame, meta);
-    li.append(button);
-    return li;
+// Groups of near-duplicates: a heading row per group, then its images, the one to keep first.
+function renderGroups(groups) {
+  state.results = [];
+  els.hint.hidden = true;
+  const items = [];
+  groups.forEach((group, g) => {
+    const head = document.createElement("li");
+    head.className = "group-head";
+    head.textContent = `Group ${g + 1} · ${group.members.length} images · ${group.reason}`;
+    items.push(head);
+    group.members.forEach((m, j) => {
+      const hit = { ...m, score: m.similarity, style: null };
+      const label = j === 0 ? "keep" : m.same_content ? "same file" : `similarity ${m.similarity.toFixed(3)}`;
+      items.push(card(hit, state.results.length, label));
+      state.results.push(hit);
+    });
   });
   els.grid.replaceChildren(...items);
 }
@@ -347,6 +395,7 @@ els.form.addEventListener("submit", (event) => {
 els.k.addEventListener("change", again);
 els.style.addEventListener("change", again);
 els.pick.addEventListener("click", () => els.file.click());
+els.dups.addEventListener("click", () => showDuplicates());
 els.file.addEventListener("change", () => {
   searchUpload(els.file.files[0]);
   els.file.value = "";
