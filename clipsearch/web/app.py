@@ -428,7 +428,7 @@ class DuplicatesOut(BaseModel):
 @router.get(
     "/duplicates",
     response_model=DuplicatesOut,
-    responses=ERRORS,
+    responses={200: doc.ok(found=doc.DUPLICATES), 400: doc.BAD_PREFIX},
     summary="Groups of near-identical images",
 )
 def duplicates(

@@ -103,6 +103,16 @@ SIMILAR_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     "k": {"indexed": example("Four results", 4), "filtered": example("Up to 50", 50)},
     "style": {"filtered": example("Photos only", ["photo"])},
 }
+DUPLICATES_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
+    "threshold": {
+        "default": example("Cosine similarity at least 0.95", 0.95),
+        "bursts": example("Looser: bursts and small edits too", 0.9),
+    },
+    "prefix": {
+        "outside": example("A folder outside the indexed ones: 400", "/nowhere/else", 400),
+    },
+    "limit": {"default": example("At most 100 groups", 100)},
+}
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -123,6 +133,38 @@ IMAGE = {
     **{k: v for k, v in HIT.items() if k != "score"},
     "similar_url": "/api/images/7/similar",
 }
+DUPLICATE_GROUP = {
+    "reason": "similar",
+    "min_similarity": 0.97,
+    "max_similarity": 0.97,
+    "members": [
+        {
+            "id": 7,
+            "path": "/home/me/Pictures/beach/dog.jpg",
+            "width": 4032,
+            "height": 3024,
+            "size": 2811342,
+            "mtime": 1.7e9,
+            "similarity": 1.0,
+            "same_content": True,
+            "thumb_url": "/api/images/7/thumb",
+            "image_url": "/api/images/7/file",
+        },
+        {
+            "id": 8,
+            "path": "/home/me/Pictures/beach/dog-edited.jpg",
+            "width": 2016,
+            "height": 1512,
+            "size": 611204,
+            "mtime": 1.71e9,
+            "similarity": 0.97,
+            "same_content": False,
+            "thumb_url": "/api/images/8/thumb",
+            "image_url": "/api/images/8/file",
+        },
+    ],
+}
+DUPLICATES = {"count": 1, "groups": [DUPLICATE_GROUP]}
 # FastAPI leaves out null values from the examples in its schema: these show none.
 INFO = {
     "path": "/home/me/indexes/photos",
@@ -190,6 +232,10 @@ BAD_UPLOAD = problem(
     not_an_image="query image mine.png is not an image (a text file)",
 )
 TOO_LARGE = problem("The upload is larger than 20 MB.", too_large="the upload is larger than 20 MB")
+BAD_PREFIX = problem(
+    "A prefix outside the indexed folders.",
+    outside="prefix /nowhere/else is outside the indexed folders (/home/me/Pictures)",
+)
 GONE = problem(
     "No image with this id, or its file is gone from disk or broken.",
     unknown_id="no image with id 999999 in this index",
@@ -205,6 +251,7 @@ PARAM_EXAMPLES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "get /api/images/{image_id}/similar": SIMILAR_EXAMPLES,
     "get /api/images/{image_id}/thumb": {"image_id": IMAGE_ID_EXAMPLES},
     "get /api/images/{image_id}/file": {"image_id": IMAGE_ID_EXAMPLES},
+    "get /api/duplicates": DUPLICATES_EXAMPLES,
 }
 BODY_EXAMPLES = {"post /api/search/image": UPLOAD_BODY_EXAMPLES}
 
