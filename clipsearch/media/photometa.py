@@ -137,7 +137,7 @@ def _gps(gps: dict[int, Any]) -> tuple[float | None, float | None]:
         return None, None
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
         return None, None
-    return lat, lon
+    return round(lat, 7), round(lon, 7)  # about a centimetre: more is rounding noise
 
 
 def _degrees(dms: Any, ref: Any, negative: str) -> float:
