@@ -741,7 +741,7 @@ class ImageIndex:
                     style_score=rec.style_score,
                     width=rec.width,
                     height=rec.height,
-                    **_meta_fields(rec.meta),
+                    **meta_fields(rec.meta),
                 )
             )
         return out
@@ -877,8 +877,8 @@ class ImageIndex:
         return self.search_vector(combine(terms, vectors), k=k, exclude=own, **filters)
 
 
-def _meta_fields(meta: PhotoMeta) -> dict[str, Any]:
-    """The date, camera and place of a :class:`SearchResult`."""
+def meta_fields(meta: PhotoMeta) -> dict[str, Any]:
+    """The date, camera and place of a :class:`SearchResult` (``taken`` as ISO 8601)."""
     taken = None
     if meta.taken is not None:
         offset = meta.offset_min
