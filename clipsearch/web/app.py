@@ -389,6 +389,10 @@ def search_image(
     k: K = DEFAULT_K,
     min_score: MinScore = None,
     style: Styles = (),  # type: ignore[assignment]
+    after: After = None,
+    before: Before = None,
+    camera: Camera = None,
+    near: Near = None,
 ) -> Results:
     """Images that look like an uploaded one, optionally moved by ``plus``/``minus`` terms.
     The upload is only decoded and encoded, never stored."""
@@ -405,6 +409,10 @@ def search_image(
         image_name=name,
         k=k,
         min_score=min_score,
+        after=after,
+        before=before,
+        camera=camera,
+        near=near,
     )
     return _hits(request, hits)
 
