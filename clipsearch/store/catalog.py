@@ -504,9 +504,9 @@ class Catalog:
             rows = s.execute(query.add_columns(ImageRow.lat, ImageRow.lon)).all()
         if not rows:
             return np.zeros(0, dtype=np.int64)
-        ids, lat, lon = (np.asarray(c, dtype=np.float64) for c in zip(*rows, strict=True))
-        keep = distance_km(lat, lon, near[0], near[1]) <= near[2]
-        return ids[keep].astype(np.int64)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        lat, lon = (np.asarray([r[c] for r in rows], dtype=np.float64) for c in (1, 2))
+        return ids[distance_km(lat, lon, near[0], near[1]) <= near[2]]
 
     def same_content(self, ids: Sequence[int] | None = None) -> list[list[int]]:
         """Ids of files whose bytes hash alike, in groups of two or more (among ``ids`` only,
