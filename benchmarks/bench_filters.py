@@ -70,6 +70,7 @@ def measure(folder: Path, n: int, repeat: int) -> list[Row]:
     cases = {
         "no filter (baseline)": {},
         "--after 2020 --before 2021 (1 year of 10)": {"after": "2020", "before": "2021"},
+        "--after 2018 (7 years of 10)": {"after": "2018"},
         "--camera 'eos 3d' (1 camera of 10)": {"camera": "eos 3d"},
         "--near 48.86,2.35,10 (around Paris)": {"near": "48.86,2.35,10"},
         "--after 2018 --camera canon --near 48.86,2.35,10": {

@@ -87,7 +87,6 @@ class ImageRow(Base):
         Index("ix_images_root_rel", "root_id", "rel", unique=True),
         Index("ix_images_sha256", "sha256"),
         Index("ix_images_style", "style"),
-        Index("ix_images_taken", "taken"),
         {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -98,7 +98,6 @@ _M002_DDL = (
     "ALTER TABLE images ADD COLUMN lat DOUBLE",
     "ALTER TABLE images ADD COLUMN lon DOUBLE",
     "ALTER TABLE images ADD COLUMN meta_read BOOLEAN DEFAULT 0 NOT NULL",
-    "CREATE INDEX IF NOT EXISTS ix_images_taken ON images (taken)",
 )
 
 
