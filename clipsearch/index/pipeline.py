@@ -365,8 +365,10 @@ class Indexer:
 
     def _backfill_meta(self, batch: int = 500) -> None:
         """Read the date, camera and place of images indexed before the catalog kept them:
-        their EXIF header only, never their pixels nor the model; once, as each is marked."""
-        todo = self.catalog.files_without_meta()
+        their EXIF header only, never their pixels nor the model; once, as each is marked.
+        A file not on disk now (a folder not walked, a drive not mounted) waits for a later run
+        instead of being dated by its stored mtime for good."""
+        todo = [row for row in self.catalog.files_without_meta() if os.path.isfile(row[1])]
         for start in range(0, len(todo), batch):
             part = todo[start : start + batch]
             self.catalog.set_photo_meta([(i, read_photo_meta(p, m)) for i, p, m in part])

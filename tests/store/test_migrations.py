@@ -376,3 +376,24 @@ def test_the_next_index_run_reads_the_photo_metadata_of_old_rows_once(
     with ImageIndex.open(folder, device="cpu") as index:
         assert index.add([photos]).unchanged == 4
     assert reads == []  # marked as read: the backfill happens once
+
+
+def test_the_backfill_waits_for_files_that_are_away(tmp_path, tiny_model):
+    """Rows of a folder that is not there now (a drive not mounted) keep no guessed date: they
+    are read once the folder is back."""
+    photos, away, folder = tmp_path / "photos", tmp_path / "drive", tmp_path / "idx"
+    save_photo(photos / "here.jpg", "red", taken="2020:01:01 12:00:00", make="Canon")
+    save_photo(away / "away.jpg", "blue", taken="2021:01:01 12:00:00", make="Nikon")
+    with ImageIndex.open_or_create(folder, model=tiny_model, device="cpu") as index:
+        assert index.add([photos, away]).added == 2
+    rewrite_as_v1(folder)
+    away.rename(tmp_path / "unmounted")
+    with ImageIndex.open(folder, device="cpu") as index:
+        index.add([photos])
+        assert [Path(p).name for _, p, _ in index.catalog.files_without_meta()] == ["away.jpg"]
+    (tmp_path / "unmounted").rename(away)
+    with ImageIndex.open(folder, device="cpu") as index:
+        index.add([photos])
+        assert index.catalog.files_without_meta() == []
+        cameras = {Path(h.path).name: (h.camera, h.taken_source) for h in index.search("x")}
+        assert cameras == {"here.jpg": ("Canon", "exif"), "away.jpg": ("Nikon", "exif")}
