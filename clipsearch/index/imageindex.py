@@ -674,7 +674,11 @@ class ImageIndex:
         camera: str | None = None,
         near: str | tuple[float, ...] | None = None,
     ) -> list[SearchResult]:
-        """Images that look like a given one (a file path or an indexed id), never itself."""
+        """Images that look like a given one (a file path or an indexed id), never itself.
+
+        The filters (``min_score``, ``path_prefix``, ``styles``, ``after``, ``before``,
+        ``camera``, ``near``) are those of :meth:`search`.
+        """
         k = check_k(k)
         self._check_not_empty()
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):

@@ -61,6 +61,7 @@ def test_near_forms_and_errors():
     assert parse_near("48.85,2.35") == (48.85, 2.35, DEFAULT_KM)
     assert parse_near(" 48.85 , 2.35 , 0.5 ") == (48.85, 2.35, 0.5)
     assert parse_near((1, 2, 3)) == (1.0, 2.0, 3.0)
+    assert parse_near("-33.87,-70.6,5") == (-33.87, -70.6, 5.0)
     for bad, says in [
         ("48.85", "LAT,LON"),
         ("a,b", "LAT,LON"),
