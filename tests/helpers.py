@@ -287,3 +287,51 @@ def draw_near_duplicates(root: Path, start: float = 1_700_000_000.0) -> dict[str
         t = start + ages.get(name, 50)
         os.utime(path, (t, t))
     return files
+
+
+def save_photo(
+    path: Path,
+    color: str = "red",
+    shape: str = "circle",
+    *,
+    taken: str | None = None,
+    offset: str | None = None,
+    make: str | None = None,
+    model: str | None = None,
+    gps: tuple | None = None,
+    mtime: float | None = None,
+) -> Path:
+    """A generated JPEG with the EXIF a camera writes: DateTimeOriginal (``YYYY:MM:DD
+    HH:MM:SS``, written as given, so a broken one too) and its OffsetTimeOriginal, Make and
+    Model, and a GPS IFD from ``gps`` = (lat, lon) in signed degrees or the raw tags
+    {tag: value}. ``mtime`` sets the file's modification time."""
+    from PIL.TiffImagePlugin import IFDRational
+
+    draw_image(path, color, shape, fmt="JPEG")
+    exif = Image.Exif()
+    if make is not None:
+        exif[0x010F] = make
+    if model is not None:
+        exif[0x0110] = model
+    sub = exif.get_ifd(0x8769)
+    if taken is not None:
+        sub[0x9003] = taken
+    if offset is not None:
+        sub[0x9011] = offset
+    if isinstance(gps, dict):
+        exif.get_ifd(0x8825).update(gps)
+    elif gps is not None:
+        lat, lon = gps
+        ifd = exif.get_ifd(0x8825)
+        ifd[1], ifd[3] = ("N" if lat >= 0 else "S"), ("E" if lon >= 0 else "W")
+        for tag, value in ((2, abs(lat)), (4, abs(lon))):
+            d = int(value)
+            m = int((value - d) * 60)
+            s = round(((value - d) * 60 - m) * 60 * 1000)
+            ifd[tag] = (IFDRational(d, 1), IFDRational(m, 1), IFDRational(s, 1000))
+    with Image.open(path) as img:
+        img.load()
+        img.save(path, "JPEG", exif=exif)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path

@@ -142,6 +142,28 @@ def k_option(f: F) -> F:
 
 def filter_options(f: F) -> F:
     f = click.option(
+        "--near",
+        metavar="LAT,LON[,KM]",
+        help="Only photos with a GPS position at most KM (default 10) from LAT,LON.",
+    )(f)
+    f = click.option(
+        "--camera",
+        metavar="TEXT",
+        help="Only photos whose camera make and model contain TEXT (any case).",
+    )(f)
+    f = click.option(
+        "--before",
+        metavar="DATE",
+        help="Only photos taken before the start of DATE (YYYY, YYYY-MM, YYYY-MM-DD or an ISO "
+        "datetime, local time unless it has an offset): --before 2023 ends on 2022-12-31.",
+    )(f)
+    f = click.option(
+        "--after",
+        metavar="DATE",
+        help="Only photos taken at or after the start of DATE (same forms as --before). The "
+        "date is EXIF's DateTimeOriginal, else the file's modification time.",
+    )(f)
+    f = click.option(
         "--style",
         "styles",
         multiple=True,

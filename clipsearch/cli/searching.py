@@ -45,6 +45,10 @@ def search(
     min_score: float | None,
     path_prefix: str | None,
     styles: tuple[str, ...],
+    after: str | None,
+    before: str | None,
+    camera: str | None,
+    near: str | None,
     as_json: bool,
     paths_only: bool,
     null: bool,
@@ -63,6 +67,7 @@ def search(
         clipsearch search @photos/cat.jpg --minus "indoors"
         clipsearch search "receipts" -k 50 -0 | xargs -0 cp -t ~/receipts/
         clipsearch search "sunset" -k 50 --link-to ~/sunsets
+        clipsearch search "beach" --after 2023-06 --before 2023-09 --near 43.7,7.26,20
     """
     if query is None and not plus:
         raise click.UsageError("give a QUERY or at least one --plus term")
@@ -76,6 +81,10 @@ def search(
             min_score=min_score,
             path_prefix=path_prefix,
             styles=styles or None,
+            after=after,
+            before=before,
+            camera=camera,
+            near=near,
         )
     _hand_over(hits, as_json, paths_only or null, null, link_to)
 
@@ -94,6 +103,10 @@ def similar(
     min_score: float | None,
     path_prefix: str | None,
     styles: tuple[str, ...],
+    after: str | None,
+    before: str | None,
+    camera: str | None,
+    near: str | None,
     as_json: bool,
     paths_only: bool,
     null: bool,
@@ -105,7 +118,15 @@ def similar(
     _check_output_flags(as_json, paths_only, null, link_to)
     with open_index(ctx, device=device, precision=precision) as index:
         hits = index.similar(
-            image, k=k, min_score=min_score, path_prefix=path_prefix, styles=styles or None
+            image,
+            k=k,
+            min_score=min_score,
+            path_prefix=path_prefix,
+            styles=styles or None,
+            after=after,
+            before=before,
+            camera=camera,
+            near=near,
         )
     _hand_over(hits, as_json, paths_only or null, null, link_to)
 
@@ -140,12 +161,25 @@ def _hand_over(
 
 
 def _print_hits(hits: Sequence[SearchResult]) -> None:
-    """Print search results, best first: one `score  path  [style]` line each."""
+    """Print search results, best first: one `score  path  [style]  date  place` line each;
+    a date from the file's modification time ends in `(mtime)`."""
     if not hits:
         click.echo("no results", err=True)
     for h in hits:
         style = f"  [{h.style}]" if h.style else ""
-        echo_path_line(f"{h.score:.4f}  {h.path}{style}")
+        echo_path_line(f"{h.score:.4f}  {h.path}{style}{_when_where(h)}")
+
+
+def _when_where(h: SearchResult) -> str:
+    out = ""
+    if h.taken:
+        out += f"  {h.taken[:16].replace('T', ' ')}"
+        out += " (mtime)" if h.taken_source == "mtime" else ""
+    if h.camera:
+        out += f"  {h.camera}"
+    if h.lat is not None and h.lon is not None:
+        out += f"  {h.lat:.5f},{h.lon:.5f}"
+    return out
 
 
 @click.command()

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from clipsearch.index.duplicates import (
     check_threshold,
     find_duplicates,
 )
+from clipsearch.index.filters import DateLike, Filters
 from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport, check_roots
 from clipsearch.index.query import (
     Query,
@@ -51,6 +53,7 @@ from clipsearch.index.query import (
     rank,
     require_positive,
 )
+from clipsearch.media.photometa import PhotoMeta
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.loading import load_spec
 from clipsearch.models.runtime import default_batch_size
@@ -83,6 +86,11 @@ class SearchResult:
     style_score: float | None = None
     width: int = 0
     height: int = 0
+    taken: str | None = None  # ISO 8601, in the photo's own offset when EXIF gave one
+    taken_source: str | None = None  # "exif" or "mtime"
+    camera: str | None = None
+    lat: float | None = None
+    lon: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -618,6 +626,10 @@ class ImageIndex:
         min_score: float | None = None,
         path_prefix: str | None = None,
         styles: Sequence[str] | None = None,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        camera: str | None = None,
+        near: str | tuple[float, ...] | None = None,
     ) -> list[SearchResult]:
         """Rank indexed images by cosine similarity to a query.
 
@@ -630,6 +642,11 @@ class ImageIndex:
             min_score: drop results below this cosine similarity.
             path_prefix: only images whose absolute path starts with this.
             styles: only images with one of these style labels.
+            after: only photos taken at or after the start of this date (``2023``,
+                ``2023-06``, ``2023-06-15``, an ISO datetime; see :mod:`clipsearch.index.filters`).
+            before: only photos taken before the start of this date.
+            camera: only photos whose camera make and model hold this text (any case).
+            near: only photos taken within ``"LAT,LON[,KM]"`` (default 10 km).
 
         Raises:
             QueryError: the query or an option is invalid.
@@ -638,6 +655,7 @@ class ImageIndex:
         k = check_k(k)
         q = Query.parse(query, plus, minus)
         filters = {"min_score": min_score, "path_prefix": path_prefix, "styles": styles}
+        filters |= {"after": after, "before": before, "camera": camera, "near": near}
         if len(q.terms) == 1 and q.terms[0].kind == "image":
             return self.similar(q.terms[0].value, k=k, **filters)
         self._check_not_empty()
@@ -651,8 +669,16 @@ class ImageIndex:
         min_score: float | None = None,
         path_prefix: str | None = None,
         styles: Sequence[str] | None = None,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        camera: str | None = None,
+        near: str | tuple[float, ...] | None = None,
     ) -> list[SearchResult]:
-        """Images that look like a given one (a file path or an indexed id), never itself."""
+        """Images that look like a given one (a file path or an indexed id), never itself.
+
+        The filters (``min_score``, ``path_prefix``, ``styles``, ``after``, ``before``,
+        ``camera``, ``near``) are those of :meth:`search`.
+        """
         k = check_k(k)
         self._check_not_empty()
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
@@ -668,6 +694,10 @@ class ImageIndex:
             min_score=min_score,
             path_prefix=path_prefix,
             styles=styles,
+            after=after,
+            before=before,
+            camera=camera,
+            near=near,
             exclude=[own] if own is not None else [],
         )
 
@@ -679,15 +709,22 @@ class ImageIndex:
         min_score: float | None = None,
         path_prefix: str | None = None,
         styles: Sequence[str] | None = None,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        camera: str | None = None,
+        near: str | tuple[float, ...] | None = None,
         exclude: Sequence[int] = (),
     ) -> list[SearchResult]:
         """Rank indexed images against a unit vector (see :meth:`search`)."""
         k = check_k(k)
+        where = Filters.parse(after=after, before=before, camera=camera, near=near)
         allowed = None
-        if path_prefix is not None or styles is not None:
+        if path_prefix is not None or styles is not None or where.active:
             roots = self.catalog.roots().values()
             prefix = path_filter(path_prefix, roots) if path_prefix else None
-            allowed = self.catalog.ids_matching(path_prefix=prefix, styles=styles)
+            allowed = self.catalog.ids_matching(
+                path_prefix=prefix, styles=styles, **where.catalog_args()
+            )
             if len(allowed) == 0:
                 return []
         # Ask for a few extra so excluded ids and ties at the cut-off don't shorten the list.
@@ -708,6 +745,7 @@ class ImageIndex:
                     style_score=rec.style_score,
                     width=rec.width,
                     height=rec.height,
+                    **meta_fields(rec.meta),
                 )
             )
         return out
@@ -785,6 +823,10 @@ class ImageIndex:
         min_score: float | None = None,
         path_prefix: str | None = None,
         styles: Sequence[str] | None = None,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        camera: str | None = None,
+        near: str | tuple[float, ...] | None = None,
     ) -> list[SearchResult]:
         """Like :meth:`search`, for a query from outside (the web API) that must never reach
         the file system: an image term names an indexed image by its id (``@42``,
@@ -802,6 +844,11 @@ class ImageIndex:
             min_score: drop results below this cosine similarity.
             path_prefix: only images whose absolute path starts with this.
             styles: only images with one of these style labels.
+            after: only photos taken at or after the start of this date (``2023``,
+                ``2023-06``, ``2023-06-15``, an ISO datetime; see :mod:`clipsearch.index.filters`).
+            before: only photos taken before the start of this date.
+            camera: only photos whose camera make and model hold this text (any case).
+            near: only photos taken within ``"LAT,LON[,KM]"`` (default 10 km).
 
         Raises:
             QueryError: a term is invalid or names no indexed image, the query has no
@@ -821,6 +868,7 @@ class ImageIndex:
                 raise QueryError(f"no image with id {terms[i].value} in this index")
             vectors[i] = vec
         filters = {"min_score": min_score, "path_prefix": path_prefix, "styles": styles}
+        filters |= {"after": after, "before": before, "camera": camera, "near": near}
         if image is None and len(terms) == 1 and ids:
             return self.similar(ids[0], k=k, **filters)
         text = [i for i, t in enumerate(terms) if t.kind == "text"]
@@ -831,6 +879,26 @@ class ImageIndex:
             terms.insert(0, Term("image", image_name))
             vectors = np.vstack([self.embed_pixels(image, image_name)[None, :], vectors])
         return self.search_vector(combine(terms, vectors), k=k, exclude=own, **filters)
+
+
+def meta_fields(meta: PhotoMeta) -> dict[str, Any]:
+    """The date, camera and place of a :class:`SearchResult` (``taken`` as ISO 8601)."""
+    taken = None
+    if meta.taken is not None:
+        offset = meta.offset_min
+        tz = timezone(timedelta(minutes=offset)) if offset is not None else None
+        try:
+            when = datetime.fromtimestamp(meta.taken, tz)
+            taken = (when if tz else when.astimezone()).isoformat(timespec="seconds")
+        except (OverflowError, OSError, ValueError):
+            taken = None
+    return {
+        "taken": taken,
+        "taken_source": meta.taken_source if taken else None,
+        "camera": meta.camera,
+        "lat": meta.lat,
+        "lon": meta.lon,
+    }
 
 
 def _unfinished(folder: Path) -> bool:

@@ -31,6 +31,7 @@ import numpy as np
 
 from clipsearch.errors import ClipsearchError, ImageReadError
 from clipsearch.media.files import FoundFile, decode_image_sized, read_file, walk_images
+from clipsearch.media.photometa import PhotoMeta, read_photo_meta
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import Catalog, NewImage
 
@@ -131,6 +132,7 @@ class Prepared:
     height: int = 0
     error: str | None = None
     vector: np.ndarray | None = None  # set when a remote executor already encoded it
+    meta: PhotoMeta | None = None  # date, camera and place, from the header only
 
     @property
     def known(self) -> bool:
@@ -238,7 +240,9 @@ class BatchPlan:
             self.copies.append((row, gone.donor(p.sha256)))
         else:
             self.pixels.append((row, p.pixels))
-        self.new.append(NewImage(root_id, f.rel, f.size, f.mtime_ns, p.sha256, p.width, p.height))
+        self.new.append(
+            NewImage(root_id, f.rel, f.size, f.mtime_ns, p.sha256, p.width, p.height, p.meta)
+        )
         if old is None:
             self.report.added += 1
         else:
@@ -297,6 +301,7 @@ class Indexer:
         finally:
             self.progress.close()
             self._save()
+        self._backfill_meta()
         self._clear_stale_errors([scope.walk for scope in scopes], report)
         report.seconds = time.monotonic() - started
         return report
@@ -357,6 +362,16 @@ class Indexer:
         for rel, (image_id, _, _, sha) in in_scope.items():
             if rel not in seen and not rel.startswith(skip):
                 gone[image_id] = sha
+
+    def _backfill_meta(self, batch: int = 500) -> None:
+        """Read the date, camera and place of images indexed before the catalog kept them:
+        their EXIF header only, never their pixels nor the model; once, as each is marked.
+        A file not on disk now (a folder not walked, a drive not mounted) waits for a later run
+        instead of being dated by its stored mtime for good."""
+        todo = [row for row in self.catalog.files_without_meta() if os.path.isfile(row[1])]
+        for start in range(0, len(todo), batch):
+            part = todo[start : start + batch]
+            self.catalog.set_photo_meta([(i, read_photo_meta(p, m)) for i, p, m in part])
 
     def _clear_stale_errors(self, walked: Sequence[str], report: IndexReport) -> None:
         """Forget errors below the walked folders that this finished run did not meet again:
@@ -511,6 +526,7 @@ def prepare_candidate(
             found = replace(cand.found, size=st.st_size, mtime_ns=st.st_mtime_ns)
             out.cand = Candidate(found, cand.old_id)
         out.sha256 = hashlib.sha256(data).hexdigest()
+        out.meta = read_photo_meta(data, out.cand.found.mtime_ns)
         if out.sha256 in gone_shas:
             return out
         draft_size = 2 * encoder.image_size if draft else None

@@ -30,12 +30,14 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from clipsearch.errors import ClipsearchError, CorruptIndexError
+from clipsearch.media.photometa import PhotoMeta, distance_km
 from clipsearch.store.migrations import upgrade
 
 CATALOG_FILE = "catalog.sqlite"
@@ -98,6 +100,14 @@ class ImageRow(Base):
     indexed_at: Mapped[float]
     style: Mapped[str | None] = mapped_column(String, default=None)
     style_score: Mapped[float | None] = mapped_column(default=None)
+    taken: Mapped[float | None] = mapped_column(default=None)  # UTC epoch seconds
+    taken_source: Mapped[str | None] = mapped_column(String, default=None)  # exif | mtime
+    taken_offset: Mapped[int | None] = mapped_column(default=None)  # minutes east of UTC
+    camera_make: Mapped[str | None] = mapped_column(String, default=None)
+    camera_model: Mapped[str | None] = mapped_column(String, default=None)
+    lat: Mapped[float | None] = mapped_column(default=None)
+    lon: Mapped[float | None] = mapped_column(default=None)
+    meta_read: Mapped[bool] = mapped_column(default=False, server_default=text("0"))
 
 
 class VectorRow(Base):
@@ -127,6 +137,7 @@ class NewImage:
     sha256: str
     width: int
     height: int
+    meta: PhotoMeta | None = None  # None: not read (the next run's backfill reads it)
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,7 @@ class StoredImage:
     indexed_at: float
     style: str | None
     style_score: float | None
+    meta: PhotoMeta = PhotoMeta()
 
     @property
     def path(self) -> str:
@@ -327,6 +339,7 @@ class Catalog:
                     indexed_at=now,
                     style=style,
                     style_score=style_score,
+                    **_meta_columns(n.meta),
                 )
                 for n, (style, style_score) in zip(new, labels, strict=True)
             ]
@@ -371,6 +384,24 @@ class Catalog:
                 update(ImageRow),
                 [{"id": i, "style": st, "style_score": sc} for i, st, sc in labels],
             )
+
+    def files_without_meta(self) -> list[tuple[int, str, int]]:
+        """(id, path, mtime_ns) of the images whose metadata was never read: those indexed
+        before the catalog had these columns."""
+        query = (
+            select(ImageRow.id, Root.path, ImageRow.rel, ImageRow.mtime_ns)
+            .join(Root, Root.id == ImageRow.root_id)
+            .where(ImageRow.meta_read.is_(False))
+            .order_by(ImageRow.id)
+        )
+        with self.session() as s:
+            return [(i, str(Path(root, rel)), mtime) for i, root, rel, mtime in s.execute(query)]
+
+    def set_photo_meta(self, metas: Sequence[tuple[int, PhotoMeta]]) -> None:
+        """Store the metadata of many images in one transaction, marking it read."""
+        if metas:
+            with self.session() as s, s.begin():
+                s.execute(update(ImageRow), [{"id": i, **_meta_columns(m)} for i, m in metas])
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -437,11 +468,27 @@ class Catalog:
         return None
 
     def ids_matching(
-        self, *, path_prefix: str | None = None, styles: Sequence[str] | None = None
+        self,
+        *,
+        path_prefix: str | None = None,
+        styles: Sequence[str] | None = None,
+        taken_from: float | None = None,
+        taken_until: float | None = None,
+        camera: str | None = None,
+        near: tuple[float, float, float] | None = None,
     ) -> np.ndarray:
-        """Ids of images whose absolute path starts with ``path_prefix`` and whose style is one
-        of ``styles`` (each filter only when given)."""
+        """Ids of images that pass every filter given.
+
+        Args:
+            path_prefix: the absolute path starts with this.
+            styles: the style is one of these.
+            taken_from: taken at or after this (UTC epoch seconds).
+            taken_until: taken before this.
+            camera: make and model hold this text, in any case.
+            near: (lat, lon, km): taken at most km from there.
+        """
         query = select(ImageRow.id).join(Root, Root.id == ImageRow.root_id)
+        query = _where_meta(query, taken_from, taken_until, camera, near)
         if path_prefix is not None:
             # Compared as bytes: exact case, and names that are not UTF-8 (stored as BLOBs,
             # see FsPath) match too, which LIKE cannot do.
@@ -451,7 +498,14 @@ class Catalog:
         if styles is not None:
             query = query.where(ImageRow.style.in_(list(styles)))
         with self.session() as s:
-            return np.fromiter(s.scalars(query), dtype=np.int64)
+            if near is None:
+                return np.fromiter(s.scalars(query), dtype=np.int64)
+            rows = s.execute(query.add_columns(ImageRow.lat, ImageRow.lon)).all()
+        if not rows:
+            return np.zeros(0, dtype=np.int64)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        lat, lon = (np.asarray([r[c] for r in rows], dtype=np.float64) for c in (1, 2))
+        return ids[distance_km(lat, lon, near[0], near[1]) <= near[2]]
 
     def same_content(self, ids: Sequence[int] | None = None) -> list[list[int]]:
         """Ids of files whose bytes hash alike, in groups of two or more (among ``ids`` only,
@@ -548,7 +602,62 @@ def _stored(row: ImageRow, root: str) -> StoredImage:
         indexed_at=row.indexed_at,
         style=row.style,
         style_score=row.style_score,
+        meta=PhotoMeta(
+            taken=row.taken,
+            taken_source=row.taken_source,
+            offset_min=row.taken_offset,
+            camera_make=row.camera_make,
+            camera_model=row.camera_model,
+            lat=row.lat,
+            lon=row.lon,
+        ),
     )
+
+
+def _meta_columns(meta: PhotoMeta | None) -> dict[str, Any]:
+    if meta is None:
+        return {"meta_read": False}
+    return {
+        "taken": meta.taken,
+        "taken_source": meta.taken_source,
+        "taken_offset": meta.offset_min,
+        "camera_make": meta.camera_make,
+        "camera_model": meta.camera_model,
+        "lat": meta.lat,
+        "lon": meta.lon,
+        "meta_read": True,
+    }
+
+
+def _where_meta(
+    query: Any,
+    taken_from: float | None,
+    taken_until: float | None,
+    camera: str | None,
+    near: tuple[float, float, float] | None,
+) -> Any:
+    """``query`` narrowed by the photo metadata filters; ``near`` only to a bounding box, which
+    the caller narrows to the circle."""
+    if taken_from is not None:
+        query = query.where(ImageRow.taken >= taken_from)
+    if taken_until is not None:
+        query = query.where(ImageRow.taken < taken_until)
+    if camera is not None:
+        make, model = ImageRow.camera_make, ImageRow.camera_model
+        name = func.coalesce(make, "") + " " + func.coalesce(model, "")
+        query = query.where(func.instr(func.lower(name), camera.lower()) > 0)
+    if near is not None:
+        lat, lon, km = near
+        dlat = km / 111.0 + 1e-6
+        query = query.where(ImageRow.lat.between(lat - dlat, lat + dlat))
+        # Longitude degrees shrink towards the poles; near a pole or the antimeridian keep all.
+        coslat = np.cos(np.radians(min(89.0, abs(lat) + dlat)))
+        dlon = km / (111.0 * coslat) + 1e-6
+        if abs(lat) + dlat < 89.0 and abs(lon) + dlon < 180.0:
+            query = query.where(ImageRow.lon.between(lon - dlon, lon + dlon))
+        else:
+            query = query.where(ImageRow.lon.is_not(None))
+    return query
 
 
 def _block(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -82,8 +82,27 @@ _M001_DDL = (
 )
 
 
+def m002_photo_meta(conn: Connection) -> None:
+    """When, with what and where each photo was taken (EXIF, else the file's mtime). Rows
+    that existed before have ``meta_read`` 0: the next indexing run reads their EXIF once."""
+    for statement in _M002_DDL:
+        conn.exec_driver_sql(statement)
+
+
+_M002_DDL = (
+    "ALTER TABLE images ADD COLUMN taken DOUBLE",
+    "ALTER TABLE images ADD COLUMN taken_source VARCHAR",
+    "ALTER TABLE images ADD COLUMN taken_offset INTEGER",
+    "ALTER TABLE images ADD COLUMN camera_make VARCHAR",
+    "ALTER TABLE images ADD COLUMN camera_model VARCHAR",
+    "ALTER TABLE images ADD COLUMN lat DOUBLE",
+    "ALTER TABLE images ADD COLUMN lon DOUBLE",
+    "ALTER TABLE images ADD COLUMN meta_read BOOLEAN DEFAULT 0 NOT NULL",
+)
+
+
 # MIGRATIONS[n - 1] brings a catalog from version n - 1 to version n.
-MIGRATIONS: list[Step] = [m001_initial]
+MIGRATIONS: list[Step] = [m001_initial, m002_photo_meta]
 
 # The version a catalog has once this clipsearch has opened it.
 SCHEMA_VERSION = len(MIGRATIONS)

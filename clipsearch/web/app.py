@@ -40,7 +40,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from clipsearch import __version__
 from clipsearch.errors import ClipsearchError, ImageReadError, QueryError
-from clipsearch.index.imageindex import ImageIndex, SearchResult
+from clipsearch.index.imageindex import ImageIndex, SearchResult, meta_fields
 from clipsearch.index.query import MAX_QUERY_CHARS
 from clipsearch.media.files import load_image
 from clipsearch.store.catalog import StoredImage
@@ -94,6 +94,15 @@ class Hit(BaseModel):
     style_score: float | None = None
     width: int
     height: int
+    taken: str | None = Field(
+        default=None,
+        description="When it was taken, ISO 8601: EXIF's DateTimeOriginal (with its offset when "
+        "the camera wrote one), else the file's modification time.",
+    )
+    taken_source: str | None = Field(default=None, description="'exif' or 'mtime'.")
+    camera: str | None = Field(default=None, description="EXIF camera make and model.")
+    lat: float | None = Field(default=None, description="GPS latitude, degrees.")
+    lon: float | None = Field(default=None, description="GPS longitude, degrees.")
     thumb_url: str
     image_url: str
 
@@ -112,6 +121,11 @@ class ImageOut(BaseModel):
     style_score: float | None = None
     width: int
     height: int
+    taken: str | None = None
+    taken_source: str | None = None
+    camera: str | None = None
+    lat: float | None = None
+    lon: float | None = None
     thumb_url: str
     image_url: str
     similar_url: str
@@ -197,6 +211,34 @@ Styles = Annotated[
     Query(
         max_length=MAX_TERMS,
         description="Only images with this style label (repeatable; see /api/info).",
+    ),
+]
+After = Annotated[
+    str | None,
+    Query(
+        max_length=40,
+        description="Only photos taken at or after the start of this date: YYYY, YYYY-MM, "
+        "YYYY-MM-DD or an ISO datetime (the server's local time unless it has an offset).",
+    ),
+]
+Before = Annotated[
+    str | None,
+    Query(
+        max_length=40,
+        description="Only photos taken before the start of this date (forms as for after): "
+        "before=2023 ends on 2022-12-31.",
+    ),
+]
+Camera = Annotated[
+    str | None,
+    Query(max_length=200, description="Only photos whose camera make and model hold this text."),
+]
+Near = Annotated[
+    str | None,
+    Query(
+        max_length=80,
+        description="LAT,LON or LAT,LON,KM: only photos with a GPS position at most KM "
+        "(default 10) from there.",
     ),
 ]
 Plus = Annotated[
@@ -298,6 +340,10 @@ def search(
     k: K = DEFAULT_K,
     min_score: MinScore = None,
     style: Styles = (),  # type: ignore[assignment]
+    after: After = None,
+    before: Before = None,
+    camera: Camera = None,
+    near: Near = None,
 ) -> Results:
     """Rank indexed images by similarity to a weighted sum of terms: ``q`` and ``plus`` are
     added, ``minus`` subtracted. Images used as positive terms are left out of the results.
@@ -306,8 +352,16 @@ def search(
     neither is answered 400 (OpenAPI cannot require one of two parameters: the rule is also in
     ``x-clipsearch-constraints``)."""
     index = svc.index
+    where = {"after": after, "before": before, "camera": camera, "near": near}
     hits = svc.search(
-        style, index.search_indexed, q or None, plus=plus, minus=minus, k=k, min_score=min_score
+        style,
+        index.search_indexed,
+        q or None,
+        plus=plus,
+        minus=minus,
+        k=k,
+        min_score=min_score,
+        **where,
     )
     return _hits(request, hits)
 
@@ -335,6 +389,10 @@ def search_image(
     k: K = DEFAULT_K,
     min_score: MinScore = None,
     style: Styles = (),  # type: ignore[assignment]
+    after: After = None,
+    before: Before = None,
+    camera: Camera = None,
+    near: Near = None,
 ) -> Results:
     """Images that look like an uploaded one, optionally moved by ``plus``/``minus`` terms.
     The upload is only decoded and encoded, never stored."""
@@ -351,6 +409,10 @@ def search_image(
         image_name=name,
         k=k,
         min_score=min_score,
+        after=after,
+        before=before,
+        camera=camera,
+        near=near,
     )
     return _hits(request, hits)
 
@@ -371,6 +433,7 @@ def image_record(request: Request, svc: Svc, image_id: int) -> ImageOut:
         style_score=rec.style_score,
         width=rec.width,
         height=rec.height,
+        **meta_fields(rec.meta),
         thumb_url=_url(request, f"{base}/thumb"),
         image_url=_url(request, f"{base}/file"),
         similar_url=_url(request, f"{base}/similar"),
@@ -390,10 +453,16 @@ def similar(
     k: K = DEFAULT_K,
     min_score: MinScore = None,
     style: Styles = (),  # type: ignore[assignment]
+    after: After = None,
+    before: Before = None,
+    camera: Camera = None,
+    near: Near = None,
 ) -> Results:
     """Images that look like image ``image_id``, best first, never the image itself."""
     svc.record(image_id)
-    return _hits(request, svc.search(style, svc.index.similar, image_id, k=k, min_score=min_score))
+    where = {"after": after, "before": before, "camera": camera, "near": near}
+    hits = svc.search(style, svc.index.similar, image_id, k=k, min_score=min_score, **where)
+    return _hits(request, hits)
 
 
 class DuplicateOut(BaseModel):

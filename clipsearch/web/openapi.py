@@ -63,6 +63,8 @@ SEARCH_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "combined": example("Text, plus an indexed image at half weight, minus text", "a dog"),
         "filtered": example("Only photos that score at least 0.1", "a dog"),
         "unknown style": example("A style no image can have: 400", "a dog", 400),
+        "dated": example("Photos of summer 2023 taken near Nice with a Canon", "a dog"),
+        "bad date": example("A date that does not parse: 400", "a dog", 400),
     },
     "plus": {
         "combined": example("Add image 1 at half weight", ["0.5:@1"]),
@@ -78,6 +80,13 @@ SEARCH_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "filtered": example("Photos only", ["photo"]),
         "unknown style": example("A label the index does not know: 400", ["watercolour"], 400),
     },
+    "after": {
+        "dated": example("From June 2023 on", "2023-06"),
+        "bad date": example("Not a date: 400", "last june", 400),
+    },
+    "before": {"dated": example("Before September 2023", "2023-09")},
+    "camera": {"dated": example("A Canon", "canon")},
+    "near": {"dated": example("Within 20 km of Nice", "43.70,7.26,20")},
 }
 UPLOAD_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     "k": {"like": example("Three results", 3), "refined": example("Ten results", 10)},
@@ -99,9 +108,17 @@ IMAGE_ID_EXAMPLES = {
     "unknown": example("No image has this id: 404", 999999, 404),
 }
 SIMILAR_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
-    "image_id": {**IMAGE_ID_EXAMPLES, "filtered": example("Like image 1, photos only", 1)},
+    "image_id": {
+        **IMAGE_ID_EXAMPLES,
+        "filtered": example("Like image 1, photos only", 1),
+        "dated": example("Like image 1, taken in 2023", 1),
+        "bad place": example("Like image 1, near a place that is not one: 400", 1, 400),
+    },
     "k": {"indexed": example("Four results", 4), "filtered": example("Up to 50", 50)},
     "style": {"filtered": example("Photos only", ["photo"])},
+    "after": {"dated": example("Taken in 2023 or later", "2023")},
+    "before": {"dated": example("Before 2024", "2024")},
+    "near": {"bad place": example("A latitude out of range: 400", "95,0")},
 }
 DUPLICATES_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     "threshold": {
@@ -125,6 +142,11 @@ HIT = {
     "style_score": 0.92,
     "width": 4032,
     "height": 3024,
+    "taken": "2023-07-14T18:02:11+02:00",
+    "taken_source": "exif",
+    "camera": "Canon EOS R6",
+    "lat": 43.6952,
+    "lon": 7.2718,
     "thumb_url": "/api/images/7/thumb",
     "image_url": "/api/images/7/file",
 }

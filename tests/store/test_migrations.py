@@ -17,7 +17,7 @@ from clipsearch.errors import ClipsearchError, CorruptIndexError, IndexVersionEr
 from clipsearch.store import migrations
 from clipsearch.store.catalog import CATALOG_FILE, Base, Catalog
 from clipsearch.store.migrations import SCHEMA_VERSION, stored_version, upgrade
-from tests.helpers import draw_image
+from tests.helpers import draw_image, save_photo
 
 # The first schema as clipsearch shipped it (Base.metadata.create_all of the first models),
 # written out here independently of the code under test.
@@ -321,3 +321,79 @@ def test_an_interrupted_upgrade_leaves_the_old_version(v1_index, monkeypatch, st
     assert query(db, "SELECT * FROM images ORDER BY id") == rows
     with ImageIndex.open(folder, device="cpu") as index:
         assert hits(index) == found
+
+
+# --- photo metadata of indexes made before step 2 -------------------------------------------
+
+
+def test_the_next_index_run_reads_the_photo_metadata_of_old_rows_once(
+    tmp_path, tiny_model, monkeypatch
+):
+    """An index made before the catalog kept dates, cameras and places gets them on its next
+    `index` run, read from the files' EXIF: no re-encoding, no model load, vectors untouched."""
+    from clipsearch.index import pipeline
+
+    photos, folder = tmp_path / "photos", tmp_path / "idx"
+    for n, color in enumerate(["red", "green", "blue"]):
+        save_photo(
+            photos / f"{color}.jpg",
+            color,
+            taken=f"2019:0{n + 1}:01 10:00:00",
+            offset="+00:00",
+            make="Canon",
+            model="EOS 5D",
+            gps=(45.0, 6.0 + n),
+        )
+    draw_image(photos / "plain.png", "yellow")
+    with ImageIndex.open_or_create(folder, model=tiny_model, device="cpu") as index:
+        assert index.add([photos]).added == 4
+    rewrite_as_v1(folder)
+    db = folder / CATALOG_FILE
+    vectors = query(db, "SELECT image_id, data FROM vectors ORDER BY image_id")
+    with ImageIndex.open(folder, device="cpu") as index:
+        found = hits(index)
+        assert all(h.taken is None and h.camera is None for h in index.search("x", k=9))
+        assert len(index.catalog.files_without_meta()) == 4
+
+    def no_model(self):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(ImageIndex, "encoder", property(no_model))
+    with ImageIndex.open(folder, device="cpu") as index:
+        report = index.add([photos])
+        assert (report.unchanged, report.added, report.updated) == (4, 0, 0)
+        assert hits(index) == found
+        results = {Path(h.path).name: h for h in index.search("x", k=9)}
+        assert results["green.jpg"].taken == "2019-02-01T10:00:00+00:00"
+        assert (results["green.jpg"].camera, results["green.jpg"].lat) == ("Canon EOS 5D", 45.0)
+        assert results["plain.png"].taken_source == "mtime"
+        assert {Path(h.path).name for h in index.search("x", k=9, before="2019-02")} == {"red.jpg"}
+    assert query(db, "SELECT image_id, data FROM vectors ORDER BY image_id") == vectors
+
+    reads = []
+    real = pipeline.read_photo_meta
+    monkeypatch.setattr(pipeline, "read_photo_meta", lambda *a: reads.append(a) or real(*a))
+    with ImageIndex.open(folder, device="cpu") as index:
+        assert index.add([photos]).unchanged == 4
+    assert reads == []  # marked as read: the backfill happens once
+
+
+def test_the_backfill_waits_for_files_that_are_away(tmp_path, tiny_model):
+    """Rows of a folder that is not there now (a drive not mounted) keep no guessed date: they
+    are read once the folder is back."""
+    photos, away, folder = tmp_path / "photos", tmp_path / "drive", tmp_path / "idx"
+    save_photo(photos / "here.jpg", "red", taken="2020:01:01 12:00:00", make="Canon")
+    save_photo(away / "away.jpg", "blue", taken="2021:01:01 12:00:00", make="Nikon")
+    with ImageIndex.open_or_create(folder, model=tiny_model, device="cpu") as index:
+        assert index.add([photos, away]).added == 2
+    rewrite_as_v1(folder)
+    away.rename(tmp_path / "unmounted")
+    with ImageIndex.open(folder, device="cpu") as index:
+        index.add([photos])
+        assert [Path(p).name for _, p, _ in index.catalog.files_without_meta()] == ["away.jpg"]
+    (tmp_path / "unmounted").rename(away)
+    with ImageIndex.open(folder, device="cpu") as index:
+        index.add([photos])
+        assert index.catalog.files_without_meta() == []
+        cameras = {Path(h.path).name: (h.camera, h.taken_source) for h in index.search("x")}
+        assert cameras == {"here.jpg": ("Canon", "exif"), "away.jpg": ("Nikon", "exif")}

@@ -11,6 +11,8 @@ const els = {
   q: $("#q"),
   k: $("#k"),
   style: $("#style"),
+  from: $("#from"),
+  to: $("#to"),
   refine: $("#refine"),
   plus: $("#plus"),
   minus: $("#minus"),
@@ -74,8 +76,20 @@ function filters() {
   const params = new URLSearchParams();
   params.set("k", els.k.value);
   if (els.style.value) params.append("style", els.style.value);
+  if (els.from.value) params.set("after", els.from.value);
+  if (els.to.value) params.set("before", shiftDay(els.to.value, 1)); // "To" keeps its whole day
   return params;
 }
+
+// A YYYY-MM-DD date moved by some days (no time zone involved: the server reads dates as its
+// local days).
+function shiftDay(day, days) {
+  const d = new Date(`${day}T00:00:00Z`);
+  d.setUTCDate(d.getUTCDate() + days);
+  return d.toISOString().slice(0, 10);
+}
+
+const DAY = /^\d{4}-\d{2}-\d{2}$/;
 
 function refineTerms(params) {
   const plus = els.plus.value.trim();
@@ -212,6 +226,10 @@ function fromLocation() {
   if (k && [...els.k.options].some((o) => o.value === k)) els.k.value = k;
   const style = params.get("style");
   els.style.value = style && [...els.style.options].some((o) => o.value === style) ? style : "";
+  const after = params.get("after") || "";
+  const before = params.get("before") || "";
+  els.from.value = DAY.test(after) ? after : "";
+  els.to.value = DAY.test(before) ? shiftDay(before, -1) : "";
   els.q.value = params.get("q") || "";
   els.plus.value = params.get("plus") || "";
   els.minus.value = params.get("minus") || "";
@@ -338,6 +356,9 @@ function openViewer(i) {
   const meta = [`score ${hit.score.toFixed(3)}`];
   if (hit.style) meta.push(`style ${hit.style}`);
   if (hit.width && hit.height) meta.push(`${hit.width} × ${hit.height}`);
+  if (hit.taken) meta.push(`taken ${hit.taken.slice(0, 16).replace("T", " ")}${hit.taken_source === "mtime" ? " (file date)" : ""}`);
+  if (hit.camera) meta.push(hit.camera);
+  if (hit.lat != null && hit.lon != null) meta.push(`${hit.lat.toFixed(5)}, ${hit.lon.toFixed(5)}`);
   meta.push(`id ${hit.id}`);
   els.viewerMeta.textContent = meta.join(" · ");
   els.viewerOpen.href = hit.image_url;
@@ -394,6 +415,8 @@ els.form.addEventListener("submit", (event) => {
 });
 els.k.addEventListener("change", again);
 els.style.addEventListener("change", again);
+els.from.addEventListener("change", again);
+els.to.addEventListener("change", again);
 els.pick.addEventListener("click", () => els.file.click());
 els.dups.addEventListener("click", () => showDuplicates());
 els.file.addEventListener("change", () => {
