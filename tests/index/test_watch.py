@@ -155,6 +155,6 @@ def test_folders_to_index_are_the_nearest_existing_ones(watched, photo_dir):
 
 
 def test_a_missing_root_is_refused(tmp_path, tiny_model):
-    with ImageIndex.open_or_create(tmp_path / "idx", model=tiny_model, device="cpu") as index:
-        with pytest.raises(ClipsearchError, match="no such folder"):
-            FolderWatcher(index, [tmp_path / "nope"])
+    index = ImageIndex.open_or_create(tmp_path / "idx", model=tiny_model, device="cpu")
+    with index, pytest.raises(ClipsearchError, match="no such folder"):
+        FolderWatcher(index, [tmp_path / "nope"])
