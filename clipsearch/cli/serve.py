@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from clipsearch.cli.options import device_options, open_index, settings
-from clipsearch.cli.watching import echo_batch, settle_option
+from clipsearch.cli.watching import batch_printer, settle_option
 
 if TYPE_CHECKING:
     from clipsearch.index.watch import FolderWatcher
@@ -104,7 +104,7 @@ def folder_watcher(
             paths,
             exclude=settings(ctx).exclude.value,
             settle=watching.DEFAULT_SETTLE if settle is None else settle,
-            on_batch=echo_batch,
+            on_batch=batch_printer(),
         )
     except BaseException:
         writer.close()

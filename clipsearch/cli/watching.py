@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,13 +32,24 @@ def settle_option(f: F) -> F:
     )(f)
 
 
-def echo_batch(report: IndexReport) -> None:
-    """One line per batch that changed something: the time and what changed."""
-    if report.changes() == "no change":
-        return
-    click.echo(f"{time.strftime('%H:%M:%S')} {report.changes()}")
-    if report.failed:
-        click.echo("see `clipsearch errors` for the files that could not be indexed", err=True)
+def batch_printer() -> Callable[[IndexReport], None]:
+    """Prints the first report (the catch-up pass) in full, then one line per batch that
+    changed something: the time and what changed."""
+    first = True
+
+    def echo_batch(report: IndexReport) -> None:
+        nonlocal first
+        changes = report.changes()
+        if first:
+            changes = f"{changes}, unchanged {report.unchanged}".removeprefix("no change, ")
+        elif changes == "no change":
+            return
+        first = False
+        click.echo(f"{time.strftime('%H:%M:%S')} {changes}")
+        if report.failed:
+            click.echo("see `clipsearch errors` for the files that could not be indexed", err=True)
+
+    return echo_batch
 
 
 @click.command()
@@ -88,7 +100,7 @@ def watch(
             exclude=s.exclude.value,
             include_hidden=hidden,
             settle=watching.DEFAULT_SETTLE if settle is None else settle,
-            on_batch=echo_batch,
+            on_batch=batch_printer(),
         )
         click.echo(f"clipsearch: watching {len(watcher.roots)} folder(s) - press Ctrl+C to stop")
         try:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SETTLE = 1.0  # seconds a file must stay unchanged before it is read
 TICK = 0.1  # seconds between looks at the pending paths
+MAX_WAIT = 10.0  # seconds a still file waits for others that keep changing
 
 
 def require() -> None:
@@ -46,6 +47,9 @@ def require() -> None:
 
 class Indexable(Protocol):
     """What the watcher needs of an index (an :class:`~clipsearch.ImageIndex`)."""
+
+    @property
+    def encoder(self) -> object: ...
 
     def add(
         self,
@@ -208,6 +212,7 @@ class FolderWatcher:
             observer.join()
 
     def _loop(self, catch_up: bool) -> None:
+        self.index.encoder  # noqa: B018 -- load the model now, not when the first photo comes
         first = catch_up
         while first or not self._stop.wait(TICK):
             try:
@@ -222,17 +227,29 @@ class FolderWatcher:
     # --- batches ----------------------------------------------------------------------------
 
     def settled(self, now: float | None = None) -> list[str]:
-        """Take the pending paths that have been still for ``settle`` seconds."""
+        """Take the pending paths once all of them have been still for ``settle`` seconds.
+
+        Waiting for all, not each, keeps the two halves of a move in one batch (watchdog may
+        report the old path of a move between folders a moment after the new one), so the
+        moved file keeps its vector. Under a stream of changes that never pauses, the still
+        ones go after :data:`MAX_WAIT` seconds all the same.
+        """
         now = time.monotonic() if now is None else now
-        ready = []
         with self._lock:
-            for path, p in list(self._pending.items()):
+            ready = []
+            for path, p in self._pending.items():
                 sig = _signature(path)
                 if sig != p.signature:  # still being written, events or not
                     p.signature, p.changed = sig, now
                 elif now - p.changed >= self.settle:
                     ready.append(path)
-                    del self._pending[path]
+            if not ready:
+                return []
+            oldest = min(self._pending[path].changed for path in ready)
+            if len(ready) < len(self._pending) and now - oldest < self.settle + MAX_WAIT:
+                return []
+            for path in ready:
+                del self._pending[path]
         return ready
 
     def process_settled(self) -> IndexReport | None:

@@ -18,7 +18,7 @@ from tests.helpers import draw_image
 
 pytest.importorskip("watchdog")
 
-SETTLE = 0.3
+SETTLE = 0.6  # above watchdog's wait for the second half of a move (half a second)
 TIMEOUT = 15.0
 
 
@@ -158,3 +158,16 @@ def test_a_missing_root_is_refused(tmp_path, tiny_model):
     index = ImageIndex.open_or_create(tmp_path / "idx", model=tiny_model, device="cpu")
     with index, pytest.raises(ClipsearchError, match="no such folder"):
         FolderWatcher(index, [tmp_path / "nope"])
+
+
+def test_a_batch_waits_until_every_pending_path_is_still(watched, photo_dir):
+    _, watcher, _ = watched
+    watcher.stop()  # drive it by hand: no background thread takes the paths
+    a = draw_image(photo_dir / "a.png", "red", "circle")
+    b = draw_image(photo_dir / "b.png", "blue", "circle")
+    start = time.monotonic()
+    watcher.notice(str(a))
+    watcher.notice(str(b))
+    watcher._pending[str(b)].changed = start + SETTLE  # b changed again later than a
+    assert watcher.settled(start + SETTLE + 0.01) == []  # a is still, b is not yet
+    assert sorted(watcher.settled(start + 2 * SETTLE + 0.01)) == sorted([str(a), str(b)])
