@@ -2,8 +2,8 @@
 
 watchdog reports file events; each changed path waits until it has been still (no event, the
 same size and mtime) for ``settle`` seconds, so a file still being written is never read half
-done. The paths that settled together form one batch: the nearest existing folder of each
-(never above a watched root) is indexed incrementally by :meth:`ImageIndex.add`, which adds new
+done. Once every changed path is still, they form one batch: the nearest existing folder of
+each (never above a watched root) is indexed incrementally by :meth:`ImageIndex.add`, which adds new
 files, re-encodes changed ones, follows moved ones by their content and drops deleted ones.
 The index keeps its model loaded between batches. A file that fails to decode is listed in
 the index's errors, as ``clipsearch index`` does, and tried again when it changes again.
@@ -213,16 +213,24 @@ class FolderWatcher:
 
     def _loop(self, catch_up: bool) -> None:
         self.index.encoder  # noqa: B018 -- load the model now, not when the first photo comes
-        first = catch_up
-        while first or not self._stop.wait(TICK):
+        owed = catch_up  # the catch-up pass, until it has run
+        while True:
+            pause = TICK
             try:
-                if first:
-                    first = False
+                if owed:
                     self.catch_up()
+                    owed = False
                 else:
                     self.process_settled()
+            except IndexLockedError as e:  # another writer: wait for it, then try again
+                log.warning("clipsearch watch: %s", e)
+                pause = max(TICK, self.settle, 1.0)
             except ClipsearchError as e:  # keep watching; the next change tries again
                 log.warning("clipsearch watch: %s", e)
+            except Exception:  # a bug must not silently end a watch that runs for days
+                log.exception("clipsearch watch: a batch failed; watching goes on")
+            if self._stop.wait(pause):
+                return
 
     # --- batches ----------------------------------------------------------------------------
 

@@ -171,3 +171,21 @@ def test_a_batch_waits_until_every_pending_path_is_still(watched, photo_dir):
     watcher._pending[str(b)].changed = start + SETTLE  # b changed again later than a
     assert watcher.settled(start + SETTLE + 0.01) == []  # a is still, b is not yet
     assert sorted(watcher.settled(start + 2 * SETTLE + 0.01)) == sorted([str(a), str(b)])
+
+
+def test_a_locked_index_is_caught_up_once_the_other_writer_is_done(tmp_path, tiny_model, photo_dir):
+    index = ImageIndex.open_or_create(tmp_path / "idx", model=tiny_model, device="cpu")
+    other = ImageIndex.open(tmp_path / "idx", device="cpu")
+    watcher = FolderWatcher(index, [photo_dir], settle=SETTLE)
+    try:
+        with other.writing():  # another writer holds the lock while the watch starts
+            watcher.start()
+            new = draw_image(photo_dir / "meanwhile.png", "orange", "circle")
+            time.sleep(2 * SETTLE)  # let the watcher meet the lock (nothing waits on this)
+            assert index.count == 0
+        wait_for(lambda: found(index, new))
+        wait_for(lambda: index.count == 13)
+    finally:
+        watcher.stop()
+        other.close()
+        index.close()
