@@ -88,3 +88,44 @@ def test_watch_without_watchdog_says_what_to_install(run, indexed, monkeypatch):
             "clipsearch: error: watching folders needs watchdog, not installed here; install "
             "the watch extra: pip install 'clipsearch[watch]'"
         ]
+
+
+@pytest.mark.slow
+def test_serve_watch_shows_a_saved_photo_on_the_page(tmp_path, tiny_model, photo_dir):
+    import re
+    import urllib.parse
+    import urllib.request
+
+    index_dir = tmp_path / "idx"
+    args = ["--index", index_dir, "index", photo_dir, "--model", tiny_model, "--device", "cpu"]
+    subprocess.run([sys.executable, "-m", "clipsearch.cli.main", *map(str, args)], check=True)
+    args = ["--index", index_dir, "serve", "--port", "0", "--watch", photo_dir, "--settle", "0.6"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipsearch.cli.main", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        out = Lines(proc.stdout)
+        url = re.search(r"http://\S+/", out.wait_for("serving")).group(0)
+        out.wait_for("unchanged 12")  # the watcher's catch-up pass
+        new = draw_image(photo_dir / "saved.png", "purple", "triangle")
+
+        def on_page():
+            query = urllib.parse.urlencode({"q": "a picture", "k": 50})
+            with urllib.request.urlopen(f"{url}api/search?{query}", timeout=30) as r:
+                return str(new) in {h["path"] for h in json.load(r)["results"]}
+
+        deadline = time.monotonic() + 60
+        while not on_page():
+            assert time.monotonic() < deadline, "the saved photo never showed up"
+            time.sleep(0.1)
+        out.wait_for("added 1")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
