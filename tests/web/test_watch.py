@@ -99,6 +99,17 @@ def test_a_server_sees_another_process_index_train_and_reindex(index_dir, tmp_pa
         assert client.get("/api/info").json()["count"] == 15
         assert str(more / "yellow.png") in search_paths(client)
         assert len(search_paths(client)) == 15
+    # A server started on the lists file follows the new lists file another run writes.
+    with ImageIndex.open(index_dir, device="cpu") as reader:
+        client = TestClient(create_app(reader), base_url="http://127.0.0.1")
+        assert client.get("/api/info").json()["index_type"] == "ivf-ondisk"
+        assert len(search_paths(client)) == 15
+        for color in ("red", "green"):
+            draw_image(more / f"late_{color}.png", color, "triangle")
+        cli(index_dir, "index", more)
+        paths = search_paths(client)
+        assert {str(more / "late_red.png"), str(more / "late_green.png")} <= paths.keys()
+        assert len(paths) == 17
 
 
 @pytest.mark.slow
