@@ -42,6 +42,7 @@ _EXPORTS = {
     **dict.fromkeys(["ImageIndex", "IndexInfo", "SearchResult"], "index.imageindex"),
     **dict.fromkeys(["DuplicateGroup", "DuplicateMember"], "index.duplicates"),
     "IndexReport": "index.pipeline",
+    "FolderWatcher": "index.watch",
     **dict.fromkeys(["LinkReport", "link_results"], "index.links"),
     "Progress": "progress",
     **dict.fromkeys(["Query", "Term"], "index.query"),
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
     from clipsearch.index.pipeline import IndexReport
     from clipsearch.index.query import Query, Term
     from clipsearch.index.styles import IndexStyles, StyleApplyReport, StyleStats
+    from clipsearch.index.watch import FolderWatcher
     from clipsearch.models.encoder import Encoder
     from clipsearch.models.identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
     from clipsearch.models.loading import load_encoder, load_text_encoder
@@ -108,6 +110,7 @@ __all__ = [
     "EmptyIndexError",
     "Encoder",
     "ErrorRecord",
+    "FolderWatcher",
     "ImageIndex",
     "ImageReadError",
     "IndexStyles",

@@ -15,6 +15,7 @@ from clipsearch.cli.options import (
     json_option,
     model_options,
     open_index,
+    open_or_create_index,
     settings,
 )
 from clipsearch.cli.output import TqdmProgress, echo_json, echo_path_line
@@ -150,25 +151,11 @@ def index_cmd(
     recognised by their content, and deleted files dropped. Files that cannot be read are
     listed by `clipsearch errors`; they never stop the run.
     """
-    from clipsearch.index.imageindex import ImageIndex
-
     remote = None
     if executor == "ray":
         remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size)
     s = settings(ctx, model, pretrained, exclude)
-    index = ImageIndex.open_or_create(
-        s.index.value,
-        s.model.value,
-        s.pretrained.value,
-        device=device,
-        precision=precision,
-        model_is_default=s.model_is_default,
-    )
-    if index.created:
-        echo_path_line(
-            f"clipsearch: created a new index at {index.path} (from: {s.index.source})", err=True
-        )
-    with index:
+    with open_or_create_index(ctx, s, device=device, precision=precision) as index:
         try:
             report = index.add(
                 paths,

@@ -22,6 +22,7 @@ from clipsearch.cli.searching import embed, search, similar
 from clipsearch.cli.serve import serve
 from clipsearch.cli.style import classify, style
 from clipsearch.cli.train import train
+from clipsearch.cli.watching import watch
 
 
 def run() -> None:
@@ -65,7 +66,7 @@ def main(ctx: click.Context, index_dir: Path | None) -> None:
 
 for _command in (index_cmd, reindex, repair, search, similar, embed, info, errors):
     main.add_command(_command)
-for _command in (duplicates, style, classify, serve, train, config):
+for _command in (watch, duplicates, style, classify, serve, train, config):
     main.add_command(_command)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
+from clipsearch.cli.output import echo_path_line
 from clipsearch.errors import IndexNotFoundError
 from clipsearch.models.identity import (
     DEVICES,
@@ -57,6 +58,28 @@ def open_index(ctx: click.Context, **kwargs: Any) -> ImageIndex:
         return ImageIndex.open(index.value, **kwargs)
     except IndexNotFoundError as e:
         raise IndexNotFoundError(f"{e} (index from: {index.source})") from None
+
+
+def open_or_create_index(
+    ctx: click.Context, s: Settings, *, device: str, precision: str
+) -> ImageIndex:
+    """Open the index in force, or create it with the settings' model; a new one is announced
+    on stderr, with why that folder was chosen."""
+    from clipsearch.index.imageindex import ImageIndex
+
+    index = ImageIndex.open_or_create(
+        s.index.value,
+        s.model.value,
+        s.pretrained.value,
+        device=device,
+        precision=precision,
+        model_is_default=s.model_is_default,
+    )
+    if index.created:
+        echo_path_line(
+            f"clipsearch: created a new index at {index.path} (from: {s.index.source})", err=True
+        )
+    return index
 
 
 def complete_model(

@@ -101,6 +101,11 @@ class IndexReport:
     def encoded(self) -> int:
         return self.added + self.updated
 
+    def changes(self) -> str:
+        """What changed, in words: ``added 3, removed 1`` (the counts that are not zero)."""
+        counts = {k: getattr(self, k) for k in ("added", "updated", "moved", "removed", "failed")}
+        return ", ".join(f"{k} {n}" for k, n in counts.items() if n) or "no change"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "added": self.added,

@@ -108,6 +108,22 @@ class IndexStyles:
     def __init__(self, index: StyleHost):
         self.index = index
         self._labeller: Labeller | None = None
+        self._labeller_source: object = None  # what the cached labeller was made from
+
+    def _source(self) -> object:
+        """What the labeller would be made from now: the saved head's file (another process
+        may train a new one while this one runs), else the zero-shot label set."""
+        try:
+            st = (self.head_dir / HEAD_META).stat()
+        except OSError:
+            return ("zero-shot", self.zero_shot_labels())
+        return ("head", st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _current_labeller(self) -> Labeller | None:
+        """The cached labeller, unless the head or the label set changed since it was made."""
+        if self._labeller is not None and self._labeller_source != self._source():
+            self._labeller = None
+        return self._labeller
 
     @property
     def head_dir(self) -> Path:
@@ -139,8 +155,9 @@ class IndexStyles:
         Raises:
             StyleHeadError: the saved head is unreadable or was trained on another backbone.
         """
-        if self._labeller is not None:
-            return tuple(self._labeller.labels)
+        labeller = self._current_labeller()
+        if labeller is not None:
+            return tuple(labeller.labels)
         if not self.has_head():
             return self.zero_shot_labels()
         # head.json alone: asked on every filtered web search, so no weights, no torch.
@@ -148,11 +165,13 @@ class IndexStyles:
 
     def labeller(self) -> Labeller:
         """The trained head when there is one, else zero-shot over :meth:`zero_shot_labels`."""
-        if self._labeller is None:
+        if self._current_labeller() is None:
+            source = self._source()
             head = self.head()
             self._labeller = head or ZeroShotLabeller.for_styles(
                 self.index.encoder, self.zero_shot_labels()
             )
+            self._labeller_source = source
         return self._labeller
 
     def label(self, vectors: np.ndarray) -> list[tuple[str, float]]:
@@ -194,7 +213,7 @@ class IndexStyles:
         labelled = 0
         with self.index.writing():
             meta_path = head.save(self.head_dir)
-            self._labeller = head
+            self._labeller, self._labeller_source = head, self._source()
             if apply:
                 labelled = self._relabel(head)
         return StyleTrainReport(

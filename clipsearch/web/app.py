@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from io import BytesIO
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -47,6 +47,9 @@ from clipsearch.store.catalog import StoredImage
 from clipsearch.web import openapi as doc
 from clipsearch.web.guards import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders
 from clipsearch.web.thumbs import THUMBS_DIR, ThumbnailCache
+
+if TYPE_CHECKING:
+    from clipsearch.index.watch import FolderWatcher
 
 STATIC_DIR = doc.STATIC_DIR
 MAX_K = 200
@@ -636,6 +639,7 @@ def create_app(
     device: str = "auto",
     precision: str = "fp32",
     allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
+    watcher: FolderWatcher | None = None,
 ) -> FastAPI:
     """The web page and JSON API over an index.
 
@@ -646,6 +650,10 @@ def create_app(
         precision: the model's precision, for an index opened here.
         allowed_hosts: the names the server answers to (``Host`` header); None for any. The
             default serves this machine only and keeps other web sites out (DNS rebinding).
+        watcher: a :class:`~clipsearch.index.watch.FolderWatcher` that keeps the index current
+            (give it an :class:`ImageIndex` of its own for the same folder): started in a
+            background thread with the app, stopped when it shuts down. Searches see each
+            batch once it is committed.
 
     Raises:
         IndexNotFoundError: no index at the given folder.
@@ -657,9 +665,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if watcher is not None:
+            watcher.start()
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.stop()
             if owned:
                 opened.close()
 
