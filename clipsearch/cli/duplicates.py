@@ -38,9 +38,9 @@ def duplicates(
 
     Files with the same content are grouped, and so are images whose vectors reach the
     threshold: re-encodes, resizes, crops, small edits, bursts. The image to keep comes
-    first in each group, marked "keep": the largest resolution, then the oldest file (by
-    modification time). Nothing is deleted. Exact with a flat index; other index types
-    find the pairs their search finds.
+    first in each group, marked "keep": the largest resolution, then the oldest photo (by
+    date taken, else modification time). Nothing is deleted. Exact with a flat index;
+    other index types find the pairs their search finds.
 
     \b
         clipsearch duplicates

@@ -69,7 +69,7 @@ class DuplicateMember:
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Near-identical images, the one to keep first (largest resolution, then oldest file).
+    """Near-identical images, the one to keep first (largest resolution, then oldest photo).
 
     ``reason`` is ``"same content"`` when every file has the same bytes, else ``"similar"``;
     ``min_similarity`` and ``max_similarity`` bound the other members' similarity to the kept
@@ -282,10 +282,16 @@ def _join_same(comps: Components, groups: Iterable[np.ndarray]) -> None:
         comps.join(np.full(len(g) - 1, g[0]), g[1:])
 
 
-def keep_order(image: StoredImage) -> tuple[int, int, str]:
-    """Sort key that puts the image to keep first: the most pixels, then the oldest file
-    (its modification time: the catalog keeps no date taken), then the path."""
-    return (-image.width * image.height, image.mtime_ns, image.path)
+def keep_order(image: StoredImage) -> tuple[int, float, str]:
+    """Sort key that puts the image to keep first: the most pixels, then the oldest photo (the
+    date it was taken where the catalog knows it, else the file's modification time), then
+    the path."""
+    taken = image.meta.taken
+    return (
+        -image.width * image.height,
+        taken if taken is not None else image.mtime_ns / 1e9,
+        image.path,
+    )
 
 
 def describe_group(

@@ -757,9 +757,9 @@ class ImageIndex:
 
         Files with the same bytes are grouped, and so are images whose cosine similarity
         reaches ``threshold`` (re-encodes, resizes, crops, small edits, bursts). Each group
-        lists the image to keep first: the largest resolution, then the oldest file (by its
-        modification time). The pairs come from the vector index: exact for ``flat``, with
-        the recall of the index type for the others.
+        lists the image to keep first: the largest resolution, then the oldest photo (by
+        its date taken, else its modification time). The pairs come from the vector index:
+        exact for ``flat``, with the recall of the index type for the others.
 
         Args:
             threshold: the least cosine similarity, in (0, 1].

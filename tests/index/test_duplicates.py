@@ -19,7 +19,7 @@ import pytest
 from clipsearch import DuplicateGroup, ImageIndex, QueryError
 from clipsearch.index.duplicates import Components, group_ids, iter_pairs, similar_pairs
 from clipsearch.store.vectors import INDEX_TYPES, IndexLayout, VectorIndex
-from tests.helpers import draw_near_duplicates
+from tests.helpers import draw_near_duplicates, save_photo
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +225,15 @@ def test_a_cluster_larger_than_max_k_is_still_one_group():
         assert len(a) <= len(ids) * 7
         comps.join(a, b)
     assert comps.groups() == [ids.tolist()]
+
+
+def test_the_oldest_by_date_taken_is_kept_where_the_camera_says(tmp_path):
+    folder = tmp_path / "photos"
+    # the same picture twice: one taken in 2020 but copied last, one with only an older mtime
+    early = save_photo(folder / "a.jpg", "green", "square", taken="2020:01:01 10:00:00")
+    late = save_photo(folder / "b.jpg", "green", "square", mtime=1.6e9)  # 2020-09-13
+    assert early.stat().st_mtime > late.stat().st_mtime
+    with ImageIndex.create(tmp_path / "idx", model="demo", device="cpu") as ix:
+        ix.add([folder])
+        (group,) = ix.duplicates(0.99)
+    assert [Path(m.path).name for m in group.members] == ["a.jpg", "b.jpg"]
