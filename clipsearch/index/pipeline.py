@@ -17,6 +17,7 @@ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -290,7 +291,7 @@ class Indexer:
         self._vectors: VectorIndex | None = None
         self._encoder_factory = encoder
         self._encoder: Encoder | None = None
-        self._encoder_error: ClipsearchError | None = None
+        self._encoder_error: Exception | None = None
         self._encoder_lock = threading.Lock()
         self.options = options
         self.progress = progress or Progress()
@@ -309,7 +310,7 @@ class Indexer:
                     encoder = self._encoder_factory()
                     if self.options.compile:
                         encoder.compile_image_tower()
-                except ClipsearchError as e:
+                except Exception as e:
                     self._encoder_error = e
                     raise
                 self._encoder = encoder
@@ -574,7 +575,8 @@ def prepare_candidate(
     """
     path = cand.found.path
     out = Prepared(cand)
-    try:
+    data = b""
+    with _file_errors(out):
         data, st = read_file(path)
         if (st.st_size, st.st_mtime_ns) != (cand.found.size, cand.found.mtime_ns):
             # Rewritten since the walk: record the size and time of the bytes we encode.
@@ -582,19 +584,27 @@ def prepare_candidate(
             out.cand = Candidate(found, cand.old_id)
         out.sha256 = hashlib.sha256(data).hexdigest()
         out.meta = read_photo_meta(data, out.cand.found.mtime_ns)
-        if out.sha256 in gone_shas:
-            return out
-        model = encoder()
+    if out.error is not None or out.sha256 in gone_shas:
+        return out
+    model = encoder()  # outside _file_errors: a model that cannot load stops the run
+    with _file_errors(out):
         draft_size = 2 * model.image_size if draft else None
         img, (out.width, out.height) = decode_image_sized(data, path, draft_size=draft_size)
         out.pixels = model.preprocess(img)
+    return out
+
+
+@contextlib.contextmanager
+def _file_errors(out: Prepared) -> Iterator[None]:
+    """Record what goes wrong with one file as its error, instead of raising."""
+    try:
+        yield
     except ImageReadError as e:
         out.error = e.reason
     except ClipsearchError:
         raise
     except Exception as e:  # a preprocessing bug must not abort hours of indexing
         out.error = f"cannot preprocess image: {type(e).__name__}: {e}"
-    return out
 
 
 def _under(rel: str, prefix: str) -> bool:
