@@ -114,7 +114,7 @@ class EncoderWorker:
 
         from clipsearch.index.pipeline import prepare_candidate
 
-        out = [prepare_candidate(c, self.encoder, self.draft, gone_shas) for c in shard]
+        out = [prepare_candidate(c, lambda: self.encoder, self.draft, gone_shas) for c in shard]
         todo = [p for p in out if p.pixels is not None]
         if todo:
             vectors = self.encoder.encode_pixels(torch.stack([p.pixels for p in todo]))

@@ -56,12 +56,17 @@ from clipsearch.index.query import (
 from clipsearch.media.photometa import PhotoMeta
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.loading import load_spec
-from clipsearch.models.runtime import default_batch_size
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
 from clipsearch.store.migrations import SCHEMA_VERSION
 from clipsearch.store.repair import RepairReport, repair_store
-from clipsearch.store.vectors import IndexLayout, VectorIndex, open_index, rebuild_index
+from clipsearch.store.vectors import (
+    IndexLayout,
+    VectorIndex,
+    open_index,
+    rebuild_index,
+    saved_index_is_current,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -347,11 +352,15 @@ class ImageIndex:
         return self._vectors
 
     def save_vectors(self) -> None:
-        """Write the FAISS file for the current catalog generation (writers only)."""
-        if self._vectors is not None:
-            if self._vectors.needs_compaction:  # HNSW tombstones: rebuild the graph
-                self._vectors.compact(self.catalog)
-            self._vectors.save(self.path, self.catalog.generation())
+        """Write the FAISS file for the current catalog generation (writers only). Not loaded
+        (a run that changed no ids): only when the saved file lags the catalog, as after a
+        crash, is it loaded (synced with the catalog) and saved."""
+        if self._vectors is None and saved_index_is_current(self.path, self.catalog):
+            return
+        vectors = self._vectors if self._vectors is not None else self.vectors  # loads, syncs
+        if vectors.needs_compaction:  # HNSW tombstones: rebuild the graph
+            vectors.compact(self.catalog)
+        vectors.save(self.path, self.catalog.generation())
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -432,7 +441,7 @@ class ImageIndex:
         options = IndexOptions(
             exclude=tuple(exclude),
             include_hidden=include_hidden,
-            batch_size=default_batch_size(self.device) if batch_size is None else batch_size,
+            batch_size=batch_size,
             workers=workers or IndexOptions.workers,
             draft=draft,
             compile=compile,
@@ -440,7 +449,7 @@ class ImageIndex:
         with self.writing():
             indexer = Indexer(
                 self.catalog,
-                self.vectors,
+                lambda: self.vectors,
                 lambda: self.encoder,
                 options,
                 progress,

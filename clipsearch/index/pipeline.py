@@ -17,8 +17,10 @@ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
@@ -32,6 +34,7 @@ import numpy as np
 from clipsearch.errors import ClipsearchError, ImageReadError
 from clipsearch.media.files import FoundFile, decode_image_sized, read_file, walk_images
 from clipsearch.media.photometa import PhotoMeta, read_photo_meta
+from clipsearch.models.runtime import BATCH_SIZES
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import Catalog, NewImage
 
@@ -47,7 +50,8 @@ class IndexOptions:
     Args:
         exclude: glob patterns of files and folders to skip.
         include_hidden: index dot-files and descend into dot-folders.
-        batch_size: images per model call and per catalog transaction.
+        batch_size: images per model call and per catalog transaction (default: what suits
+            the encoder's device, chosen when the model loads).
         workers: threads that read, decode and preprocess ahead of the model.
         save_every: seconds between saves of the FAISS file during a long run.
         draft: decode JPEGs at a reduced size (DCT scaling) that is still at least twice the
@@ -63,14 +67,14 @@ class IndexOptions:
 
     exclude: tuple[str, ...] = ()
     include_hidden: bool = False
-    batch_size: int = 32
+    batch_size: int | None = None
     workers: int = max(1, min(4, (os.cpu_count() or 1)))
     save_every: float = 60.0
     draft: bool = True
     compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ClipsearchError(f"batch size must be at least 1 (got {self.batch_size})")
 
 
@@ -264,12 +268,17 @@ class _Scope(NamedTuple):
 
 
 class Indexer:
-    """Runs one incremental indexing pass over some folders into a catalog and vector index."""
+    """Runs one incremental indexing pass over some folders into a catalog and vector index.
+
+    The model (torch, open_clip) loads only when a file must be encoded, and the vector index
+    (FAISS) only when ids are added or removed: a run over unchanged or moved files needs
+    neither.
+    """
 
     def __init__(
         self,
         catalog: Catalog,
-        vectors: VectorIndex,
+        vectors: Callable[[], VectorIndex],
         encoder: Callable[[], Encoder],
         options: IndexOptions,
         progress: Progress | None = None,
@@ -278,9 +287,12 @@ class Indexer:
         executor: Executor | None = None,
     ):
         self.catalog = catalog
-        self.vectors = vectors
+        self._vectors_factory = vectors
+        self._vectors: VectorIndex | None = None
         self._encoder_factory = encoder
         self._encoder: Encoder | None = None
+        self._encoder_error: Exception | None = None
+        self._encoder_lock = threading.Lock()
         self.options = options
         self.progress = progress or Progress()
         self._save = save or (lambda: None)
@@ -289,11 +301,38 @@ class Indexer:
 
     @property
     def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = self._encoder_factory()
-            if self.options.compile:
-                self._encoder.compile_image_tower()
-        return self._encoder
+        """The model, loaded by the first decoding worker that needs it (once, under a lock)."""
+        with self._encoder_lock:
+            if self._encoder_error is not None:  # failed once: the other workers fail at once
+                raise self._encoder_error
+            if self._encoder is None:
+                try:
+                    encoder = self._encoder_factory()
+                    if self.options.compile:
+                        encoder.compile_image_tower()
+                except Exception as e:
+                    self._encoder_error = e
+                    raise
+                self._encoder = encoder
+            return self._encoder
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The vector index, loaded on first use. Load it before a catalog transaction that
+        adds ids: loading syncs it with the catalog, and the ids would then be added twice."""
+        if self._vectors is None:
+            self._vectors = self._vectors_factory()
+        return self._vectors
+
+    @property
+    def batch_size(self) -> int:
+        """Images per batch: the option, else what suits the model's device once it is
+        loaded; until then (files only hashed, as moves) the CPU's."""
+        if self.options.batch_size is not None:
+            return self.options.batch_size
+        if self._encoder is not None:
+            return self._encoder.batch_size
+        return BATCH_SIZES["cpu"]
 
     def run(self, roots: Sequence[Path]) -> IndexReport:
         started = time.monotonic()
@@ -409,12 +448,10 @@ class Indexer:
             if self._executor is not None:
                 stream = self._executor.prepared(candidates, gone.shas)
             else:
-                if candidates:
-                    self.encoder  # noqa: B018 -- load it here, not in several workers at once
                 stream = self._prepare_all(pool, candidates, gone.shas)
             for prepared in stream:
                 batch.append(prepared)
-                if len(batch) >= self.options.batch_size:
+                if len(batch) >= self.batch_size:
                     self._commit(batch, gone, report)
                     batch = []
                     if time.monotonic() - last_save > self.options.save_every:
@@ -424,30 +461,35 @@ class Indexer:
                 self._commit(batch, gone, report)
         leftover = gone.unclaimed()
         if leftover:
+            vectors = self.vectors  # loaded before the removal (see vectors)
             self.catalog.remove(leftover)
-            self.vectors.remove(np.asarray(leftover, dtype=np.int64))
+            vectors.remove(np.asarray(leftover, dtype=np.int64))
             report.removed += len(leftover)
 
     def _prepare_all(
         self, pool: ThreadPoolExecutor, candidates: list[Candidate], gone_shas: frozenset[str]
     ) -> Iterator[Prepared]:
-        """Results in input order, with a bounded number of files in flight."""
-        window = max(2 * self.options.batch_size, 2 * self.options.workers)
+        """Results in input order, with a bounded number of files in flight (the bound grows
+        with the batch size once the model has loaded)."""
         pending: deque[Future[Prepared]] = deque()
         it = iter(candidates)
-        for cand in it:
-            pending.append(pool.submit(self._prepare, cand, gone_shas))
-            if len(pending) >= window:
-                break
+
+        def refill() -> None:
+            window = max(2 * self.batch_size, 2 * self.options.workers)
+            while len(pending) < window:
+                nxt = next(it, None)
+                if nxt is None:
+                    return
+                pending.append(pool.submit(self._prepare, nxt, gone_shas))
+
+        refill()
         while pending:
             result = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(self._prepare, nxt, gone_shas))
+            refill()
             yield result
 
     def _prepare(self, cand: Candidate, gone_shas: frozenset[str]) -> Prepared:
-        return prepare_candidate(cand, self.encoder, self.options.draft, gone_shas)
+        return prepare_candidate(cand, lambda: self.encoder, self.options.draft, gone_shas)
 
     def _commit(self, batch: list[Prepared], gone: GoneFiles, report: IndexReport) -> None:
         """Plan one batch, then apply it in one catalog transaction."""
@@ -482,7 +524,10 @@ class Indexer:
         return plan
 
     def _apply(self, plan: BatchPlan) -> None:
-        """Encode what the plan needs, commit it in one transaction, mirror it in the vectors."""
+        """Encode what the plan needs, commit it in one transaction, mirror it in the vectors.
+        A batch of moves and errors only changes the catalog: the vectors keep their ids."""
+        changes_ids = bool(plan.new or plan.remove_ids)
+        vectors = self.vectors if changes_ids else None  # loaded before the commit
         matrix = self._vectors_of(plan)
         styles = self._styles(matrix) if self._styles is not None and plan.new else None
         ids = self.catalog.commit_batch(
@@ -494,12 +539,17 @@ class Indexer:
             errors=plan.report.errors,
             styles=styles,
         )
+        if vectors is None:
+            return
         if plan.remove_ids:
-            self.vectors.remove(np.asarray(plan.remove_ids, dtype=np.int64))
-        self.vectors.add(np.asarray(ids, dtype=np.int64), matrix)
+            vectors.remove(np.asarray(plan.remove_ids, dtype=np.int64))
+        if ids:
+            vectors.add(np.asarray(ids, dtype=np.int64), matrix)
 
     def _vectors_of(self, plan: BatchPlan) -> np.ndarray:
         """One vector per new row: encoded here, encoded remotely, or copied."""
+        if not plan.new:
+            return np.zeros((0, 0), dtype=np.float32)  # its width is never read
         matrix = np.zeros((len(plan.new), self.vectors.dim), dtype=np.float32)
         if plan.pixels:
             import torch
@@ -516,15 +566,17 @@ class Indexer:
 
 
 def prepare_candidate(
-    cand: Candidate, encoder: Encoder, draft: bool, gone_shas: Container[str]
+    cand: Candidate, encoder: Callable[[], Encoder], draft: bool, gone_shas: Container[str]
 ) -> Prepared:
     """Read, hash, decode and preprocess one file; never raises for a bad file.
 
-    A file whose bytes belong to a gone record is only hashed: its vector is already stored.
+    A file whose bytes belong to a gone record is only hashed: its vector is already stored,
+    and ``encoder`` (which may load the model) is not called.
     """
     path = cand.found.path
     out = Prepared(cand)
-    try:
+    data = b""
+    with _file_errors(out):
         data, st = read_file(path)
         if (st.st_size, st.st_mtime_ns) != (cand.found.size, cand.found.mtime_ns):
             # Rewritten since the walk: record the size and time of the bytes we encode.
@@ -532,18 +584,27 @@ def prepare_candidate(
             out.cand = Candidate(found, cand.old_id)
         out.sha256 = hashlib.sha256(data).hexdigest()
         out.meta = read_photo_meta(data, out.cand.found.mtime_ns)
-        if out.sha256 in gone_shas:
-            return out
-        draft_size = 2 * encoder.image_size if draft else None
+    if out.error is not None or out.sha256 in gone_shas:
+        return out
+    model = encoder()  # outside _file_errors: a model that cannot load stops the run
+    with _file_errors(out):
+        draft_size = 2 * model.image_size if draft else None
         img, (out.width, out.height) = decode_image_sized(data, path, draft_size=draft_size)
-        out.pixels = encoder.preprocess(img)
+        out.pixels = model.preprocess(img)
+    return out
+
+
+@contextlib.contextmanager
+def _file_errors(out: Prepared) -> Iterator[None]:
+    """Record what goes wrong with one file as its error, instead of raising."""
+    try:
+        yield
     except ImageReadError as e:
         out.error = e.reason
     except ClipsearchError:
         raise
     except Exception as e:  # a preprocessing bug must not abort hours of indexing
         out.error = f"cannot preprocess image: {type(e).__name__}: {e}"
-    return out
 
 
 def _under(rel: str, prefix: str) -> bool:

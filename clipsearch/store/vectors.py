@@ -602,6 +602,23 @@ def recorded_layout(catalog: Catalog) -> IndexLayout:
     return IndexLayout(catalog.get_meta("index_type", "flat"))
 
 
+def saved_index_is_current(folder: Path, catalog: Catalog) -> bool:
+    """Whether the saved vector index reflects the catalog as it is now, in the layout it
+    records, with no temp files of a killed writer beside it: a check without FAISS, so that a
+    run that changed no ids can leave the file alone. Its bytes are checked when it loads."""
+    state = _read_state(folder)
+    if not state or state.get("generation") != catalog.generation():
+        return False
+    if (state.get("layout") or {}).get("type") != recorded_layout(catalog).type:
+        return False
+    try:
+        if (folder / INDEX_FILE).stat().st_size != state.get("bytes"):
+            return False
+    except OSError:
+        return False
+    return not any(any(folder.glob(f"{n}.*.tmp")) for n in (INDEX_FILE, STATE_FILE))
+
+
 def open_index(
     folder: Path, catalog: Catalog, dim: int, *, mmap: bool = True
 ) -> tuple[VectorIndex, int | None]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -60,3 +63,60 @@ def test_repair_reports_a_missing_vector_file_and_rebuilds_it(run, indexed, tmp_
     assert lines[1] == "vector file was missing; rebuilt with 12 vectors"
     report = json.loads(run("repair", "--json").output)
     assert (report["vector_file"], report["vectors"]) == ("ok", 12)
+
+
+# A `clipsearch index` run in a fresh process, reporting which heavy libraries it imported.
+_REPORT_IMPORTS = """
+import json, sys
+from clipsearch.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+heavy = ["torch", "open_clip", "faiss"]
+print(json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}))
+"""
+
+
+def test_index_of_unchanged_moved_or_deleted_files_loads_no_model(
+    run, tiny_model, photo_dir, tmp_path
+):
+    index_dir = str(tmp_path / "idx")  # the run fixture's
+    assert run("index", photo_dir, "--model", tiny_model).exit_code == 0
+
+    def index_in_a_fresh_process():
+        argv = ["--index", index_dir, "index", str(photo_dir), "--model", tiny_model]
+        proc = subprocess.run(
+            [sys.executable, "-c", _REPORT_IMPORTS, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = proc.stdout.strip().splitlines()
+        return json.loads(lines[-1]), lines[0] if len(lines) > 1 else proc.stderr
+
+    report, summary = index_in_a_fresh_process()
+    assert report == {"code": 0, "loaded": []}, summary
+    assert summary.startswith("added 0, updated 0, moved 0, removed 0, unchanged 12, failed 0")
+
+    # A move changes the catalog only: its vector keeps its id, and no library is needed.
+    moved = photo_dir / "elsewhere" / "red_circle.png"
+    moved.parent.mkdir()
+    (photo_dir / "more" / "nested" / "red_circle.png").rename(moved)
+    report, summary = index_in_a_fresh_process()
+    assert report == {"code": 0, "loaded": []}, summary
+    assert summary.startswith("added 0, updated 0, moved 1, removed 0, unchanged 11, failed 0")
+
+    # A deletion removes a vector: FAISS, but still no model.
+    (photo_dir / "shapes" / "green_circle.png").unlink()
+    report, summary = index_in_a_fresh_process()
+    assert report == {"code": 0, "loaded": ["faiss"]}, summary
+    assert summary.startswith("added 0, updated 0, moved 0, removed 1, unchanged 11, failed 0")
+
+    hits = json.loads(run("search", "a red circle", "-k", "20", "--json").output)
+    paths = {Path(h["path"]) for h in hits}
+    assert len(hits) == 11 and moved in paths
+    assert photo_dir / "shapes" / "green_circle.png" not in paths
+    assert run("index", photo_dir, "--model", tiny_model).output.startswith(
+        "added 0, updated 0, moved 0, removed 0, unchanged 11"
+    )

@@ -384,3 +384,26 @@ def test_a_copy_of_a_file_edited_since_gets_the_old_bytes_vector(index, photo_di
     np.testing.assert_allclose(vector_at(index, backup), old_vec, atol=1e-5)
     assert not np.allclose(vector_at(index, target), old_vec)
     assert_consistent(index)
+
+
+def test_a_model_that_fails_to_load_stops_the_run_only_when_a_file_needs_it(
+    tmp_path, tiny_model, photo_dir, monkeypatch
+):
+    import clipsearch.index.imageindex as imageindex_mod
+
+    with ImageIndex.open_or_create(tmp_path / "idx", model=tiny_model, device="cpu") as idx:
+        idx.add([photo_dir])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the model cannot load")
+
+    monkeypatch.setattr(imageindex_mod, "load_spec", broken)
+    (photo_dir / "shapes" / "red_square.png").rename(photo_dir / "red_square.png")
+    with ImageIndex.open(tmp_path / "idx") as idx:
+        report = idx.add([photo_dir])  # a move: hashed only, no model
+        assert (report.moved, report.unchanged, report.failed) == (1, 11, 0)
+        draw_image(photo_dir / "new.png", "blue", "square", size=50)
+        with pytest.raises(RuntimeError, match="cannot load"):
+            idx.add([photo_dir])
+        assert idx.errors() == []  # not a fault of the file: nothing recorded against it
+        assert idx.count == 12
