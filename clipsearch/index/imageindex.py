@@ -727,15 +727,9 @@ class ImageIndex:
         """Rank indexed images against a unit vector (see :meth:`search`)."""
         k = check_k(k)
         where = Filters.parse(after=after, before=before, camera=camera, near=near)
-        allowed = None
-        if path_prefix is not None or styles is not None or where.active:
-            roots = self.catalog.roots().values()
-            prefix = path_filter(path_prefix, roots) if path_prefix else None
-            allowed = self.catalog.ids_matching(
-                path_prefix=prefix, styles=styles, **where.catalog_args()
-            )
-            if len(allowed) == 0:
-                return []
+        allowed = self._allowed_ids(path_prefix, styles, where)
+        if allowed is not None and len(allowed) == 0:
+            return []
         # Ask for a few extra so excluded ids and ties at the cut-off don't shorten the list.
         scores, ids = self.vectors.search(vector[None, :], k + len(exclude) + 8, allowed)
         hits = rank(scores[0], ids[0], k, min_score=min_score, exclude=exclude)
@@ -782,15 +776,30 @@ class ImageIndex:
                 indexed folders.
         """
         threshold = check_threshold(threshold)
-        allowed = None
-        if path_prefix is not None:
-            prefix = path_filter(path_prefix, self.catalog.roots().values())
-            allowed = self.catalog.ids_matching(path_prefix=prefix)
-            if len(allowed) < 2:
-                return []
+        allowed = self._allowed_ids(path_prefix)
+        if allowed is not None and len(allowed) < 2:
+            return []
         if self.catalog.count() < 2:
             return []
         return find_duplicates(self.catalog, self.vectors, threshold, allowed)
+
+    def _allowed_ids(
+        self,
+        path_prefix: str | None,
+        styles: Sequence[str] | None = None,
+        where: Filters | None = None,
+    ) -> np.ndarray | None:
+        """The ids the catalog's filters let through, or None where there is no filter.
+
+        Raises:
+            QueryError: the prefix lies outside the indexed folders.
+        """
+        active = where is not None and where.active
+        if path_prefix is None and styles is None and not active:
+            return None
+        prefix = path_filter(path_prefix, self.catalog.roots().values()) if path_prefix else None
+        meta = where.catalog_args() if where is not None else {}
+        return self.catalog.ids_matching(path_prefix=prefix, styles=styles, **meta)
 
     def _check_not_empty(self) -> None:
         if self.catalog.count() == 0:
