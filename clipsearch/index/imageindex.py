@@ -175,6 +175,7 @@ class ImageIndex:
         self.device = device
         self.precision = precision
         self._encoder: Encoder | None = None
+        self._image_encoder: Encoder | None = None  # the image tower alone, for indexing
         self.created = False
         """True when this object created the index (:meth:`create`, or :meth:`open_or_create`
         of a folder that held none)."""
@@ -228,7 +229,7 @@ class ImageIndex:
         if (folder / CATALOG_FILE).exists() and not _unfinished(folder):
             raise ClipsearchError(f"an index already exists at {folder}")
         spec = ModelSpec.from_user(model, pretrained)
-        encoder = load_spec(spec, device=device, precision=precision)
+        encoder = load_spec(spec, device=device, precision=precision, towers="image")
         folder.mkdir(parents=True, exist_ok=True)
         _adopt_bundled_style_head(spec, folder)
         catalog = Catalog.open(folder / CATALOG_FILE, create=True)
@@ -240,7 +241,10 @@ class ImageIndex:
             generation=0,
         )
         index = cls(folder, catalog, encoder.identity, spec, device=device, precision=precision)
-        index._encoder = encoder
+        if encoder.towers == "image":
+            index._image_encoder = encoder
+        else:
+            index._encoder = encoder
         index.created = True
         return index
 
@@ -300,15 +304,37 @@ class ImageIndex:
         """The index's model, loaded on first use and checked against what the index records."""
         if self._encoder is None:
             encoder = load_spec(self.spec, device=self.device, precision=self.precision)
-            if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
-                raise IndexMismatchError(
-                    f"the weights of model {self.spec.describe()} changed since index "
-                    f"{self.path} was built (was {self.identity.describe()}, now "
-                    f"{encoder.identity.describe()}); restore them or index into a new folder"
-                )
+            self._check_identity(encoder)
             self._encoder = encoder
             self._text_encoder = None
+            self._image_encoder = None
         return self._encoder
+
+    @property
+    def image_encoder(self) -> Encoder:
+        """The model for images: the whole model when it is loaded, else the image tower
+        alone, which loads without open_clip once the model has been loaded before (see
+        :mod:`clipsearch.models.imagetower`); checked against what the index records."""
+        if self._encoder is not None:
+            return self._encoder
+        if self._image_encoder is None:
+            encoder = load_spec(
+                self.spec, device=self.device, precision=self.precision, towers="image"
+            )
+            self._check_identity(encoder)
+            if encoder.towers != "image":  # no image tower of its own: the whole model
+                self._encoder, self._text_encoder = encoder, None
+                return encoder
+            self._image_encoder = encoder
+        return self._image_encoder
+
+    def _check_identity(self, encoder: Encoder) -> None:
+        if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
+            raise IndexMismatchError(
+                f"the weights of model {self.spec.describe()} changed since index "
+                f"{self.path} was built (was {self.identity.describe()}, now "
+                f"{encoder.identity.describe()}); restore them or index into a new folder"
+            )
 
     @property
     def text_encoder(self) -> Encoder | NumpyTextEncoder:
@@ -450,7 +476,7 @@ class ImageIndex:
             indexer = Indexer(
                 self.catalog,
                 lambda: self.vectors,
-                lambda: self.encoder,
+                lambda: self.image_encoder,
                 options,
                 progress,
                 save=self.save_vectors,
@@ -623,7 +649,7 @@ class ImageIndex:
             img = load_image(p)
         except ImageReadError as e:
             raise QueryError(f"query image {path}: {e.reason}") from e
-        return self.encoder.encode_images([img])[0], None
+        return self.image_encoder.encode_images([img])[0], None
 
     def search(
         self,
@@ -827,7 +853,7 @@ class ImageIndex:
                 raise QueryError(f"query image {name}: {e.reason}") from e
         elif image.mode != "RGB":
             image = image.convert("RGB")
-        return self.encoder.encode_images([image])[0]
+        return self.image_encoder.encode_images([image])[0]
 
     def search_indexed(
         self,

@@ -168,8 +168,9 @@ class IndexStyles:
         if self._current_labeller() is None:
             source = self._source()
             head = self.head()
+            # text_encoder: the NumPy text tower where it applies, not the whole model
             self._labeller = head or ZeroShotLabeller.for_styles(
-                self.index.encoder, self.zero_shot_labels()
+                self.index.text_encoder, self.zero_shot_labels()
             )
             self._labeller_source = source
         return self._labeller
