@@ -60,6 +60,9 @@ class IndexOptions:
         compile: run the image tower through ``torch.compile`` (see
             :meth:`clipsearch.models.encoder.Encoder.compile_image_tower`): a slow first batch, then
             faster ones; for runs of thousands of images.
+        queue_bytes: how many bytes of files may be read, decoded and waiting for the model at
+            once (at least one file): large files (panoramas, big PNGs or TIFFs) then queue
+            fewer at a time, and memory stays bounded whatever the folder holds.
 
     Raises:
         ClipsearchError: ``batch_size`` is below 1.
@@ -72,6 +75,7 @@ class IndexOptions:
     save_every: float = 60.0
     draft: bool = True
     compile: bool = False
+    queue_bytes: int = 128 << 20
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -470,21 +474,28 @@ class Indexer:
         self, pool: ThreadPoolExecutor, candidates: list[Candidate], gone_shas: frozenset[str]
     ) -> Iterator[Prepared]:
         """Results in input order, with a bounded number of files in flight (the bound grows
-        with the batch size once the model has loaded)."""
-        pending: deque[Future[Prepared]] = deque()
+        with the batch size once the model has loaded) and a bounded sum of their sizes."""
+        pending: deque[tuple[Future[Prepared], int]] = deque()
         it = iter(candidates)
+        nxt: Candidate | None = next(it, None)
+        in_flight = 0
 
         def refill() -> None:
+            nonlocal nxt, in_flight
             window = max(2 * self.batch_size, 2 * self.options.workers)
-            while len(pending) < window:
-                nxt = next(it, None)
-                if nxt is None:
+            while nxt is not None and len(pending) < window:
+                size = nxt.found.size
+                if pending and in_flight + size > self.options.queue_bytes:
                     return
-                pending.append(pool.submit(self._prepare, nxt, gone_shas))
+                pending.append((pool.submit(self._prepare, nxt, gone_shas), size))
+                in_flight += size
+                nxt = next(it, None)
 
         refill()
         while pending:
-            result = pending.popleft().result()
+            future, size = pending.popleft()
+            result = future.result()
+            in_flight -= size
             refill()
             yield result
 
