@@ -55,6 +55,7 @@ from clipsearch.index.query import (
 )
 from clipsearch.media.photometa import PhotoMeta
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
+from clipsearch.models.imagetower import cached_identity
 from clipsearch.models.loading import load_spec
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
@@ -224,26 +225,31 @@ class ImageIndex:
         device: str = "auto",
         precision: str = "fp32",
     ) -> ImageIndex:
-        """Create a new index for a model (loaded now, to learn its width and preprocessing)."""
+        """Create a new index for a model (its width and preprocessing are what its image
+        tower's cache record says, else what loading it now gives)."""
         folder = Path(path).expanduser().absolute()
         if (folder / CATALOG_FILE).exists() and not _unfinished(folder):
             raise ClipsearchError(f"an index already exists at {folder}")
         spec = ModelSpec.from_user(model, pretrained)
-        encoder = load_spec(spec, device=device, precision=precision, towers="image")
+        identity = cached_identity(spec)
+        encoder = None
+        if identity is None:
+            encoder = load_spec(spec, device=device, precision=precision, towers="image")
+            identity = encoder.identity
         folder.mkdir(parents=True, exist_ok=True)
         _adopt_bundled_style_head(spec, folder)
         catalog = Catalog.open(folder / CATALOG_FILE, create=True)
         catalog.set_meta(
-            model=encoder.identity.to_dict(),
+            model=identity.to_dict(),
             model_spec={"model": spec.model, "pretrained": spec.pretrained},
             index_type="flat",
             created=time.time(),
             generation=0,
         )
-        index = cls(folder, catalog, encoder.identity, spec, device=device, precision=precision)
-        if encoder.towers == "image":
+        index = cls(folder, catalog, identity, spec, device=device, precision=precision)
+        if encoder is not None and encoder.towers == "image":
             index._image_encoder = encoder
-        else:
+        elif encoder is not None:
             index._encoder = encoder
         index.created = True
         return index
@@ -327,6 +333,16 @@ class ImageIndex:
                 return encoder
             self._image_encoder = encoder
         return self._image_encoder
+
+    def _indexing_encoder(self) -> Encoder:
+        """The image tower for :meth:`add`. New images get style labels, so the labeller is
+        made first: a zero-shot labeller's text vectors come from the text tower, whose
+        weights are let go before the image tower loads, so that the two are never in memory
+        together (a later text query maps them again)."""
+        if self._image_encoder is None and self._encoder is None:
+            self.styles.labeller()
+            self._numpy_text, self._text_encoder = None, None
+        return self.image_encoder
 
     def _check_identity(self, encoder: Encoder) -> None:
         if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
@@ -476,7 +492,7 @@ class ImageIndex:
             indexer = Indexer(
                 self.catalog,
                 lambda: self.vectors,
-                lambda: self.image_encoder,
+                self._indexing_encoder,
                 options,
                 progress,
                 save=self.save_vectors,

@@ -297,6 +297,26 @@ def cached_image_encoder(
     return Encoder(tower, preprocess, None, identity or recorded, device, precision, "image")
 
 
+def cached_identity(spec: ModelSpec, cache_dir: str | None = None) -> ModelIdentity | None:
+    """The identity of a model as its valid image tower record holds it, without reading any
+    weights (what a new index records); None where :func:`cached_image_encoder` would not
+    apply."""
+    try:
+        record = _read_record(spec, spec_key(spec), cache_dir)
+        if record is None:
+            return None
+        identity = ModelIdentity.from_dict(record["identity"])
+        config = ImageTowerConfig.from_dict(record["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if (
+        ImagePreprocess.from_config(identity.preprocess) is None
+        or config.output_dim != identity.dim
+    ):
+        return None
+    return identity
+
+
 def remember(
     spec: ModelSpec,
     identity: ModelIdentity,
