@@ -339,9 +339,8 @@ class ImageIndex:
         made first: a zero-shot labeller's text vectors come from the text tower, whose
         weights are let go before the image tower loads, so that the two are never in memory
         together (a later text query maps them again)."""
-        if self._image_encoder is None and self._encoder is None:
-            self.styles.labeller()
-            self._numpy_text, self._text_encoder = None, None
+        self.styles.prepare()
+        self._numpy_text, self._text_encoder = None, None
         return self.image_encoder
 
     def _check_identity(self, encoder: Encoder) -> None:
