@@ -30,7 +30,7 @@ import contextlib
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -214,8 +214,17 @@ def read_tower_tensors(
             warnings.simplefilter("ignore", UserWarning)
             out = {n: torch.from_numpy(arrays[prefix + n]) for n in names if prefix + n in arrays}
         return out
+    return {n: torch.from_numpy(a).to(dtype) for n, a in read_copies(path, prefix, names)}
+
+
+def read_copies(path: str, prefix: str, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """Each float32 tensor ``prefix + name`` of a safetensors file that exists, read into a
+    buffer of its own (not mapped: the file's pages do not stay resident), one at a time.
+
+    Raises:
+        ValueError: a tensor is not float32, or lies outside the file.
+    """
     header, base = safetensors_header(path)
-    out = {}
     with open(path, "rb", buffering=0) as f:
         for n in names:
             info = header.get(prefix + n)
@@ -229,9 +238,7 @@ def read_tower_tensors(
                 raise ValueError(f"{path}: tensor {prefix + n} lies outside the file")
             if f.readinto(memoryview(buf).cast("B")) != buf.nbytes:
                 raise ValueError(f"{path}: tensor {prefix + n} lies outside the file")
-            out[n] = torch.from_numpy(buf).to(dtype)
-            del buf
-    return out
+            yield n, buf
 
 
 def load_tower(
@@ -368,9 +375,10 @@ def _write_record(
         copy = path.with_suffix(".safetensors")
         save_safetensors({PREFIX + k: v.numpy() for k, v in state.items()}, copy)
         weights = str(copy)
-    del state
+    # The model's own tensors, which the weights file holds exactly (checked, or copied).
     device = str(next(model.visual.parameters()).device)
-    tower = load_tower(config, weights, prefix, device=device, precision="fp32")
+    tower = build_tower(config, dict(model.visual.state_dict()), device)
+    del state
     if not _parity(model, tower, identity):
         log.debug("image tower of %s differs from open_clip's; not recorded", spec)
         return False
@@ -389,11 +397,8 @@ def _in_place(path: str | None, state: Mapping[str, torch.Tensor]) -> str | None
         header, _ = safetensors_header(path)
         if any(header.get(PREFIX + k, {}).get("dtype") != "F32" for k in state):
             return None
-        stored = read_safetensors(path, [PREFIX + k for k in state])
-        if all(
-            PREFIX + k in stored and np.array_equal(stored[PREFIX + k], v.numpy())
-            for k, v in state.items()
-        ):
+        copies = read_copies(str(path), PREFIX, list(state))
+        if all(np.array_equal(a, state[k].numpy()) for k, a in copies):
             return str(path)
     return None
 

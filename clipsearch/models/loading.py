@@ -193,11 +193,13 @@ def load_spec(
     # While the model is still float32: let later loads skip open_clip, and text queries torch.
     remember(spec, identity, model, tokenizer, plan.checkpoint, cache_dir)
     recorded = remember_image_tower(spec, identity, model, plan.checkpoint, cache_dir)
-    if recorded and asked == "image":  # now on disk: keep that tower alone, drop the model
+    if recorded and asked == "image":  # now on disk: let the model go, load that tower alone
+        del model
         image = (spec, identity)
         fast = cached_image_encoder(*image, device=device, precision=precision, cache_dir=cache_dir)
-        if fast is not None:
-            return fast
+        if fast is None:  # the record became unusable at once: the whole model after all
+            return load_spec(spec, device=device, precision=precision, cache_dir=cache_dir)
+        return fast
     _cast(model, precision)
     return Encoder(model, preprocess, tokenizer, identity, device, precision, towers)
 
