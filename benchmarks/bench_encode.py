@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from _common import Row, machine, print_table, ratio, run_child, write_photos  # noqa: E402
 
 CLI = [sys.executable, "-m", "clipsearch.cli.main"]
+TORCH_ONLY = [sys.executable, "-c", "import torch"]
 
 # A plain open_clip tool: import, create the model from the weights file, encode each photo.
 NAIVE = """
@@ -90,6 +91,23 @@ def median_of(repeat: int, fn) -> tuple[float, float]:  # noqa: ANN001
     return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 
 
+def add_one_photo(
+    tmp: Path, model: str, weights: Path, cache: Path, photos: list[Path], repeat: int
+) -> tuple[float, float]:
+    """Median wall and peak RSS of ``clipsearch index`` when one new photo joined an indexed
+    folder (a new one each run)."""
+    folder, index = tmp / "growing", tmp / "growing-idx"
+    folder.mkdir()
+    shutil.copy(photos[0], folder / "first.jpg")
+    run_child(index_cmd(index, folder, model, weights), {"XDG_CACHE_HOME": str(cache)})
+    runs = []
+    for i in range(repeat):
+        shutil.copy(photos[1 + i % (len(photos) - 1)], folder / f"new-{i}.jpg")
+        env = {"XDG_CACHE_HOME": str(cache)}
+        runs.append(run_child(index_cmd(index, folder, model, weights), env)[:2])
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+
+
 def startup_and_memory(args, model: str, weights: Path, cache: Path, photos: list[Path]) -> list:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,12 +118,20 @@ def startup_and_memory(args, model: str, weights: Path, cache: Path, photos: lis
         naive_argv = [sys.executable, "-c", NAIVE, model, str(weights), str(photos[0])]
         base, base_rss = median_of(args.repeat, lambda: run_child(naive_argv)[:2])
         cold, cold_rss = median_of(args.repeat, lambda: fresh_index_run(one, model, weights, None))
+        floor, floor_rss = median_of(args.repeat, lambda: run_child(TORCH_ONLY)[:2])
+        add, add_rss = add_one_photo(Path(tmp), model, weights, cache, photos, args.repeat)
     rows.append(Row(f"{model}: `index` of 1 photo, command to end, cache primed", f"{ours:.2f} s",
                     f"{base:.2f} s", ratio(ours, base, higher_is_better=False),
                     f"{ours_rss:.0f} MiB"))  # fmt: skip
     rows.append(Row(f"{model}: the same, empty cache (whole model via open_clip)",
                     f"{cold:.2f} s", f"{base:.2f} s", ratio(cold, base, higher_is_better=False),
                     f"{cold_rss:.0f} MiB"))  # fmt: skip
+    rows.append(Row(f"{model}: one more photo into an existing index", f"{add:.2f} s",
+                    f"{base:.2f} s", ratio(add, base, higher_is_better=False),
+                    f"{add_rss:.0f} MiB"))  # fmt: skip
+    rows.append(Row("the floor of both: `python -c \"import torch\"`", f"{floor:.2f} s",
+                    f"{base:.2f} s", ratio(floor, base, higher_is_better=False),
+                    f"{floor_rss:.0f} MiB"))  # fmt: skip
     folder = photos[0].parent
     n = len(photos)
     wall, rss = median_of(args.repeat, lambda: fresh_index_run(folder, model, weights, cache))
