@@ -230,3 +230,20 @@ def test_indexing_in_a_fresh_process_does_not_import_open_clip(tmp_path, photo_d
     # the images indexed by open_clip's model keep their scores beside the new ones
     for path, score in reference.items():
         assert abs(out["hits"][path] - score) < 1e-5
+
+
+def test_a_new_index_of_a_recorded_model_reads_no_weights(tmp_path, photo_dir, monkeypatch):
+    from clipsearch import ImageIndex
+    from clipsearch.models import imagetower
+
+    name = _save(tmp_path, "tiny")
+    first = load_encoder(name, device="cpu")  # writes the record
+    loads = []
+    real = imagetower.load_tower
+    monkeypatch.setattr(imagetower, "load_tower", lambda *a, **k: loads.append(a) or real(*a, **k))
+    with ImageIndex.create(tmp_path / "idx", name, device="cpu") as index:
+        assert index.identity == first.identity
+        assert loads == []  # the identity came from the record
+        assert index.add([photo_dir]).added == 12
+        assert len(loads) == 1  # the image tower, once, when the first file needed it
+        assert index.image_encoder.towers == "image"
