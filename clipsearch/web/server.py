@@ -64,6 +64,31 @@ def url(sock: socket.socket) -> str:
     return f"http://{host}:{port}/"
 
 
+def network_urls(sock: socket.socket) -> list[str]:
+    """For a socket bound to every address (0.0.0.0, ::), the http:// addresses other machines
+    can use: this machine's own addresses that are not loopback (best effort: none when the
+    host name does not resolve). Nothing for a socket bound to one address."""
+    host, port = sock.getsockname()[:2]
+    if host not in ("0.0.0.0", "::"):
+        if is_loopback(host):
+            return []
+        return [f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"]
+    family = socket.AF_INET if host == "0.0.0.0" else socket.AF_INET6
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), port, family, socket.SOCK_STREAM)
+    except OSError:
+        return []
+    out = []
+    for *_, addr in infos:
+        ip = str(addr[0])
+        if is_loopback(ip) or ip.startswith("fe80:"):
+            continue
+        url = f"http://[{ip}]:{port}/" if ":" in ip else f"http://{ip}:{port}/"
+        if url not in out:
+            out.append(url)
+    return out
+
+
 def run(app: Any, sock: socket.socket) -> None:
     """Serve ``app`` on ``sock`` until Ctrl+C (then return) or SIGTERM."""
     try:
