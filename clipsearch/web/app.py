@@ -763,8 +763,13 @@ def _add_guards(app: FastAPI, access: Access, allowed_hosts: Sequence[str] | Non
     if access.rate_limits is not None:
         app.add_middleware(RateLimit, limits=access.rate_limits)
     if access.token is not None:
-        failures = access.rate_limits.failed_token if access.rate_limits else None
-        app.add_middleware(TokenGuard, token=access.token, failures=failures)
+        limits = access.rate_limits
+        app.add_middleware(
+            TokenGuard,
+            token=access.token,
+            failures=limits.failed_token if limits else None,
+            tarpit=limits.tarpit if limits else 0.0,
+        )
     app.add_middleware(SecurityHeaders)
     if allowed_hosts is not None:
         app.add_middleware(HostGuard, allowed=allowed_hosts)

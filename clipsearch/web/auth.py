@@ -2,9 +2,9 @@
 
 A request shows the token in one of three ways, the first present counting:
 
-- ``?token=...`` in the address: the printed URL. A GET with the right one is answered with a
-  redirect to the same address without it, setting a cookie, so the token leaves the address
-  bar and the history;
+- ``?token=...`` in the address: the printed URL. A page (not /api/) asked for with the right
+  one is answered with a redirect to the same address without it, setting a cookie, so the
+  token leaves the address bar and the history; an API request is simply let through;
 - ``Authorization: Bearer ...``: API clients;
 - the cookie: the page, after that first visit. It is HttpOnly (the page's scripts never see
   it) and SameSite=Strict (no other site's page can make the browser send it), and named
@@ -98,9 +98,10 @@ def _wants_page(scope: Scope) -> bool:
 class TokenGuard:
     """Lets through only requests that show ``token`` (see the module's docstring)."""
 
-    def __init__(self, app: ASGIApp, token: str, failures: Rate | None = None):
+    def __init__(self, app: ASGIApp, token: str, failures: Rate | None = None, tarpit: float = 0.0):
         self.app = app
         self.token = token
+        self.tarpit = tarpit
         self.failures = Buckets(failures) if failures is not None else None
         self.login_page = LOGIN_PAGE.read_bytes()
 
@@ -113,10 +114,10 @@ class TokenGuard:
         if presented is not None and self.failures is not None:
             wait = self.failures.wait(address)
             if wait > 0:
-                await too_many(send, wait, "wrong tokens")
+                await too_many(send, wait, "wrong tokens", self.tarpit)
                 return
         if presented is not None and same_token(presented, self.token):
-            if in_address and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            if in_address and scope["type"] == "http" and _wants_page(scope):
                 await self._set_cookie(scope, send, presented)
                 return
             await self.app(scope, receive, send)

@@ -293,8 +293,8 @@ SECURITY_SCHEMES = {
         "type": "apiKey",
         "in": "query",
         "name": QUERY_PARAM,
-        "description": "The token in the address: a GET is redirected (303) to the same "
-        "address without it, setting the cookie.",
+        "description": "The token in the address. A page (not /api/) is redirected (303) to "
+        "the same address without it, setting the cookie.",
     },
 }
 

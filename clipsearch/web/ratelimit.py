@@ -3,7 +3,9 @@
 A bucket holds up to ``burst`` tokens and gains ``rate`` a second; each request of a kind
 takes one, and a request that finds its bucket empty is answered 429 with ``Retry-After``.
 One client flooding searches or uploads then gets its share and no more, so the others keep
-theirs of the model, which answers one request at a time.
+theirs of the model, which answers one request at a time. A 429 is sent after a pause
+(``tarpit``, at most the wait), so that a client that retries at once on a kept-alive
+connection costs the server a few answers a second rather than thousands.
 
 Clients are told apart by their address as the socket sees it: behind a reverse proxy every
 request comes from the proxy, and the proxy should limit instead.
@@ -11,6 +13,7 @@ request comes from the proxy, and the proxy should limit instead.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import threading
@@ -41,6 +44,7 @@ class RateLimits:
     search: Rate | None = field(default_factory=lambda: Rate(4.0, 20))
     upload: Rate | None = field(default_factory=lambda: Rate(1.0, 5))
     failed_token: Rate | None = field(default_factory=lambda: Rate(0.1, 10))
+    tarpit: float = 1.0  # seconds a 429 waits before it is sent
 
 
 class Buckets:
@@ -91,7 +95,11 @@ def client_address(scope: Scope) -> str:
     return client[0] if client else ""
 
 
-async def too_many(send: Send, wait: float, what: str) -> None:
+async def too_many(send: Send, wait: float, what: str, tarpit: float = 0.0) -> None:
+    """Answer 429, after ``tarpit`` seconds (at most ``wait``): the event loop serves others
+    meanwhile."""
+    if tarpit > 0:
+        await asyncio.sleep(min(wait, tarpit))
     seconds = max(1, math.ceil(wait))
     await reply(
         send,
@@ -127,6 +135,7 @@ class RateLimit:
         self, app: ASGIApp, limits: RateLimits, clock: Callable[[], float] = time.monotonic
     ):
         self.app = app
+        self.tarpit = limits.tarpit
         self.buckets = {
             kind: Buckets(rate, clock=clock)
             for kind, rate in (("search", limits.search), ("upload", limits.upload))
@@ -140,6 +149,6 @@ class RateLimit:
             if buckets is not None:
                 wait = buckets.take(client_address(scope))
                 if wait > 0:
-                    await too_many(send, wait, WHAT[kind])  # type: ignore[index]
+                    await too_many(send, wait, WHAT[kind], self.tarpit)  # type: ignore[index]
                     return
         await self.app(scope, receive, send)

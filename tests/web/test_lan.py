@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route
 from clipsearch import ImageIndex
 from clipsearch.cli.main import main
 from clipsearch.errors import ClipsearchError
-from clipsearch.web import auth, create_app, server
+from clipsearch.web import auth, create_app, ratelimit, server
 from clipsearch.web.access import MAX_K, Access
 from clipsearch.web.app import READ_POSTS
 from clipsearch.web.ratelimit import Buckets, Rate, RateLimits
@@ -121,6 +121,9 @@ def test_the_address_with_the_token_sets_a_strict_cookie_and_drops_the_token(ind
     assert cookie.startswith(f"clipsearch_token_8765={TOKEN};")
     attributes = {a.strip().split("=")[0].lower() for a in cookie.split(";")[1:]}
     assert {"httponly", "path", "samesite"} <= attributes and "SameSite=Strict" in cookie
+    # an API request with the token in its address is answered as it is
+    assert client.get("/api/info", params={"token": TOKEN}).status_code == 200
+    assert "set-cookie" not in client.get("/api/info", params={"token": TOKEN}).headers
     # other parameters stay in the address; only the token leaves it
     kept = client.get("/docs", params={"token": TOKEN, "x": "1"})
     assert kept.headers["location"] == "/docs?x=1"
@@ -296,7 +299,8 @@ def test_a_token_bucket_refills_at_its_rate_up_to_its_burst():
 
 
 def test_wrong_tokens_are_rate_limited_per_address(index):
-    access = Access(token=TOKEN, rate_limits=RateLimits(failed_token=Rate(0.001, 3)))
+    limits = RateLimits(failed_token=Rate(0.001, 3), tarpit=0.0)
+    access = Access(token=TOKEN, rate_limits=limits)
     app = create_app(index, access=access, allowed_hosts=None)
     guesser = TestClient(app, base_url=LAN, client=("192.168.1.66", 1))
     wrong = {"Authorization": "Bearer guess"}
@@ -312,7 +316,13 @@ def test_wrong_tokens_are_rate_limited_per_address(index):
     assert other.get("/api/info", headers=BEARER).status_code == 200
 
 
-def test_searches_and_uploads_are_rate_limited_per_address(index):
+def test_searches_and_uploads_are_rate_limited_per_address(index, monkeypatch):
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:  # the tarpit, recorded instead of waited
+        pauses.append(seconds)
+
+    monkeypatch.setattr(ratelimit.asyncio, "sleep", pause)
     limits = RateLimits(search=Rate(0.001, 3), upload=Rate(0.001, 2))
     app = create_app(index, access=Access(rate_limits=limits), allowed_hosts=None)
     flood = TestClient(app, base_url=LAN, client=("192.168.1.66", 1))
@@ -325,6 +335,7 @@ def test_searches_and_uploads_are_rate_limited_per_address(index):
     refused = flood.get("/api/search", params={"q": "red"})
     assert refused.status_code == 429 and "too many searches" in refused.json()["detail"]
     assert int(refused.headers["retry-after"]) >= 1
+    assert pauses == [limits.tarpit]  # the 429 waited before it was sent
     upload = {"image": ("mine.png", png(index), "image/png")}
     assert [flood.post("/api/search/image", files=upload).status_code for _ in range(3)] == [
         200,
@@ -388,3 +399,19 @@ def test_serve_on_loopback_has_no_token_unless_given(index, served):
     assert client.get("/api/info").status_code == 401
     limits = client.get("/api/info", headers=BEARER).json()["limits"]
     assert limits["max_upload_bytes"] == 512 * 1024
+
+
+def test_the_addresses_printed_for_other_devices(monkeypatch):
+    monkeypatch.setattr(server, "_route_address", lambda family: "192.168.1.20")
+    monkeypatch.setattr(server.socket, "gethostname", lambda: "localhost")  # loopback only
+    sock = server.bind("0.0.0.0", 0)
+    try:
+        port = sock.getsockname()[1]
+        assert server.network_urls(sock) == [f"http://192.168.1.20:{port}/"]
+    finally:
+        sock.close()
+    local = server.bind("127.0.0.1", 0)
+    try:
+        assert server.network_urls(local) == []
+    finally:
+        local.close()
