@@ -47,6 +47,7 @@ from clipsearch.index.query import MAX_QUERY_CHARS
 from clipsearch.media.files import load_image
 from clipsearch.store.catalog import StoredImage
 from clipsearch.web import openapi as doc
+from clipsearch.web.access import MAX_K as MAX_K  # re-exported: the default --max-k
 from clipsearch.web.access import MAX_UPLOAD_BYTES, Access, size_text
 from clipsearch.web.auth import TokenGuard
 from clipsearch.web.guards import LOOPBACK_HOSTS, BodyLimit, HostGuard, ReadOnly, SecurityHeaders
