@@ -19,10 +19,10 @@ from clipsearch.cli.options import (
     settings,
 )
 from clipsearch.cli.output import TqdmProgress, echo_json, echo_path_line
+from clipsearch.index.raycluster import RayOptions, ray_session, require_ray
 from clipsearch.store.vectors import INDEX_CHOICES
 
 if TYPE_CHECKING:
-    from clipsearch.index.distributed import RayOptions
     from clipsearch.index.pipeline import IndexReport
     from clipsearch.store.vectors import IndexLayout
 
@@ -76,6 +76,15 @@ def ray_options(f: F) -> F:
         default=64,
         show_default=True,
         help="Files per Ray task, and per committed transaction with --executor ray.",
+    )(f)
+    f = click.option(
+        "--ray-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=15.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long to wait for the Ray cluster to answer, and for encoder actors to start "
+        "(or to restart after a node is lost) while none runs; then exit 1 with one line.",
     )(f)
     f = click.option(
         "--ray-gpus",
@@ -142,6 +151,7 @@ def index_cmd(
     ray_actors: int | None,
     ray_cpus: float,
     ray_gpus: float,
+    ray_timeout: float,
     shard_size: int,
     as_json: bool,
 ) -> None:
@@ -153,10 +163,13 @@ def index_cmd(
     """
     remote = None
     if executor == "ray":
-        remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size)
+        remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size, ray_timeout)
     s = settings(ctx, model, pretrained, exclude)
-    with open_or_create_index(ctx, s, device=device, precision=precision) as index:
-        try:
+    try:
+        with (
+            ray_session(remote),
+            open_or_create_index(ctx, s, device=device, precision=precision) as index,
+        ):
             report = index.add(
                 paths,
                 exclude=s.exclude.value,
@@ -168,23 +181,21 @@ def index_cmd(
                 progress=TqdmProgress(disable=as_json),
                 executor=remote,
             )
-        except KeyboardInterrupt:
-            click.echo(
-                "clipsearch: interrupted; what was committed is kept, run the same command "
-                "again to resume",
-                err=True,
-            )
-            sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(
+            "clipsearch: interrupted; what was committed is kept, run the same command "
+            "again to resume",
+            err=True,
+        )
+        sys.exit(130)
     _print_index_report(report, as_json)
 
 
 def _ray(
-    address: str | None, actors: int | None, cpus: float, gpus: float, shard: int
+    address: str | None, actors: int | None, cpus: float, gpus: float, shard: int, timeout: float
 ) -> RayOptions:
-    from clipsearch.index.distributed import RayOptions, require_ray
-
-    require_ray()
-    return RayOptions(address, actors, cpus, gpus, shard)
+    require_ray()  # a missing extra is named before anything else is done
+    return RayOptions(address, actors, cpus, gpus, shard, timeout)
 
 
 def _print_index_report(report: IndexReport, as_json: bool) -> None:
