@@ -166,6 +166,7 @@ class _Actor:
     task: Any = None
     shard: int = -1
     dead: bool = False  # Ray will not restart it any more
+    started: bool = False  # it answered once
 
 
 class _ShardRun:
@@ -218,14 +219,17 @@ class _ShardRun:
     def _loop(self) -> Iterator[Prepared]:
         while len(self.finished) < len(self.shards):
             self._dispatch()
-            refs = self._in_flight()
-            if not refs:  # every actor is dead for good
+            if all(a.dead for a in self.actors):  # Ray restarts none of them any more
                 raise ClusterUnavailableError(self._stuck_message())
-            ready, _ = self.ray.wait(list(refs), num_returns=1, timeout=POLL_S)
-            if not ready:
-                self._check_waiting()
-                continue
-            shard, result = self._collect(ready[0], refs[ready[0]])
+            refs = self._in_flight()
+            shard, result = -1, None
+            if refs:
+                ready, _ = self.ray.wait(list(refs), num_returns=1, timeout=POLL_S)
+                if ready:
+                    shard, result = self._collect(ready[0], *refs[ready[0]])
+            else:  # every actor waits to be asked again whether it has restarted
+                time.sleep(POLL_S)
+            self._check_waiting()
             if result is None or shard in self.finished:
                 continue
             self.finished.add(shard)
@@ -243,16 +247,18 @@ class _ShardRun:
                 actor.shard = self.queue.popleft()
                 actor.task = actor.handle.process.remote(self.shards[actor.shard], self.gone_ref)
 
-    def _in_flight(self) -> dict[Any, _Actor]:
-        refs = {a.task: a for a in self.actors if a.task is not None}
-        refs.update({a.probe: a for a in self.actors if a.probe is not None})
+    def _in_flight(self) -> dict[Any, tuple[_Actor, bool]]:
+        """The calls in flight: shard tasks, and ready() probes (True)."""
+        refs = {a.task: (a, False) for a in self.actors if a.task is not None}
+        refs.update({a.probe: (a, True) for a in self.actors if a.probe is not None})
         return refs
 
-    def _collect(self, ref: Any, actor: _Actor) -> tuple[int, list[Prepared] | None]:
+    def _collect(
+        self, ref: Any, actor: _Actor, is_probe: bool
+    ) -> tuple[int, list[Prepared] | None]:
         """A finished call: a shard's result, an actor that has started, or a loss."""
         from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
-        is_probe = ref is actor.probe
         try:
             value = self.ray.get(ref)
         except RayTaskError as e:
@@ -263,7 +269,7 @@ class _ShardRun:
             self._lost(actor, is_probe, e)
             return -1, None
         if is_probe:
-            actor.probe, actor.node = None, value
+            actor.probe, actor.node, actor.started = None, value, True
             return -1, None
         shard, actor.task, actor.shard = actor.shard, None, -1
         return shard, value
@@ -294,16 +300,16 @@ class _ShardRun:
         actor.dead = isinstance(error, ActorDiedError)  # restarting ones are "unavailable"
 
     def _check_waiting(self) -> None:
-        """Nothing finished in the last poll: bound the time without any live actor."""
+        """Bound the time without any live actor; warn once about actors that never start."""
         now = time.monotonic()
         live = [a for a in self.actors if a.node is not None]
         if live:
             self.none_live_since = None
-            starting = [a for a in self.actors if not a.dead and a.node is None]
+            starting = [a for a in self.actors if not a.dead and not a.started]
             if starting and not self.warned_start and now - self.started > self.options.timeout:
                 self.warned_start = True
                 log.warning(
-                    "ray: %d of %d encoder actors are running; the others wait for room",
+                    "ray: %d of %d encoder actors started; the others wait for room",
                     len(live),
                     len(self.actors),
                 )

@@ -171,8 +171,9 @@ def test_auto_without_a_cluster_is_one_line(tmp_path, photo_dir, tiny_model):
 class Nodes:
     """The module's cluster and its current worker nodes."""
 
-    def __init__(self, cluster):
+    def __init__(self, cluster, client_port: int):
         self.cluster = cluster
+        self.client_port = client_port
         self.workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
 
     def remove(self, node) -> None:
@@ -194,13 +195,11 @@ def nodes():
     # Its own temp dir: the cluster's address file must not lead other Ray users here.
     old = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cs-ray-")
-    cluster = Cluster(
-        initialize_head=True,
-        connect=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False},
-    )
+    client_port = free_port()
+    head = {"num_cpus": 0, "include_dashboard": False, "ray_client_server_port": client_port}
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args=head)
     try:
-        yield Nodes(cluster)
+        yield Nodes(cluster, client_port)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -260,6 +259,16 @@ def assert_same_index(index: ImageIndex, want: dict[str, np.ndarray]) -> None:
     assert len(index.catalog.ids()) == len(want)
     for path, vec in want.items():
         assert np.allclose(got[path], vec, atol=1e-5), path
+
+
+def test_a_ray_client_address_runs_the_job(bounded, tmp_path, tiny_model, photo_dir, local_vectors):
+    """The ray extra installs Ray Client: a ray:// address works from another process."""
+    address = f"ray://127.0.0.1:{bounded.client_port}"
+    args = ray_index(tmp_path, photo_dir, tiny_model, "--ray-address", address)
+    code, err = finish(cli([*args, "--precision", "fp32"], tmp_path))
+    assert code == 0, err
+    with ImageIndex.open(tmp_path / "idx") as index:
+        assert_same_index(index, local_vectors)
 
 
 def test_a_node_lost_mid_job_hands_its_shard_to_another(
