@@ -101,13 +101,18 @@ def ray_options(f: F) -> F:
         help="CPUs reserved per Ray actor.",
     )(f)
     f = click.option(
-        "--ray-actors", type=click.IntRange(min=1), help="Encoder actors (default: one per CPU)."
+        "--ray-actors",
+        type=click.IntRange(min=1),
+        help="Encoder actors (default: as many as the nodes have room for; more than that are "
+        "clamped to it, with a warning).",
     )(f)
     f = click.option(
         "--ray-address",
         metavar="ADDR",
         envvar="RAY_ADDRESS",
-        help="Ray cluster to use (e.g. ray://head:10001 or auto); default: a local Ray instance.",
+        help="Ray cluster to use: HOST:6379 from a node of the cluster, ray://HOST:10001 from "
+        "elsewhere (Ray Client), or auto (the cluster `ray start` runs here); default: a new "
+        "local Ray instance.",
     )(f)
     f = click.option(
         "--executor",
