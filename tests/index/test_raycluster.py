@@ -66,16 +66,23 @@ def test_without_live_nodes_the_run_is_refused():
         plan_actors(RayOptions(), 10, [node(4, alive=False)])
 
 
+@pytest.fixture
+def ray_not_started():
+    """Ray importable and not initialised in this process: connect() has work to do."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process")
+    return ray
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_nothing_listening_fails_before_ray_is_asked():
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-    if ray.is_initialized():
-        pytest.skip("Ray is already initialised in this process")
+def test_nothing_listening_fails_before_ray_is_asked(ray_not_started):
+    ray = ray_not_started
     port = free_port()
     with pytest.raises(ClusterUnavailableError) as e:
         connect(RayOptions(address=f"127.0.0.1:{port}", timeout=5))
@@ -85,10 +92,7 @@ def test_nothing_listening_fails_before_ray_is_asked():
     assert not ray.is_initialized()
 
 
-def test_a_bad_address_leaves_no_index_folder(tmp_path, photo_dir):
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-    if ray.is_initialized():
-        pytest.skip("Ray is already initialised in this process")
+def test_a_bad_address_leaves_no_index_folder(ray_not_started, tmp_path, photo_dir):
     address = f"127.0.0.1:{free_port()}"
     args = ["--index", str(tmp_path / "i"), "index", str(photo_dir), "--executor", "ray"]
     result = CliRunner().invoke(main, [*args, "--ray-address", address, "--ray-timeout", "5"])
@@ -99,7 +103,19 @@ def test_a_bad_address_leaves_no_index_folder(tmp_path, photo_dir):
 
 
 @pytest.mark.parametrize("address", ["head", "head:port", "ray://head"])
-def test_an_address_without_a_port_is_named(address):
-    pytest.importorskip("ray", reason="the ray extra is not installed")
+def test_an_address_without_a_port_is_named(ray_not_started, address):
     with pytest.raises(ClusterUnavailableError, match="expected HOST:PORT"):
         connect(RayOptions(address=address, timeout=5))
+
+
+def test_ray_client_without_grpc_says_how_to_install_it(ray_not_started, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "grpc", None)  # import grpc -> ImportError
+    with pytest.raises(ClusterUnavailableError) as e:
+        connect(RayOptions(address="ray://head:10001", timeout=5))
+    assert str(e.value) == (
+        "ray://head:10001: ray:// addresses need Ray Client (grpcio): pip install "
+        "'clipsearch[ray]' installs it, or connect with --ray-address HOST:6379 on a node of "
+        "the cluster"
+    )
