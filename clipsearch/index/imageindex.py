@@ -472,11 +472,13 @@ class ImageIndex:
         return report
 
     def remove(self, ids: Sequence[int]) -> int:
-        """Drop images from the index by id; returns how many were there."""
+        """Drop images from the index by id (a video's file row takes its frames along);
+        returns how many were there."""
         with self.writing():
             present = list(self.catalog.images(list(ids)))
+            with_frames = self.catalog.with_frames(present)
             self.catalog.remove(present)
-            self.vectors.remove(np.asarray(present, dtype=np.int64))
+            self.vectors.remove(np.asarray(with_frames, dtype=np.int64))
             self._vectors_generation = self.catalog.generation()
             self.save_vectors()
         return len(present)

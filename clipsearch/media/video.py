@@ -152,6 +152,9 @@ def read_video_frames(path: str, side: int, options: VideoOptions = VideoOptions
     if not taken:
         why = f" ({errors} decoding errors, the last: {last_error})" if errors else ""
         raise ImageReadError(path, f"no frame of the video could be decoded{why}")
+    first = taken[0][1]
+    if (first.width > first.height) != (width > height):  # stored sideways, shown upright
+        width, height = height, width
     return VideoFrames(width, height, duration, taken)
 
 
@@ -270,11 +273,23 @@ def _probe(frame: Any) -> np.ndarray:
 
 
 def _picture(frame: Any, side: int) -> Image.Image:
-    """The frame as RGB with its shorter side ``side`` (never enlarged)."""
+    """The frame as RGB with its shorter side ``side`` (never enlarged), upright: a phone's
+    portrait video is stored sideways with a rotation to apply (FFmpeg's display matrix)."""
     w, h = frame.width, frame.height
     scale = min(1.0, side / max(1, min(w, h)))
     size = max(1, round(w * scale)), max(1, round(h * scale))
-    return frame.reformat(width=size[0], height=size[1], format="rgb24").to_image()
+    img = frame.reformat(width=size[0], height=size[1], format="rgb24").to_image()
+    turn = _UPRIGHT.get(round(getattr(frame, "rotation", 0) or 0) % 360)
+    return img if turn is None else img.transpose(turn)
+
+
+# The display matrix's counterclockwise rotation of the stored frame -> what makes it upright
+# (as ffplay shows it: the rotation applied, counterclockwise).
+_UPRIGHT = {
+    90: Image.Transpose.ROTATE_90,
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_270,
+}
 
 
 def _seconds(frame: Any, stream: Any) -> float:

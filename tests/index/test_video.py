@@ -217,3 +217,24 @@ def test_a_huge_video_is_bounded(index, tmp_path):
     assert len(times) == 5
     assert max(times) >= 30  # spread over the whole minute, not its first seconds
     assert np.all(np.diff(times) > 0)
+
+
+def test_duplicates_leave_the_frames_of_a_video_alone(index, folder):
+    shutil.copy(folder / "yellow.png", folder / "yellow copy.png")
+    add(index, folder)
+    video = index.catalog.find_path(str(folder / "clips" / "holiday.mp4"))
+    (first, _), (second, _) = index.catalog.frames(video.id)[:2]  # both red circles
+    alike = float(index.catalog.vector(first) @ index.catalog.vector(second))
+    assert alike >= 0.99  # near-duplicates, were frames considered
+    groups = index.duplicates(threshold=0.99)
+    members = [m.path for g in groups for m in g.members]
+    assert str(folder / "yellow copy.png") in members
+    assert not [p for p in members if p.endswith(".mp4")]
+
+
+def test_removing_a_video_by_id_removes_its_frames(index, folder):
+    add(index, folder)
+    video = index.catalog.find_path(str(folder / "clips" / "holiday.mp4"))
+    assert index.remove([video.id]) == 1
+    assert index.catalog.count() == 2
+    assert_consistent(index)
