@@ -5,7 +5,7 @@ changes a lot in between (a scene change), at most ``max_frames`` of them. Frame
 in order; a probe a few times per interval is scaled to a tiny colour square to measure the
 change (the mean absolute difference against the last frame taken), and only frames that are
 taken are converted to RGB, at a size whose shorter side is the model's input. A video longer
-than ``interval * max_frames`` gets a wider interval, and from a minute of frames up only its
+than ``interval * max_frames`` gets a wider interval, and from 20 seconds apart only its
 key frames are decoded, so that the work stays bounded whatever the length; a time limit
 bounds it as well.
 
@@ -36,7 +36,7 @@ DEFAULT_MAX_FRAMES = 120  # frames taken from one video at most
 MAX_SECONDS = 600.0  # wall-clock seconds spent decoding one video at most
 SCENE_CHANGE = 0.1  # mean absolute difference (0..1) of the probes that counts as a new scene
 PROBES_PER_INTERVAL = 4
-KEYFRAMES_ONLY_AFTER = 60.0  # an interval this wide (seconds) decodes key frames only
+KEYFRAMES_ONLY_AFTER = 20.0  # an interval this wide (seconds) decodes key frames only
 _PROBE_SIDE = 16
 
 

@@ -150,3 +150,21 @@ def test_bad_videos_raise_a_reason(tmp_path, case):
     with pytest.raises(ImageReadError) as e:
         read_video_frames(str(video), 32)
     assert says in e.value.reason
+
+
+def test_a_long_video_decodes_key_frames_only(tmp_path, monkeypatch):
+    import clipsearch.media.video as video_mod
+
+    video = make_video(tmp_path / "long.mp4", segments=[("red", "circle")] * 10, seconds=6, fps=2)
+    decoded = []
+    real = video_mod._decoded
+
+    def counting(*args):
+        for item in real(*args):
+            decoded.append(item)
+            yield item
+
+    monkeypatch.setattr(video_mod, "_decoded", counting)
+    taken = read_video_frames(str(video), 32, VideoOptions(interval=1.0, max_frames=2))
+    assert len(taken.frames) == 2  # every 30 s: key frames are enough
+    assert 2 <= len(decoded) < 20  # of the 60 frames up to 30 s, the key frames only
