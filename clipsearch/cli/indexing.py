@@ -68,6 +68,28 @@ def pipeline_options(f: F) -> F:
     return f
 
 
+def video_options(f: F) -> F:
+    """Which frames of a video are indexed."""
+    from clipsearch.media.video import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES
+
+    f = click.option(
+        "--video-max-frames",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_FRAMES,
+        show_default=True,
+        help="Frames taken from one video at most; a longer video gets a wider interval.",
+    )(f)
+    f = click.option(
+        "--video-interval",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_INTERVAL,
+        show_default=True,
+        metavar="SECONDS",
+        help="Take a video frame every SECONDS, and one more at each scene change between.",
+    )(f)
+    return f
+
+
 def ray_options(f: F) -> F:
     """Where the work runs, and the Ray cluster's share of it."""
     f = click.option(
@@ -135,6 +157,7 @@ def ray_options(f: F) -> F:
 @model_options
 @device_options
 @pipeline_options
+@video_options
 @ray_options
 @json_option
 @click.pass_context
@@ -151,6 +174,8 @@ def index_cmd(
     workers: int | None,
     exclude: tuple[str, ...],
     hidden: bool,
+    video_interval: float,
+    video_max_frames: int,
     executor: str,
     ray_address: str | None,
     ray_actors: int | None,
@@ -160,11 +185,12 @@ def index_cmd(
     shard_size: int,
     as_json: bool,
 ) -> None:
-    """Index the images below one or more folders.
+    """Index the images and videos below one or more folders.
 
     Runs incrementally: unchanged files are skipped, changed files re-encoded, moved files
     recognised by their content, and deleted files dropped. Files that cannot be read are
-    listed by `clipsearch errors`; they never stop the run.
+    listed by `clipsearch errors`; they never stop the run. Videos (.mp4 .mov .m4v .mkv .webm
+    .avi) need the video extra: pip install 'clipsearch[video]'.
     """
     remote = None
     if executor == "ray":
@@ -183,6 +209,8 @@ def index_cmd(
                 workers=workers,
                 exact_decode=exact_decode,
                 compile=compile_,
+                video_interval=video_interval,
+                video_max_frames=video_max_frames,
                 progress=TqdmProgress(disable=as_json),
                 executor=remote,
             )
@@ -214,6 +242,14 @@ def _print_index_report(report: IndexReport, as_json: bool) -> None:
     )
     if report.failed:
         click.echo("see `clipsearch errors` for the files that could not be indexed", err=True)
+    if report.skipped_videos:
+        from clipsearch.media.video import INSTALL_HINT
+
+        n = report.skipped_videos
+        click.echo(
+            f"skipped {n} video{'s' if n != 1 else ''}: indexing videos needs PyAV, {INSTALL_HINT}",
+            err=True,
+        )
 
 
 @click.command()

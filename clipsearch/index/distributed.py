@@ -131,6 +131,12 @@ class EncoderWorker:
             for p, vec in zip(todo, vectors, strict=True):
                 p.vector = np.ascontiguousarray(vec)
                 p.pixels = None  # don't ship tensors back to the driver
+        for p in out:  # a video's later frames
+            if p.frames:
+                vecs = self.encoder.encode_pixels(torch.stack([px for _, px in p.frames]))
+                p.frames = [
+                    (t, np.ascontiguousarray(v)) for (t, _), v in zip(p.frames, vecs, strict=True)
+                ]
         return out
 
 

@@ -11,7 +11,7 @@ Routes (JSON unless noted; ``{id}`` is an image id, the only way to name an imag
     GET  /api/images/{id}           one indexed image
     GET  /api/images/{id}/similar   images that look like it (never itself)
     GET  /api/images/{id}/thumb     a thumbnail (WebP, 256 px), cached in <index>/thumbs/
-    GET  /api/images/{id}/file      the image file itself
+    GET  /api/images/{id}/file      the image or video file itself (videos with Range requests)
     GET  /openapi.json              the OpenAPI schema, with an example of every request
     GET  /docs                      Swagger UI over it, from files installed with the package
 
@@ -72,6 +72,13 @@ BROWSER_TYPES = {
     ".webp": "image/webp",
     ".bmp": "image/bmp",
     ".avif": "image/avif",
+    # Videos go as they are, with Range requests, for the page to play from a frame's time.
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".mov": "video/quicktime",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo",
 }
 THUMB_CACHE_CONTROL = "private, max-age=86400"
 FILE_CACHE_CONTROL = "private, max-age=3600"
@@ -112,6 +119,11 @@ class Hit(BaseModel):
     camera: str | None = Field(default=None, description="EXIF camera make and model.")
     lat: float | None = Field(default=None, description="GPS latitude, degrees.")
     lon: float | None = Field(default=None, description="GPS longitude, degrees.")
+    frame_time: float | None = Field(
+        default=None,
+        description="For a video: the time of its best frame, in seconds (the thumbnail shows "
+        "that frame; null for an image).",
+    )
     thumb_url: str
     image_url: str
 
@@ -135,6 +147,7 @@ class ImageOut(BaseModel):
     camera: str | None = None
     lat: float | None = None
     lon: float | None = None
+    frame_time: float | None = None
     thumb_url: str
     image_url: str
     similar_url: str
@@ -472,6 +485,7 @@ def image_record(request: Request, svc: Svc, image_id: int) -> ImageOut:
         width=rec.width,
         height=rec.height,
         **meta_fields(rec.meta),
+        frame_time=rec.frame_time,
         thumb_url=_url(request, f"{base}/thumb"),
         image_url=_url(request, f"{base}/file"),
         similar_url=_url(request, f"{base}/similar"),
@@ -607,7 +621,7 @@ def thumbnail(request: Request, svc: Svc, image_id: int) -> Response:
 )
 def image_file(request: Request, svc: Svc, image_id: int) -> Response:
     """The indexed file as it is on disk now; formats browsers cannot show (TIFF, HEIC, ...)
-    are sent as JPEG."""
+    are sent as JPEG. Videos (and browser images) answer ``Range`` requests (206)."""
     rec = svc.record(image_id)
     path = Path(rec.path)
     try:

@@ -1,9 +1,10 @@
 """Thumbnails of indexed images, made on first request and cached in the index folder.
 
-A thumbnail is named after the content hash the catalog stores for its image, so files with
-the same bytes share one, a moved file keeps its own, and a changed file (re-indexed: new hash)
-gets a new one. Files are written under a temporary name and renamed into place, so a reader
-never sees half a thumbnail even when two requests make the same one at once.
+A thumbnail is named after the content hash the catalog stores for its image (and, for a
+video's frame, the frame's time), so files with the same bytes share one, a moved file keeps
+its own, and a changed file (re-indexed: new hash) gets a new one. Files are written under a
+temporary name and renamed into place, so a reader never sees half a thumbnail even when two
+requests make the same one at once.
 
 The cache has a size cap. A thumbnail's modification time is its last use (set when it is
 served, at most once a minute, as atime is often not kept); when the cache grows past the cap,
@@ -29,6 +30,7 @@ from pathlib import Path
 from PIL import Image, features
 
 from clipsearch.media.files import load_image
+from clipsearch.media.video import read_video_frame
 from clipsearch.store.catalog import StoredImage
 from clipsearch.store.fileio import atomic_write
 
@@ -76,12 +78,12 @@ class ThumbnailCache:
         """A strong ETag: the thumbnail's bytes follow from the image content and these
         settings alone."""
         ext = "webp" if self.webp else "jpg"
-        return f'"{image.sha256[:32]}-{self.size}-v{THUMB_VERSION}.{ext}"'
+        return f'"{image.sha256[:32]}{_at(image)}-{self.size}-v{THUMB_VERSION}.{ext}"'
 
     def file(self, image: StoredImage) -> Path:
         ext = "webp" if self.webp else "jpg"
         sha = image.sha256
-        return self.folder / sha[:2] / f"{sha}-{self.size}-v{THUMB_VERSION}.{ext}"
+        return self.folder / sha[:2] / f"{sha}{_at(image)}-{self.size}-v{THUMB_VERSION}.{ext}"
 
     def get(self, image: StoredImage) -> bytes:
         """The thumbnail's bytes, from the cache or made now (and cached when the folder is
@@ -98,7 +100,7 @@ class ThumbnailCache:
         else:
             _touch(path)
             return data
-        data = self.make(image.path)
+        data = self.make(image.path, image.frame_time)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, data, durable=False)  # a lost thumbnail is made again
@@ -107,9 +109,13 @@ class ThumbnailCache:
         self._count(len(data))
         return data
 
-    def make(self, path: str) -> bytes:
-        """Encode an upright (EXIF-oriented) RGB thumbnail of an image file."""
-        img = load_image(path, draft_size=self.size)
+    def make(self, path: str, frame_time: float | None = None) -> bytes:
+        """Encode an upright (EXIF-oriented) RGB thumbnail of an image file, or of a video's
+        frame at ``frame_time`` seconds."""
+        if frame_time is not None:
+            img = read_video_frame(path, frame_time, self.size)
+        else:
+            img = load_image(path, draft_size=self.size)
         img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
         out = BytesIO()
         if self.webp:
@@ -191,3 +197,8 @@ def _touch(path: Path) -> None:
             os.utime(path, (now, now))
     except OSError:
         pass  # evicted meanwhile, or a read-only folder
+
+
+def _at(image: StoredImage) -> str:
+    """The part of a thumbnail's name that tells a video's frames apart (milliseconds)."""
+    return "" if image.frame_time is None else f"-t{round(image.frame_time * 1000)}"

@@ -28,6 +28,7 @@ const els = {
   drop: $("#drop"),
   viewer: $("#viewer"),
   viewerImg: $("#viewer-img"),
+  viewerVideo: $("#viewer-video"),
   viewerPath: $("#viewer-path"),
   viewerMeta: $("#viewer-meta"),
   viewerOpen: $("#viewer-open"),
@@ -262,6 +263,14 @@ function basename(path) {
   return path.split(/[\\/]/).pop();
 }
 
+function clock(seconds) {
+  // 83.4 -> "1:23", 3725 -> "1:02:05": a time in a video, as players show it
+  const s = Math.floor(seconds);
+  const two = (n) => String(n).padStart(2, "0");
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h}:${two(m)}:${two(s % 60)}` : `${m}:${two(s % 60)}`;
+}
+
 function styleText(hit) {
   return hit.style || "";
 }
@@ -272,7 +281,7 @@ function card(hit, i, scoreText) {
   button.type = "button";
   button.className = "thumb";
   button.dataset.index = String(i);
-  const name = basename(hit.path);
+  const name = basename(hit.path) + (hit.frame_time != null ? ` @ ${clock(hit.frame_time)}` : "");
   const parts = [name, scoreText];
   if (hit.style) parts.push(`style ${hit.style}`);
   button.setAttribute("aria-label", parts.join(", "));
@@ -293,6 +302,12 @@ function card(hit, i, scoreText) {
   score.className = "score";
   score.textContent = scoreText.replace(/^score /, "");
   meta.append(score);
+  if (hit.frame_time != null) {
+    const at = document.createElement("span");
+    at.className = "tag";
+    at.textContent = `▶ ${clock(hit.frame_time)}`;
+    meta.append(at);
+  }
   if (hit.style) {
     const tag = document.createElement("span");
     tag.className = "tag";
@@ -347,14 +362,25 @@ function openViewer(i) {
   const hit = state.results[i];
   if (!hit) return;
   state.current = i;
-  els.viewerImg.src = hit.thumb_url; // shown at once, replaced by the full image when loaded
-  els.viewerImg.alt = basename(hit.path);
-  const full = new Image();
-  full.onload = () => {
-    if (state.current === i && els.viewer.open) els.viewerImg.src = full.src;
-  };
-  full.src = hit.image_url;
-  els.viewerPath.textContent = hit.path;
+  const video = hit.frame_time != null;
+  els.viewerImg.hidden = video;
+  els.viewerVideo.hidden = !video;
+  if (video) {
+    // The file route answers Range requests, so the browser seeks without the whole file.
+    els.viewerVideo.poster = hit.thumb_url;
+    els.viewerVideo.src = `${hit.image_url}#t=${hit.frame_time}`;
+  } else {
+    els.viewerVideo.pause();
+    els.viewerVideo.removeAttribute("src");
+    els.viewerImg.src = hit.thumb_url; // shown at once, replaced by the full image when loaded
+    els.viewerImg.alt = basename(hit.path);
+    const full = new Image();
+    full.onload = () => {
+      if (state.current === i && els.viewer.open) els.viewerImg.src = full.src;
+    };
+    full.src = hit.image_url;
+  }
+  els.viewerPath.textContent = hit.path + (video ? ` @ ${clock(hit.frame_time)}` : "");
   const meta = [`score ${hit.score.toFixed(3)}`];
   if (hit.style) meta.push(`style ${hit.style}`);
   if (hit.width && hit.height) meta.push(`${hit.width} × ${hit.height}`);
@@ -377,6 +403,7 @@ function closeViewer() {
 }
 
 els.viewer.addEventListener("close", () => {
+  els.viewerVideo.pause();
   const button = thumbs()[state.current];
   if (button) button.focus();
 });
