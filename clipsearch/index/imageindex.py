@@ -59,7 +59,6 @@ from clipsearch.models.loading import load_spec
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
 from clipsearch.store.migrations import SCHEMA_VERSION
-from clipsearch.store.repair import RepairReport, repair_store
 from clipsearch.store.vectors import (
     IndexLayout,
     VectorIndex,
@@ -75,6 +74,7 @@ if TYPE_CHECKING:
     from clipsearch.index.styles import IndexStyles
     from clipsearch.models.encoder import Encoder
     from clipsearch.models.texttower import NumpyTextEncoder
+    from clipsearch.store.repair import RepairReport
     from clipsearch.style.labels import Prediction
 
 LOCK_FILE = "lock"
@@ -514,6 +514,8 @@ class ImageIndex:
             IndexLockedError: another process is writing to this index.
             CorruptIndexError: the catalog itself is damaged: restore it or index again.
         """
+        from clipsearch.store.repair import repair_store  # SQLAlchemy: not for the readers
+
         with self.writing():
             report, rebuilt = repair_store(self.catalog, self.path, self.identity.dim)
             self._vectors, self._vectors_generation = rebuilt, self.catalog.generation()
