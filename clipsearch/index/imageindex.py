@@ -42,7 +42,6 @@ from clipsearch.index.duplicates import (
     find_duplicates,
 )
 from clipsearch.index.filters import DateLike, Filters
-from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport, check_roots
 from clipsearch.index.query import (
     Query,
     Term,
@@ -71,6 +70,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from clipsearch.index.distributed import RayOptions
+    from clipsearch.index.pipeline import IndexReport
     from clipsearch.index.styles import IndexStyles
     from clipsearch.models.encoder import Encoder
     from clipsearch.models.texttower import NumpyTextEncoder
@@ -429,6 +429,8 @@ class ImageIndex:
         Raises:
             IndexLockedError: another process is writing to this index.
         """
+        from clipsearch.index.pipeline import Indexer, IndexOptions, check_roots  # not for reads
+
         roots = check_roots(paths)
         draft, remote = not exact_decode, None
         if executor is not None:
