@@ -19,10 +19,10 @@ from clipsearch.cli.options import (
     settings,
 )
 from clipsearch.cli.output import TqdmProgress, echo_json, echo_path_line
+from clipsearch.index.raycluster import RayOptions, ray_session, require_ray
 from clipsearch.store.vectors import INDEX_CHOICES
 
 if TYPE_CHECKING:
-    from clipsearch.index.distributed import RayOptions
     from clipsearch.index.pipeline import IndexReport
     from clipsearch.store.vectors import IndexLayout
 
@@ -78,6 +78,15 @@ def ray_options(f: F) -> F:
         help="Files per Ray task, and per committed transaction with --executor ray.",
     )(f)
     f = click.option(
+        "--ray-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=15.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long to wait for the Ray cluster to answer, and for encoder actors to start "
+        "(or to restart after a node is lost) while none runs; then exit 1 with one line.",
+    )(f)
+    f = click.option(
         "--ray-gpus",
         type=click.FloatRange(min=0),
         default=0.0,
@@ -92,13 +101,18 @@ def ray_options(f: F) -> F:
         help="CPUs reserved per Ray actor.",
     )(f)
     f = click.option(
-        "--ray-actors", type=click.IntRange(min=1), help="Encoder actors (default: one per CPU)."
+        "--ray-actors",
+        type=click.IntRange(min=1),
+        help="Encoder actors (default: as many as the nodes have room for; more than that are "
+        "clamped to it, with a warning).",
     )(f)
     f = click.option(
         "--ray-address",
         metavar="ADDR",
         envvar="RAY_ADDRESS",
-        help="Ray cluster to use (e.g. ray://head:10001 or auto); default: a local Ray instance.",
+        help="Ray cluster to use: HOST:6379 from a node of the cluster, ray://HOST:10001 from "
+        "elsewhere (Ray Client), or auto (the cluster `ray start` runs here); default: a new "
+        "local Ray instance.",
     )(f)
     f = click.option(
         "--executor",
@@ -142,6 +156,7 @@ def index_cmd(
     ray_actors: int | None,
     ray_cpus: float,
     ray_gpus: float,
+    ray_timeout: float,
     shard_size: int,
     as_json: bool,
 ) -> None:
@@ -153,10 +168,13 @@ def index_cmd(
     """
     remote = None
     if executor == "ray":
-        remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size)
+        remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size, ray_timeout)
     s = settings(ctx, model, pretrained, exclude)
-    with open_or_create_index(ctx, s, device=device, precision=precision) as index:
-        try:
+    try:
+        with (
+            ray_session(remote),
+            open_or_create_index(ctx, s, device=device, precision=precision) as index,
+        ):
             report = index.add(
                 paths,
                 exclude=s.exclude.value,
@@ -168,23 +186,21 @@ def index_cmd(
                 progress=TqdmProgress(disable=as_json),
                 executor=remote,
             )
-        except KeyboardInterrupt:
-            click.echo(
-                "clipsearch: interrupted; what was committed is kept, run the same command "
-                "again to resume",
-                err=True,
-            )
-            sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(
+            "clipsearch: interrupted; what was committed is kept, run the same command "
+            "again to resume",
+            err=True,
+        )
+        sys.exit(130)
     _print_index_report(report, as_json)
 
 
 def _ray(
-    address: str | None, actors: int | None, cpus: float, gpus: float, shard: int
+    address: str | None, actors: int | None, cpus: float, gpus: float, shard: int, timeout: float
 ) -> RayOptions:
-    from clipsearch.index.distributed import RayOptions, require_ray
-
-    require_ray()
-    return RayOptions(address, actors, cpus, gpus, shard)
+    require_ray()  # a missing extra is named before anything else is done
+    return RayOptions(address, actors, cpus, gpus, shard, timeout)
 
 
 def _print_index_report(report: IndexReport, as_json: bool) -> None:

@@ -424,10 +424,12 @@ class ImageIndex:
             progress: receives start/advance/close events.
             executor: run the decoding and encoding on Ray with these options instead of in
                 this process (see :mod:`clipsearch.index.distributed`); each Ray shard is committed
-                as one batch.
+                as one batch, and a shard lost with its node goes to another actor.
 
         Raises:
             IndexLockedError: another process is writing to this index.
+            ClusterUnavailableError: the Ray cluster does not answer, has no room for an
+                encoder actor, or lost every actor; what was committed stays.
         """
         from clipsearch.index.pipeline import Indexer, IndexOptions, check_roots  # not for reads
 

@@ -28,7 +28,7 @@ def test_without_ray_the_message_says_how_to_install(tmp_path, photo_dir, monkey
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -19,6 +19,8 @@ const els = {
   pick: $("#pick"),
   dups: $("#dups"),
   file: $("#file"),
+  shoot: $("#shoot"),
+  camera: $("#camera"),
   status: $("#status"),
   grid: $("#results"),
   hint: $("#hint"),
@@ -394,6 +396,26 @@ els.viewer.addEventListener("click", (event) => {
   if (event.target === els.viewer) closeViewer();
 });
 
+// A swipe on the large image: to the left shows the next result, to the right the previous.
+// Pointer events cover touch and pen; the image's touch-action leaves sideways moves to us.
+let swipe = null;
+els.viewerImg.addEventListener("pointerdown", (event) => {
+  if (event.pointerType === "mouse") return;
+  swipe = { x: event.clientX, y: event.clientY, id: event.pointerId };
+});
+els.viewerImg.addEventListener("pointercancel", () => {
+  swipe = null;
+});
+els.viewerImg.addEventListener("pointerup", (event) => {
+  if (!swipe || swipe.id !== event.pointerId) return;
+  const dx = event.clientX - swipe.x;
+  const dy = event.clientY - swipe.y;
+  swipe = null;
+  if (Math.abs(dx) < 40 || Math.abs(dx) < 1.5 * Math.abs(dy)) return;
+  const i = state.current + (dx < 0 ? 1 : -1);
+  if (i >= 0 && i < state.results.length) openViewer(i);
+});
+
 els.prev.addEventListener("click", () => openViewer(state.current - 1));
 els.next.addEventListener("click", () => openViewer(state.current + 1));
 els.close.addEventListener("click", closeViewer);
@@ -419,10 +441,13 @@ els.from.addEventListener("change", again);
 els.to.addEventListener("change", again);
 els.pick.addEventListener("click", () => els.file.click());
 els.dups.addEventListener("click", () => showDuplicates());
-els.file.addEventListener("change", () => {
-  searchUpload(els.file.files[0]);
-  els.file.value = "";
-});
+els.shoot.addEventListener("click", () => els.camera.click());
+for (const input of [els.file, els.camera]) {
+  input.addEventListener("change", () => {
+    if (input.files[0]) searchUpload(input.files[0]);
+    input.value = "";
+  });
+}
 
 els.grid.addEventListener("click", (event) => {
   const button = event.target.closest("button.thumb");
@@ -497,8 +522,10 @@ async function start() {
     setStatus(error.message, true);
   }
   const maxK = info ? info.limits.max_k : 200;
-  for (const k of K_CHOICES.filter((n) => n <= maxK)) {
-    els.k.append(new Option(String(k), String(k), k === DEFAULT_K, k === DEFAULT_K));
+  const choices = K_CHOICES.filter((n) => n < maxK).concat([maxK]);
+  const chosen = Math.min(DEFAULT_K, maxK);
+  for (const k of choices) {
+    els.k.append(new Option(String(k), String(k), k === chosen, k === chosen));
   }
   if (info) {
     state.maxUpload = info.limits.max_upload_bytes;
