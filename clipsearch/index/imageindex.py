@@ -42,7 +42,6 @@ from clipsearch.index.duplicates import (
     find_duplicates,
 )
 from clipsearch.index.filters import DateLike, Filters
-from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport, check_roots
 from clipsearch.index.query import (
     Query,
     Term,
@@ -60,7 +59,6 @@ from clipsearch.models.loading import load_spec
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
 from clipsearch.store.migrations import SCHEMA_VERSION
-from clipsearch.store.repair import RepairReport, repair_store
 from clipsearch.store.vectors import (
     IndexLayout,
     VectorIndex,
@@ -72,10 +70,12 @@ from clipsearch.store.vectors import (
 if TYPE_CHECKING:
     from PIL import Image
 
-    from clipsearch.index.distributed import RayOptions
+    from clipsearch.index.distributed import RayExecutor, RayOptions
+    from clipsearch.index.pipeline import IndexReport
     from clipsearch.index.styles import IndexStyles
     from clipsearch.models.encoder import Encoder
     from clipsearch.models.texttower import NumpyTextEncoder
+    from clipsearch.store.repair import RepairReport
     from clipsearch.style.labels import Prediction
 
 LOCK_FILE = "lock"
@@ -440,14 +440,12 @@ class ImageIndex:
             ClusterUnavailableError: the Ray cluster does not answer, has no room for an
                 encoder actor, or lost every actor; what was committed stays.
         """
-        roots = check_roots(paths)
-        draft, remote = not exact_decode, None
-        if executor is not None:
-            from clipsearch.index.distributed import RayExecutor, WorkerSetup
+        from clipsearch.index.pipeline import Indexer, IndexOptions, check_roots  # not for reads
 
-            model = (self.spec, self.identity.key, self.device, self.precision)
-            setup = WorkerSetup.for_model(*model, draft=draft, compile=compile)
-            remote = RayExecutor(executor, setup)
+        roots = check_roots(paths)
+        draft = not exact_decode
+        remote = None if executor is None else self._ray_executor(executor, draft, compile)
+        if executor is not None:
             batch_size = executor.shard_size
         options = IndexOptions(
             exclude=tuple(exclude),
@@ -472,6 +470,13 @@ class ImageIndex:
             report = indexer.run(roots)
             self._vectors_generation = self.catalog.generation()
         return report
+
+    def _ray_executor(self, options: RayOptions, draft: bool, compile: bool) -> RayExecutor:
+        """The Ray executor of :meth:`add`, its actors set up with this index's model."""
+        from clipsearch.index.distributed import RayExecutor, WorkerSetup
+
+        model = (self.spec, self.identity.key, self.device, self.precision)
+        return RayExecutor(options, WorkerSetup.for_model(*model, draft=draft, compile=compile))
 
     def remove(self, ids: Sequence[int]) -> int:
         """Drop images from the index by id (a video's file row takes its frames along);
@@ -528,6 +533,8 @@ class ImageIndex:
             IndexLockedError: another process is writing to this index.
             CorruptIndexError: the catalog itself is damaged: restore it or index again.
         """
+        from clipsearch.store.repair import repair_store  # SQLAlchemy: not for the readers
+
         with self.writing():
             report, rebuilt = repair_store(self.catalog, self.path, self.identity.dim)
             self._vectors, self._vectors_generation = rebuilt, self.catalog.generation()

@@ -1,11 +1,12 @@
 """The catalog's schema as numbered steps, each frozen the way it shipped.
 
 A step issues the DDL of its version as plain SQL and never reads the ORM models of
-``catalog.py``: those describe today's schema, and an index made by an older clipsearch must
+``schema.py``: those describe today's schema, and an index made by an older clipsearch must
 go through the very steps that built it and then the ones it lacks. A released step is never
 edited. A change of schema is a new function appended to ``MIGRATIONS`` (one that adds a
-column is an ``ALTER TABLE``), and the models in ``catalog.py`` change to match it; a test
-checks that the steps and the models build the same schema.
+column is an ``ALTER TABLE``), and the models in ``schema.py`` (and the plain-SQL reads of
+``catalog.py``) change to match it; tests check that the steps and the models build the same
+schema and that the catalog's reads agree with the models.
 
 The version lives where it always has: the ``meta`` table, key ``schema_version``, a JSON
 integer. A file without that table (a new, empty one) is version 0.
@@ -20,12 +21,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING
 
 from clipsearch.errors import ClipsearchError, CorruptIndexError, IndexVersionError, one_line
 
-Step = Callable[[Connection], None]
+if TYPE_CHECKING:  # the steps run on SQLAlchemy; SCHEMA_VERSION is read without it
+    from sqlalchemy import Connection
+
+Step = Callable[["Connection"], None]
 
 
 def m001_initial(conn: Connection) -> None:

@@ -15,8 +15,9 @@ from clipsearch import ImageIndex
 from clipsearch.cli.main import main
 from clipsearch.errors import ClipsearchError, CorruptIndexError, IndexVersionError
 from clipsearch.store import migrations
-from clipsearch.store.catalog import CATALOG_FILE, Base, Catalog
+from clipsearch.store.catalog import CATALOG_FILE, Catalog
 from clipsearch.store.migrations import SCHEMA_VERSION, stored_version, upgrade
+from clipsearch.store.schema import Base
 from tests.helpers import draw_image, save_photo
 
 # The first schema as clipsearch shipped it (Base.metadata.create_all of the first models),
