@@ -35,6 +35,7 @@ from clipsearch.errors import (
     IndexNotFoundError,
     QueryError,
 )
+from clipsearch.index.devices import parse_devices
 from clipsearch.index.duplicates import (
     DEFAULT_THRESHOLD,
     DuplicateGroup,
@@ -401,6 +402,8 @@ class ImageIndex:
         compile: bool = False,
         progress: Progress | None = None,
         executor: RayOptions | None = None,
+        decode: str = "auto",
+        devices: str | Sequence[str] = (),
     ) -> IndexReport:
         """Index the images below some folders, incrementally.
 
@@ -425,6 +428,11 @@ class ImageIndex:
             executor: run the decoding and encoding on Ray with these options instead of in
                 this process (see :mod:`clipsearch.index.distributed`); each Ray shard is committed
                 as one batch.
+            decode: where JPEGs are decoded: ``cpu`` (PIL in the worker threads), ``device``
+                (in batches where the model runs: nvJPEG on CUDA) or ``auto`` (``device`` on
+                CUDA); files the batched decoder refuses take the PIL path one by one.
+            devices: encode on several devices at once, e.g. ``"0,1"`` for two GPUs (each
+                gets a copy of the model and a share of every batch).
 
         Raises:
             IndexLockedError: another process is writing to this index.
@@ -445,6 +453,8 @@ class ImageIndex:
             workers=workers or IndexOptions.workers,
             draft=draft,
             compile=compile,
+            decode=decode,
+            devices=parse_devices(devices),
         )
         with self.writing():
             indexer = Indexer(
