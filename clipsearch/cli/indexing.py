@@ -77,8 +77,8 @@ def pipeline_options(f: F) -> F:
         "--batch-size",
         type=click.IntRange(min=1),
         default=None,
-        help="Images per model call and per committed transaction (default: 16 on the CPU, on "
-        "CUDA what free GPU memory allows, 64 on MPS).",
+        help="Images per model call and per committed transaction (default: 16 on the CPU, 64 "
+        "on MPS; on CUDA what free GPU memory allows, or 128 with --decode cpu).",
     )(f)
     return f
 
