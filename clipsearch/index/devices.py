@@ -112,11 +112,9 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def replicate(encoder: Encoder, device: str) -> Encoder:
-    """The encoder itself when it runs on ``device``, else a copy of it moved there."""
+    """A copy of the encoder, its model moved to ``device``."""
     from clipsearch.models.encoder import Encoder
 
-    if _same_device(encoder.device, device) and device != "cpu":
-        return encoder
     model = copy.deepcopy(encoder.model).to(device)
     return Encoder(
         model,
@@ -264,7 +262,11 @@ class DeviceStage:
     def __init__(self, encoder: Encoder, devices: Sequence[str] = (), draft: bool = True):
         devices = tuple(devices) or (encoder.device,)
         _check_devices(devices)
-        self.workers = [DeviceWorker(replicate(encoder, d), draft) for d in devices]
+        encoders: list[Encoder] = []
+        for d in devices:  # the loaded model serves its own device; the others get copies
+            own = _same_device(encoder.device, d) and encoder not in encoders
+            encoders.append(encoder if own else replicate(encoder, d))
+        self.workers = [DeviceWorker(e, draft) for e in encoders]
         self.batch_size = len(self.workers) * min(w.batch_size() for w in self.workers)
         self._pool = ThreadPoolExecutor(2 * len(self.workers), thread_name_prefix="device")
 

@@ -217,3 +217,18 @@ def test_gpus_that_are_not_there_are_refused(tmp_path, tiny_model, mixed):
         pytest.raises(ModelLoadError, match="no CUDA GPU"),
     ):
         index.add([mixed], devices="0,1")
+
+
+def test_the_loaded_model_serves_its_own_device_and_copies_serve_the_others(tiny_model):
+    from clipsearch.models.identity import ModelSpec
+    from clipsearch.models.loading import load_spec
+
+    enc = load_spec(ModelSpec.from_user(tiny_model, None), device="cpu", precision="fp32")
+    one = devices.DeviceStage(enc)
+    assert [w.encoder for w in one.workers] == [enc]
+    two = devices.DeviceStage(enc, ("cpu", "cpu"))
+    assert two.workers[0].encoder is enc and two.workers[1].encoder is not enc
+    assert two.workers[1].encoder.model is not enc.model
+    assert two.batch_size == 2 * one.batch_size
+    one.close()
+    two.close()
