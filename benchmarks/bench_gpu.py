@@ -188,7 +188,7 @@ def clipsearch_run(
 
     index_dir = work / "index"
     shutil.rmtree(index_dir, ignore_errors=True)
-    precision = add.pop("precision", "auto")
+    precision = args.precision
     with ImageIndex.create(
         index_dir, model, str(weights), device=args.device, precision=precision
     ) as index:
@@ -290,6 +290,7 @@ def main() -> None:
     ap.add_argument("--naive-n", type=int, default=100, help="images for the naive loop")
     ap.add_argument("--ref-n", type=int, default=32, help="images for the CPU fp32 reference")
     ap.add_argument("--photos", type=Path, help="a folder of JPEGs to use instead (sizes vary)")
+    ap.add_argument("--precision", default="auto", help="of clipsearch's runs (auto: fp16 on CUDA)")
     ap.add_argument("--warm", type=int, default=64, help="images of the warm-up run")
     ap.add_argument("--models", default="ViT-B-32,ViT-B-16")
     ap.add_argument("--devices", default=None, help="also a run on these GPUs, e.g. 0,1")
