@@ -227,7 +227,7 @@ def reference(model: str, weights: Path, folder: Path, work: Path) -> dict[str, 
 def cosine_text(vectors: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str:
     names = [n for n in ref if n in vectors]
     cos = np.array([float(vectors[n] @ ref[n]) for n in names])
-    return f"{cos.min():.5f} / {np.median(cos):.5f} ({len(names)} images)" if names else "n/a"
+    return f"{cos.min():.6f} / {np.median(cos):.6f} ({len(names)} images)" if names else "n/a"
 
 
 def bench_model(model: str, folder: Path, args: argparse.Namespace) -> list[Row]:
