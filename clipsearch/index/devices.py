@@ -40,6 +40,7 @@ DECODES = ("auto", "cpu", "device")
 # decoded 24-megapixel photo (uint8 RGB). Larger photos are caught by the halving on OOM.
 DECODED_PHOTO_BYTES = 24_000_000 * 3
 MAX_BATCH = 512  # also bounds the files read ahead in host memory and one transaction's size
+IN_FLIGHT = 2  # batches on the devices at once (see pipelined): each holds its decoded images
 
 
 class RawJpeg(NamedTuple):
@@ -172,7 +173,8 @@ class DeviceWorker:
         import torch
 
         free, _ = torch.cuda.mem_get_info(torch.device(self.device))
-        return memory_batch_size(free, DECODED_PHOTO_BYTES + self._activation_bytes())
+        per_image = DECODED_PHOTO_BYTES + self._activation_bytes()
+        return memory_batch_size(free // IN_FLIGHT, per_image)
 
     def _encode(self, chunk: Sequence[Item]) -> None:
         """Decode, preprocess and encode one chunk; fallbacks and file errors on the way."""
@@ -185,6 +187,7 @@ class DeviceWorker:
         ok = [(p, img) for p, img in zip(raws, decoded, strict=True) if img is not None]
         batch = self.pre([img for _, img in ok]) if ok else []
         done = {id(p): x for (p, _), x in zip(ok, batch, strict=True)}
+        del decoded, ok  # the full-size pictures: free before the model runs
         rows, pixels = [], []
         for p in chunk:
             if p.raw is not None and id(p) not in done:
@@ -289,7 +292,7 @@ class DeviceStage:
 def pipelined(
     batches: Iterable[list[Any]],
     stage: Callable[[], Callable[[list[Any]], list[Any]] | None],
-    depth: int = 2,
+    depth: int = IN_FLIGHT,
 ) -> Iterator[list[Any]]:
     """The batches in order, each through ``stage()`` where it gives one (asked per batch:
     the stage exists once the model has loaded), with up to ``depth`` batches on the

@@ -85,17 +85,24 @@ def decode_jpegs(
     """Decode JPEG byte tensors into upright RGB uint8 (3, H, W) tensors on ``device``.
 
     The whole list goes to the decoder at once; if it refuses the batch, each file is
-    decoded alone and the ones it refuses come back as None.
+    decoded alone and the ones it refuses come back as None. Running out of device memory is
+    no refusal: it is raised, for the caller to decode fewer at a time.
     """
+    import torch
+
     if not inputs:
         return []
     try:
         out: list[torch.Tensor | None] = list(_decode(list(inputs), device))
+    except torch.cuda.OutOfMemoryError:
+        raise
     except RuntimeError:
         out = []
         for one in inputs:
             try:
                 out.append(_decode([one], device)[0])
+            except torch.cuda.OutOfMemoryError:
+                raise
             except RuntimeError:
                 out.append(None)
     return [

@@ -232,3 +232,28 @@ def test_the_loaded_model_serves_its_own_device_and_copies_serve_the_others(tiny
     assert two.batch_size == 2 * one.batch_size
     one.close()
     two.close()
+
+
+def test_out_of_memory_while_decoding_halves_too(tmp_path, tiny_model, mixed, monkeypatch):
+    """OOM in the batched decoder is no refusal: no file falls back to PIL, fewer decode at
+    a time."""
+    plain, _ = index_vectors(tmp_path / "a", tiny_model, mixed, decode="device", batch_size=8)
+    real = batchdecode._decode
+    sizes: list[int] = []
+
+    def small_memory(inputs, device):
+        sizes.append(len(inputs))
+        if len(inputs) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(inputs, device)
+
+    def no_fallback(self, p):
+        raise AssertionError(f"{p.cand.found.path} fell back to PIL")
+
+    monkeypatch.setattr(batchdecode, "_decode", small_memory)
+    monkeypatch.setattr(devices.DeviceWorker, "_fallback", no_fallback)
+    halved, report = index_vectors(tmp_path / "b", tiny_model, mixed, decode="device", batch_size=8)
+    assert report.added == 8 and report.failed == 1
+    assert sizes[:2] == [6, 3]  # the JPEGs among the first 8 files, then among 4
+    for name, (vec, _) in plain.items():
+        np.testing.assert_allclose(halved[name][0], vec, atol=1e-5)
