@@ -22,6 +22,7 @@ thread) and the cosine of each path's vectors to the CPU fp32 path (PIL, exact d
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -57,7 +58,9 @@ def write_photos(work: Path, n: int, distinct: int, width: int, height: int) -> 
     base = work / f"distinct-{width}x{height}"
     base.mkdir(parents=True, exist_ok=True)
     jobs = [(base / f"base_{i:03d}.jpg", i, width, height) for i in range(distinct)]
-    with ProcessPoolExecutor(min(distinct, os.cpu_count() or 1)) as pool:
+    # spawn: this process has set up CUDA already, and a fork of it must not inherit that.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(distinct, os.cpu_count() or 1), mp_context=spawn) as pool:
         list(pool.map(_write_distinct, jobs))
     sources = [p.read_bytes() for p, *_ in jobs]
     folder = work / f"photos-{n}-{width}x{height}"
