@@ -19,10 +19,10 @@ from clipsearch.cli.options import (
     settings,
 )
 from clipsearch.cli.output import TqdmProgress, echo_json, echo_path_line
+from clipsearch.index.raycluster import RayOptions, ray_session, require_ray
 from clipsearch.store.vectors import INDEX_CHOICES
 
 if TYPE_CHECKING:
-    from clipsearch.index.distributed import RayOptions
     from clipsearch.index.pipeline import IndexReport
     from clipsearch.store.vectors import IndexLayout
 
@@ -83,6 +83,28 @@ def pipeline_options(f: F) -> F:
     return f
 
 
+def video_options(f: F) -> F:
+    """Which frames of a video are indexed."""
+    from clipsearch.media.video import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES
+
+    f = click.option(
+        "--video-max-frames",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_FRAMES,
+        show_default=True,
+        help="Frames taken from one video at most; a longer video gets a wider interval.",
+    )(f)
+    f = click.option(
+        "--video-interval",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_INTERVAL,
+        show_default=True,
+        metavar="SECONDS",
+        help="Take a video frame every SECONDS, and one more at each scene change between.",
+    )(f)
+    return f
+
+
 def ray_options(f: F) -> F:
     """Where the work runs, and the Ray cluster's share of it."""
     f = click.option(
@@ -91,6 +113,15 @@ def ray_options(f: F) -> F:
         default=64,
         show_default=True,
         help="Files per Ray task, and per committed transaction with --executor ray.",
+    )(f)
+    f = click.option(
+        "--ray-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=15.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long to wait for the Ray cluster to answer, and for encoder actors to start "
+        "(or to restart after a node is lost) while none runs; then exit 1 with one line.",
     )(f)
     f = click.option(
         "--ray-gpus",
@@ -107,13 +138,18 @@ def ray_options(f: F) -> F:
         help="CPUs reserved per Ray actor.",
     )(f)
     f = click.option(
-        "--ray-actors", type=click.IntRange(min=1), help="Encoder actors (default: one per CPU)."
+        "--ray-actors",
+        type=click.IntRange(min=1),
+        help="Encoder actors (default: as many as the nodes have room for; more than that are "
+        "clamped to it, with a warning).",
     )(f)
     f = click.option(
         "--ray-address",
         metavar="ADDR",
         envvar="RAY_ADDRESS",
-        help="Ray cluster to use (e.g. ray://head:10001 or auto); default: a local Ray instance.",
+        help="Ray cluster to use: HOST:6379 from a node of the cluster, ray://HOST:10001 from "
+        "elsewhere (Ray Client), or auto (the cluster `ray start` runs here); default: a new "
+        "local Ray instance.",
     )(f)
     f = click.option(
         "--executor",
@@ -136,6 +172,7 @@ def ray_options(f: F) -> F:
 @model_options
 @device_options
 @pipeline_options
+@video_options
 @ray_options
 @json_option
 @click.pass_context
@@ -154,26 +191,33 @@ def index_cmd(
     workers: int | None,
     exclude: tuple[str, ...],
     hidden: bool,
+    video_interval: float,
+    video_max_frames: int,
     executor: str,
     ray_address: str | None,
     ray_actors: int | None,
     ray_cpus: float,
     ray_gpus: float,
+    ray_timeout: float,
     shard_size: int,
     as_json: bool,
 ) -> None:
-    """Index the images below one or more folders.
+    """Index the images and videos below one or more folders.
 
     Runs incrementally: unchanged files are skipped, changed files re-encoded, moved files
     recognised by their content, and deleted files dropped. Files that cannot be read are
-    listed by `clipsearch errors`; they never stop the run.
+    listed by `clipsearch errors`; they never stop the run. Videos (.mp4 .mov .m4v .mkv .webm
+    .avi) need the video extra: pip install 'clipsearch[video]'.
     """
     remote = None
     if executor == "ray":
-        remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size)
+        remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size, ray_timeout)
     s = settings(ctx, model, pretrained, exclude)
-    with open_or_create_index(ctx, s, device=device, precision=precision) as index:
-        try:
+    try:
+        with (
+            ray_session(remote),
+            open_or_create_index(ctx, s, device=device, precision=precision) as index,
+        ):
             report = index.add(
                 paths,
                 exclude=s.exclude.value,
@@ -182,28 +226,28 @@ def index_cmd(
                 workers=workers,
                 exact_decode=exact_decode,
                 compile=compile_,
+                video_interval=video_interval,
+                video_max_frames=video_max_frames,
                 progress=TqdmProgress(disable=as_json),
                 executor=remote,
                 decode=decode,
                 devices=devices or (),
             )
-        except KeyboardInterrupt:
-            click.echo(
-                "clipsearch: interrupted; what was committed is kept, run the same command "
-                "again to resume",
-                err=True,
-            )
-            sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(
+            "clipsearch: interrupted; what was committed is kept, run the same command "
+            "again to resume",
+            err=True,
+        )
+        sys.exit(130)
     _print_index_report(report, as_json)
 
 
 def _ray(
-    address: str | None, actors: int | None, cpus: float, gpus: float, shard: int
+    address: str | None, actors: int | None, cpus: float, gpus: float, shard: int, timeout: float
 ) -> RayOptions:
-    from clipsearch.index.distributed import RayOptions, require_ray
-
-    require_ray()
-    return RayOptions(address, actors, cpus, gpus, shard)
+    require_ray()  # a missing extra is named before anything else is done
+    return RayOptions(address, actors, cpus, gpus, shard, timeout)
 
 
 def _print_index_report(report: IndexReport, as_json: bool) -> None:
@@ -217,6 +261,14 @@ def _print_index_report(report: IndexReport, as_json: bool) -> None:
     )
     if report.failed:
         click.echo("see `clipsearch errors` for the files that could not be indexed", err=True)
+    if report.skipped_videos:
+        from clipsearch.media.video import INSTALL_HINT
+
+        n = report.skipped_videos
+        click.echo(
+            f"skipped {n} video{'s' if n != 1 else ''}: indexing videos needs PyAV, {INSTALL_HINT}",
+            err=True,
+        )
 
 
 @click.command()

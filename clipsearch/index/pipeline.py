@@ -34,8 +34,22 @@ import numpy as np
 from clipsearch.errors import ClipsearchError, ImageReadError
 from clipsearch.index.devices import DeviceStage, RawJpeg, pipelined, resolve_decode
 from clipsearch.media.batchdecode import as_input, batch_decodable
-from clipsearch.media.files import FoundFile, decode_image_sized, read_file, walk_images
+from clipsearch.media.files import (
+    FoundFile,
+    decode_image_sized,
+    read_file,
+    supported_extensions,
+    walk_images,
+)
 from clipsearch.media.photometa import PhotoMeta, read_photo_meta
+from clipsearch.media.video import (
+    VIDEO_EXTENSIONS,
+    VideoOptions,
+    hash_file,
+    is_video,
+    read_video_frames,
+    video_support,
+)
 from clipsearch.models.batchpre import TensorPreprocess
 from clipsearch.models.runtime import BATCH_SIZES
 from clipsearch.progress import Progress
@@ -63,6 +77,7 @@ class IndexOptions:
         compile: run the image tower through ``torch.compile`` (see
             :meth:`clipsearch.models.encoder.Encoder.compile_image_tower`): a slow first batch, then
             faster ones; for runs of thousands of images.
+        video: which frames to take from videos (see :class:`clipsearch.media.video.VideoOptions`).
         decode: where JPEGs are decoded: ``cpu`` (PIL, in the worker threads), ``device`` (in
             batches where the model runs, nvJPEG on CUDA; see :mod:`clipsearch.index.devices`)
             or ``auto`` (``device`` on CUDA, else ``cpu``).
@@ -80,6 +95,7 @@ class IndexOptions:
     save_every: float = 60.0
     draft: bool = True
     compile: bool = False
+    video: VideoOptions = VideoOptions()
     decode: str = "auto"
     devices: tuple[str, ...] = ()
 
@@ -99,6 +115,7 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     failed: int = 0
+    skipped_videos: int = 0  # videos left alone because PyAV is not installed
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
 
@@ -110,6 +127,7 @@ class IndexReport:
         self.removed += other.removed
         self.unchanged += other.unchanged
         self.failed += other.failed
+        self.skipped_videos += other.skipped_videos
         self.errors.extend(other.errors)
 
     @property
@@ -129,6 +147,7 @@ class IndexReport:
             "removed": self.removed,
             "unchanged": self.unchanged,
             "failed": self.failed,
+            "skipped_videos": self.skipped_videos,
             "seconds": round(self.seconds, 3),
         }
 
@@ -153,7 +172,15 @@ class Prepared:
     error: str | None = None
     vector: np.ndarray | None = None  # set when a remote executor already encoded it
     meta: PhotoMeta | None = None  # date, camera and place, from the header only
+    frame_time: float | None = None  # a video's: the time of the frame in ``pixels``/``vector``
+    # A video's later frames: (seconds, preprocessed tensor, or its vector once encoded).
+    frames: list[tuple[float, Any]] = field(default_factory=list)
     raw: RawJpeg | None = None  # a JPEG to decode in a batch on the device (index.devices)
+
+    @property
+    def rows(self) -> int:
+        """How many vectors the file gives: one per frame taken."""
+        return 1 + len(self.frames)
 
     @property
     def known(self) -> bool:
@@ -261,9 +288,12 @@ class BatchPlan:
             self.copies.append((row, gone.donor(p.sha256)))
         else:
             self.pixels.append((row, p.pixels))
-        self.new.append(
-            NewImage(root_id, f.rel, f.size, f.mtime_ns, p.sha256, p.width, p.height, p.meta)
-        )
+        image = NewImage(root_id, f.rel, f.size, f.mtime_ns, p.sha256, p.width, p.height, p.meta)
+        self.new.append(replace(image, frame_time=p.frame_time))
+        for seconds, frame in p.frames:  # a video's later frames, tied to its file row
+            into = self.vectors if isinstance(frame, np.ndarray) else self.pixels
+            into.append((len(self.new), frame))
+            self.new.append(replace(image, frame_time=seconds, frame_of=row))
         if old is None:
             self.report.added += 1
         else:
@@ -400,14 +430,21 @@ class Indexer:
 
         seen: set[str] = set()
         options = self.options
+        videos: bool | None = None  # whether PyAV is there, once a video is met
         for f in walk_images(
             scope.walk,
             exclude=options.exclude,
             include_hidden=options.include_hidden,
+            extensions=supported_extensions() | VIDEO_EXTENSIONS,
             on_error=on_error,
         ):
             rel = f"{scope.prefix}{f.rel}"
             seen.add(rel)
+            if is_video(rel):
+                videos = video_support() if videos is None else videos
+                if not videos:  # kept as they are: neither errors nor gone
+                    report.skipped_videos += 1
+                    continue
             rec = in_scope.get(rel)
             if rec is not None and (rec[1], rec[2]) == (f.size, f.mtime_ns):
                 report.unchanged += 1
@@ -451,7 +488,7 @@ class Indexer:
             if path.startswith(existing.rstrip("/") + "/"):
                 prefix = Path(path).relative_to(existing).as_posix() + "/"
                 return _Scope(rid, existing, prefix, path)
-        rid, duplicates = self.catalog.adopt_roots(path)
+        rid, duplicates = self.catalog.adopt_roots(path)  # with the frames of videos
         if duplicates:
             self.vectors.remove(np.asarray(duplicates, dtype=np.int64))
         return _Scope(rid, path, "", path)
@@ -475,15 +512,16 @@ class Indexer:
         leftover = gone.unclaimed()
         if leftover:
             vectors = self.vectors  # loaded before the removal (see vectors)
+            with_frames = self.catalog.with_frames(leftover)
             self.catalog.remove(leftover)
-            vectors.remove(np.asarray(leftover, dtype=np.int64))
+            vectors.remove(np.asarray(with_frames, dtype=np.int64))
             report.removed += len(leftover)
 
     def _batches(self, stream: Iterable[Prepared]) -> Iterator[list[Prepared]]:
         batch: list[Prepared] = []
         for prepared in stream:
             batch.append(prepared)
-            if len(batch) >= self.batch_size:
+            if sum(p.rows for p in batch) >= self.batch_size:
                 yield batch
                 batch = []
         if batch:
@@ -511,27 +549,34 @@ class Indexer:
         self, pool: ThreadPoolExecutor, candidates: list[Candidate], gone_shas: frozenset[str]
     ) -> Iterator[Prepared]:
         """Results in input order, with a bounded number of files in flight (the bound grows
-        with the batch size once the model has loaded)."""
-        pending: deque[Future[Prepared]] = deque()
+        with the batch size once the model has loaded). A video weighs a whole batch: its
+        frames are many pictures."""
+        pending: deque[tuple[int, Future[Prepared]]] = deque()
         it = iter(candidates)
 
         def refill() -> None:
             window = max(2 * self.batch_size, 2 * self.options.workers)
-            while len(pending) < window:
+            while sum(w for w, _ in pending) < window:
                 nxt = next(it, None)
                 if nxt is None:
                     return
-                pending.append(pool.submit(self._prepare, nxt, gone_shas))
+                weight = self.batch_size if is_video(nxt.found.rel) else 1
+                pending.append((weight, pool.submit(self._prepare, nxt, gone_shas)))
 
         refill()
         while pending:
-            result = pending.popleft().result()
+            result = pending.popleft()[1].result()
             refill()
             yield result
 
     def _prepare(self, cand: Candidate, gone_shas: frozenset[str]) -> Prepared:
         return prepare_candidate(
-            cand, lambda: self.encoder, self.options.draft, gone_shas, self._device_decode
+            cand,
+            lambda: self.encoder,
+            self.options.draft,
+            gone_shas,
+            self.options.video,
+            self._device_decode,
         )
 
     def _commit(self, batch: list[Prepared], gone: GoneFiles, report: IndexReport) -> None:
@@ -547,8 +592,13 @@ class Indexer:
         root_ids = {path: rid for rid, path in self.catalog.roots().items()}
         for p in batch:
             source = gone.claim_content(p.sha256) if p.error is None else None
-            if source is None and p.known and not gone.has_donor(p.sha256):
-                # Every record of its bytes was replaced in this run: no vector is left to copy.
+            if (
+                source is None
+                and p.known
+                and (is_video(p.cand.found.rel) or not gone.has_donor(p.sha256))
+            ):
+                # Every record of its bytes was replaced in this run: no vector is left to
+                # copy. A video's frames are never copied: a second copy is decoded again.
                 p = self._prepare(p.cand, frozenset())
                 stage = self._device_stage()
                 if stage is not None and p.error is None:
@@ -575,6 +625,7 @@ class Indexer:
         changes_ids = bool(plan.new or plan.remove_ids)
         vectors = self.vectors if changes_ids else None  # loaded before the commit
         matrix = self._vectors_of(plan)
+        removed = self.catalog.with_frames(plan.remove_ids) if plan.remove_ids else []
         styles = self._styles(matrix) if self._styles is not None and plan.new else None
         ids = self.catalog.commit_batch(
             plan.new,
@@ -587,8 +638,8 @@ class Indexer:
         )
         if vectors is None:
             return
-        if plan.remove_ids:
-            vectors.remove(np.asarray(plan.remove_ids, dtype=np.int64))
+        if removed:
+            vectors.remove(np.asarray(removed, dtype=np.int64))
         if ids:
             vectors.add(np.asarray(ids, dtype=np.int64), matrix)
 
@@ -597,11 +648,13 @@ class Indexer:
         if not plan.new:
             return np.zeros((0, 0), dtype=np.float32)  # its width is never read
         matrix = np.zeros((len(plan.new), self.vectors.dim), dtype=np.float32)
-        if plan.pixels:
+        step = self.batch_size
+        for start in range(0, len(plan.pixels), step):  # a video's frames may be many
             import torch
 
-            rows = [row for row, _ in plan.pixels]
-            matrix[rows] = self.encoder.encode_pixels(torch.stack([px for _, px in plan.pixels]))
+            part = plan.pixels[start : start + step]
+            rows = [row for row, _ in part]
+            matrix[rows] = self.encoder.encode_pixels(torch.stack([px for _, px in part]))
         for row, vec in plan.vectors:
             matrix[row] = vec
         for row, donor in plan.copies:
@@ -616,15 +669,19 @@ def prepare_candidate(
     encoder: Callable[[], Encoder],
     draft: bool,
     gone_shas: Container[str],
+    video: VideoOptions | None = None,
     device_decode: Callable[[], str | None] = lambda: None,
 ) -> Prepared:
     """Read, hash, decode and preprocess one file; never raises for a bad file.
 
     A file whose bytes belong to a gone record is only hashed: its vector is already stored,
-    and ``encoder`` (which may load the model) is not called. Where ``device_decode()`` names
-    a device, a JPEG its batched decoder takes is left undecoded, as ``raw`` bytes (pinned
-    for CUDA), with its size from the header.
+    and ``encoder`` (which may load the model) is not called. A video gives the frames
+    ``video`` asks for. Where ``device_decode()`` names a device, a JPEG its batched decoder
+    takes is left undecoded, as ``raw`` bytes (pinned for CUDA), with its size from the
+    header.
     """
+    if is_video(cand.found.rel):
+        return _prepare_video(cand, encoder, gone_shas, video or VideoOptions())
     path = cand.found.path
     out = Prepared(cand)
     data = b""
@@ -650,6 +707,29 @@ def prepare_candidate(
         draft_size = 2 * model.image_size if draft else None
         img, (out.width, out.height) = decode_image_sized(data, path, draft_size=draft_size)
         out.pixels = model.preprocess(img)
+    return out
+
+
+def _prepare_video(
+    cand: Candidate, encoder: Callable[[], Encoder], gone_shas: Container[str], video: VideoOptions
+) -> Prepared:
+    """A video's hash (read in chunks, never held whole) and its frames, preprocessed."""
+    path = cand.found.path
+    out = Prepared(cand)
+    with _file_errors(out):
+        out.sha256, st = hash_file(path)
+        if (st.st_size, st.st_mtime_ns) != (cand.found.size, cand.found.mtime_ns):
+            found = replace(cand.found, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            out.cand = Candidate(found, cand.old_id)
+        out.meta = read_photo_meta(path, out.cand.found.mtime_ns)
+    if out.error is not None or out.sha256 in gone_shas:
+        return out
+    model = encoder()
+    with _file_errors(out):
+        taken = read_video_frames(path, model.image_size, video)
+        out.width, out.height = taken.width, taken.height
+        pixels = [(t, model.preprocess(img)) for t, img in taken.frames]
+        (out.frame_time, out.pixels), out.frames = pixels[0], pixels[1:]
     return out
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from clipsearch.errors import ClipsearchError, IndexLockedError
 from clipsearch.index.pipeline import IndexReport, check_roots
 from clipsearch.media.files import supported_extensions
+from clipsearch.media.video import VIDEO_EXTENSIONS
 
 if TYPE_CHECKING:
     from clipsearch.progress import Progress
@@ -120,7 +121,7 @@ class FolderWatcher:
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._extensions = supported_extensions()
+        self._extensions = supported_extensions() | VIDEO_EXTENSIONS
         self._observer: Any = None
         self._thread: threading.Thread | None = None
 

@@ -84,9 +84,16 @@ class Root(Base):
 class ImageRow(Base):
     __tablename__ = "images"
     __table_args__ = (
-        Index("ix_images_root_rel", "root_id", "rel", unique=True),
+        Index(
+            "ix_images_root_rel",
+            "root_id",
+            "rel",
+            unique=True,
+            sqlite_where=text("video_id IS NULL"),
+        ),
         Index("ix_images_sha256", "sha256"),
         Index("ix_images_style", "style"),
+        Index("ix_images_video_id", "video_id"),
         {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -108,6 +115,8 @@ class ImageRow(Base):
     lat: Mapped[float | None] = mapped_column(default=None)
     lon: Mapped[float | None] = mapped_column(default=None)
     meta_read: Mapped[bool] = mapped_column(default=False, server_default=text("0"))
+    frame_time: Mapped[float | None] = mapped_column(default=None)  # seconds into a video
+    video_id: Mapped[int | None] = mapped_column(default=None)  # a frame's video file row
 
 
 class VectorRow(Base):
@@ -138,6 +147,8 @@ class NewImage:
     width: int
     height: int
     meta: PhotoMeta | None = None  # None: not read (the next run's backfill reads it)
+    frame_time: float | None = None  # seconds into a video; None for a still image
+    frame_of: int | None = None  # a video's later frame: the row in the batch of its file row
 
 
 @dataclass(frozen=True)
@@ -156,10 +167,17 @@ class StoredImage:
     style: str | None
     style_score: float | None
     meta: PhotoMeta = PhotoMeta()
+    frame_time: float | None = None  # seconds into a video; None for a still image
+    video_id: int | None = None  # for a video's later frames: the id of its file row
 
     @property
     def path(self) -> str:
         return str(Path(self.root, self.rel))
+
+    @property
+    def file_id(self) -> int:
+        """The id of the file's row: its own, or its video's for a later frame."""
+        return self.id if self.video_id is None else self.video_id
 
 
 @dataclass(frozen=True)
@@ -258,10 +276,12 @@ class Catalog:
             children = [(c, p[len(inside) :]) for c, p in children if p.startswith(inside)]
             if not children:
                 return rid, []
-            have = set(s.scalars(select(ImageRow.rel).where(ImageRow.root_id == rid)))
+            have = set(s.scalars(select(ImageRow.rel).where(ImageRow.root_id == rid, _FILE_ROW)))
             for child, sub in children:
                 moves, twice = [], []
-                rows = s.execute(select(ImageRow.id, ImageRow.rel).where(ImageRow.root_id == child))
+                rows = s.execute(
+                    select(ImageRow.id, ImageRow.rel).where(ImageRow.root_id == child, _FILE_ROW)
+                )
                 for image_id, rel in rows.all():
                     if f"{sub}/{rel}" in have:
                         twice.append(image_id)
@@ -270,8 +290,9 @@ class Catalog:
                         moves.append({"id": image_id, "root_id": rid, "rel": f"{sub}/{rel}"})
                 if moves:
                     s.execute(update(ImageRow), moves)
+                    _move_frames(s, [(m["id"], rid, m["rel"]) for m in moves])
+                dropped += _with_frames(s, twice)
                 self._delete_ids(s, twice)
-                dropped += twice
                 s.execute(delete(Root).where(Root.id == child))
             if dropped:
                 _set_meta(s, "generation", _get_generation(s) + 1)
@@ -287,7 +308,7 @@ class Catalog:
             rows = s.execute(
                 select(
                     ImageRow.rel, ImageRow.id, ImageRow.size, ImageRow.mtime_ns, ImageRow.sha256
-                ).where(ImageRow.root_id == root_id)
+                ).where(ImageRow.root_id == root_id, _FILE_ROW)
             )
             return {rel: (i, size, mtime, sha) for rel, i, size, mtime, sha in rows}
 
@@ -307,10 +328,13 @@ class Catalog:
         """Write one indexer batch in a single transaction; returns the new images' ids.
 
         Args:
-            new: images to insert, in the order of ``vectors``' rows.
+            new: images to insert, in the order of ``vectors``' rows; a video's later frames
+                come after its file row and point to it (``frame_of``).
             vectors: (len(new), dim) float32 unit vectors.
-            remove_ids: images to delete (re-encoded files and files gone from disk).
-            moves: (id, root_id, rel, size, mtime_ns) for files that moved and keep their vector.
+            remove_ids: images to delete (re-encoded files and files gone from disk), with the
+                later frames of the videos among them.
+            moves: (id, root_id, rel, size, mtime_ns) for files that moved and keep their vector
+                (a video's frames follow its file row).
             clear_error_paths: paths whose earlier error no longer holds.
             errors: (path, reason) failures to record.
             styles: (style, style_score) of each new image, in the order of ``new``.
@@ -324,7 +348,7 @@ class Catalog:
             for image_id, root_id, rel, size, mtime_ns in moves:
                 s.execute(
                     update(ImageRow)
-                    .where(ImageRow.id == image_id)
+                    .where((ImageRow.id == image_id) | (ImageRow.video_id == image_id))
                     .values(root_id=root_id, rel=rel, size=size, mtime_ns=mtime_ns)
                 )
             rows = [
@@ -339,11 +363,18 @@ class Catalog:
                     indexed_at=now,
                     style=style,
                     style_score=style_score,
+                    frame_time=n.frame_time,
                     **_meta_columns(n.meta),
                 )
                 for n, (style, style_score) in zip(new, labels, strict=True)
             ]
-            s.add_all(rows)
+            # File rows first, so that each later frame can point to its video's id.
+            s.add_all(r for r, n in zip(rows, new, strict=True) if n.frame_of is None)
+            s.flush()
+            for row, n in zip(rows, new, strict=True):
+                if n.frame_of is not None:
+                    row.video_id = rows[n.frame_of].id
+                    s.add(row)
             s.flush()
             ids = [r.id for r in rows]
             pairs = zip(ids, vectors, strict=True)
@@ -363,9 +394,19 @@ class Catalog:
             self._delete_ids(s, ids)
             _set_meta(s, "generation", _get_generation(s) + 1)
 
+    def with_frames(self, ids: Sequence[int]) -> list[int]:
+        """``ids`` and the ids of the later frames of the videos among them: what leaves the
+        vector index when these files are removed."""
+        with self.session() as s:
+            return _with_frames(s, ids)
+
     @staticmethod
     def _delete_ids(s: Session, ids: Sequence[int]) -> None:
+        """Delete images by id, a video's later frames with its file row."""
         for chunk in _chunks(_ints(ids), 500):
+            frames = select(ImageRow.id).where(ImageRow.video_id.in_(chunk))
+            s.execute(delete(VectorRow).where(VectorRow.image_id.in_(frames)))
+            s.execute(delete(ImageRow).where(ImageRow.video_id.in_(chunk)))
             s.execute(delete(VectorRow).where(VectorRow.image_id.in_(chunk)))
             s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
 
@@ -391,7 +432,7 @@ class Catalog:
         query = (
             select(ImageRow.id, Root.path, ImageRow.rel, ImageRow.mtime_ns)
             .join(Root, Root.id == ImageRow.root_id)
-            .where(ImageRow.meta_read.is_(False))
+            .where(ImageRow.meta_read.is_(False), _FILE_ROW)
             .order_by(ImageRow.id)
         )
         with self.session() as s:
@@ -406,8 +447,31 @@ class Catalog:
     # --- reads ------------------------------------------------------------------------------
 
     def count(self) -> int:
+        """How many vectors: images, and every frame taken from a video."""
         with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(ImageRow)) or 0)
+
+    def count_files(self) -> int:
+        """How many files: images and videos, each once."""
+        with self.session() as s:
+            query = select(func.count()).select_from(ImageRow).where(_FILE_ROW)
+            return int(s.scalar(query) or 0)
+
+    def frames(self, file_id: int) -> list[tuple[int, float]]:
+        """(id, frame_time) of every frame of a video's file row, in time order; empty for an
+        image."""
+        query = (
+            select(ImageRow.id, ImageRow.frame_time)
+            .where(
+                ((ImageRow.id == file_id) | (ImageRow.video_id == file_id)),
+                ImageRow.frame_time.is_not(None),
+            )
+            .order_by(ImageRow.frame_time)
+        )
+        if int(file_id) not in _SQLITE_INT:
+            return []
+        with self.session() as s:
+            return [(i, float(t)) for i, t in s.execute(query)]
 
     def ids(self) -> np.ndarray:
         with self.session() as s:
@@ -462,7 +526,8 @@ class Catalog:
                     rel = Path(path).relative_to(root).as_posix()
                 except ValueError:
                     continue
-                row = s.scalar(select(ImageRow).where(ImageRow.root_id == rid, ImageRow.rel == rel))
+                query = select(ImageRow).where(ImageRow.root_id == rid, ImageRow.rel == rel)
+                row = s.scalar(query.where(_FILE_ROW))
                 if row is not None:
                     return _stored(row, root)
         return None
@@ -476,6 +541,7 @@ class Catalog:
         taken_until: float | None = None,
         camera: str | None = None,
         near: tuple[float, float, float] | None = None,
+        stills: bool = False,
     ) -> np.ndarray:
         """Ids of images that pass every filter given.
 
@@ -486,8 +552,11 @@ class Catalog:
             taken_until: taken before this.
             camera: make and model hold this text, in any case.
             near: (lat, lon, km): taken at most km from there.
+            stills: still images only, no video frames.
         """
         query = select(ImageRow.id).join(Root, Root.id == ImageRow.root_id)
+        if stills:
+            query = query.where(ImageRow.frame_time.is_(None))
         query = _where_meta(query, taken_from, taken_until, camera, near)
         if path_prefix is not None:
             # Compared as bytes: exact case, and names that are not UTF-8 (stored as BLOBs,
@@ -513,9 +582,13 @@ class Catalog:
         query = (
             select(ImageRow.sha256, ImageRow.id)
             .where(
+                _FILE_ROW,
                 ImageRow.sha256.in_(
-                    select(ImageRow.sha256).group_by(ImageRow.sha256).having(func.count() > 1)
-                )
+                    select(ImageRow.sha256)
+                    .where(_FILE_ROW)
+                    .group_by(ImageRow.sha256)
+                    .having(func.count() > 1)
+                ),
             )
             .order_by(ImageRow.sha256, ImageRow.id)
         )
@@ -611,7 +684,27 @@ def _stored(row: ImageRow, root: str) -> StoredImage:
             lat=row.lat,
             lon=row.lon,
         ),
+        frame_time=row.frame_time,
+        video_id=row.video_id,
     )
+
+
+_FILE_ROW = ImageRow.video_id.is_(None)  # a file's own row: an image, or a video's first frame
+
+
+def _with_frames(s: Session, ids: Sequence[int]) -> list[int]:
+    out = _ints(ids)
+    for chunk in _chunks(list(out), 500):
+        out += s.scalars(select(ImageRow.id).where(ImageRow.video_id.in_(chunk)))
+    return out
+
+
+def _move_frames(s: Session, moves: Sequence[tuple[int, int, str]]) -> None:
+    """Later frames follow their video's file row to another root and path."""
+    for video_id, root_id, rel in moves:
+        s.execute(
+            update(ImageRow).where(ImageRow.video_id == video_id).values(root_id=root_id, rel=rel)
+        )
 
 
 def _meta_columns(meta: PhotoMeta | None) -> dict[str, Any]:

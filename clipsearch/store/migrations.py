@@ -101,8 +101,25 @@ _M002_DDL = (
 )
 
 
+def m003_video_frames(conn: Connection) -> None:
+    """Video frames: each frame taken from a video is a row of its own (its own vector and
+    FAISS id) with ``frame_time`` in seconds; the video's file row has ``video_id`` NULL and
+    its other frames point to it, so only file rows are unique per path."""
+    for statement in _M003_DDL:
+        conn.exec_driver_sql(statement)
+
+
+_M003_DDL = (
+    "ALTER TABLE images ADD COLUMN frame_time DOUBLE",
+    "ALTER TABLE images ADD COLUMN video_id INTEGER",
+    "DROP INDEX ix_images_root_rel",
+    "CREATE UNIQUE INDEX ix_images_root_rel ON images (root_id, rel) WHERE video_id IS NULL",
+    "CREATE INDEX ix_images_video_id ON images (video_id)",
+)
+
+
 # MIGRATIONS[n - 1] brings a catalog from version n - 1 to version n.
-MIGRATIONS: list[Step] = [m001_initial, m002_photo_meta]
+MIGRATIONS: list[Step] = [m001_initial, m002_photo_meta, m003_video_frames]
 
 # The version a catalog has once this clipsearch has opened it.
 SCHEMA_VERSION = len(MIGRATIONS)
