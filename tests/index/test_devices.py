@@ -257,3 +257,28 @@ def test_out_of_memory_while_decoding_halves_too(tmp_path, tiny_model, mixed, mo
     assert sizes[:2] == [6, 3]  # the JPEGs among the first 8 files, then among 4
     for name, (vec, _) in plain.items():
         np.testing.assert_allclose(halved[name][0], vec, atol=1e-5)
+
+
+def test_a_video_beside_jpegs_on_two_devices_gives_the_cpu_paths_frames(tmp_path, tiny_model):
+    pytest.importorskip("av")
+    from tests.helpers import make_video
+
+    root = tmp_path / "photos"
+    make_video(root / "clip.mp4", seconds=2.0)
+    for i in range(3):
+        photo(i, 120, 90).save(root / f"photo{i}.jpg")
+
+    def frames(folder: Path, **add) -> list[tuple[str, float | None, np.ndarray]]:
+        with ImageIndex.create(folder, tiny_model, device="cpu", precision="fp32") as index:
+            report = index.add([root], exact_decode=True, video_interval=1.0, **add)
+            assert report.failed == 0
+            records = index.catalog.images(index.catalog.ids().tolist())
+            rows = [(r.rel, r.frame_time, index.catalog.vector(i)) for i, r in records.items()]
+        return sorted(rows, key=lambda row: (row[0], row[1] or 0.0))
+
+    cpu = frames(tmp_path / "a", decode="cpu")
+    dev = frames(tmp_path / "b", decode="device", devices="cpu,cpu", batch_size=4)
+    assert [(rel, t) for rel, t, _ in dev] == [(rel, t) for rel, t, _ in cpu]
+    assert sum(rel == "clip.mp4" for rel, _, _ in cpu) >= 2  # a video gives several rows
+    for (_, _, a), (_, _, b) in zip(cpu, dev, strict=True):
+        assert float(a @ b) >= 0.999
