@@ -59,11 +59,26 @@ def pipeline_options(f: F) -> F:
         "vectors.",
     )(f)
     f = click.option(
+        "--devices",
+        metavar="LIST",
+        help="Encode on several GPUs at once, e.g. 0,1: each gets a copy of the model and a "
+        "share of every batch.",
+    )(f)
+    f = click.option(
+        "--decode",
+        type=click.Choice(["auto", "cpu", "device"]),
+        default="auto",
+        show_default=True,
+        help="Where JPEGs are decoded: cpu (PIL, in the worker threads) or device (in batches "
+        "where the model runs: nvJPEG on a CUDA GPU, with resizing there too); auto is device "
+        "on CUDA. Other formats and JPEGs it refuses are decoded with PIL.",
+    )(f)
+    f = click.option(
         "--batch-size",
         type=click.IntRange(min=1),
         default=None,
-        help="Images per model call and per committed transaction (default: 16 on the CPU, 128 "
-        "on CUDA, 64 on MPS).",
+        help="Images per model call and per committed transaction (default: 16 on the CPU, 64 "
+        "on MPS; on CUDA what free GPU memory allows, or 128 with --decode cpu).",
     )(f)
     return f
 
@@ -169,6 +184,8 @@ def index_cmd(
     device: str,
     precision: str,
     batch_size: int | None,
+    decode: str,
+    devices: str | None,
     exact_decode: bool,
     compile_: bool,
     workers: int | None,
@@ -213,6 +230,8 @@ def index_cmd(
                 video_max_frames=video_max_frames,
                 progress=TqdmProgress(disable=as_json),
                 executor=remote,
+                decode=decode,
+                devices=devices or (),
             )
     except KeyboardInterrupt:
         click.echo(

@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from clipsearch.index.distributed import RayExecutor, RayOptions
-    from clipsearch.index.pipeline import IndexReport
+    from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport
     from clipsearch.index.styles import IndexStyles
     from clipsearch.models.encoder import Encoder
     from clipsearch.models.texttower import NumpyTextEncoder
@@ -406,6 +406,8 @@ class ImageIndex:
         video_max_frames: int = DEFAULT_MAX_FRAMES,
         progress: Progress | None = None,
         executor: RayOptions | None = None,
+        decode: str = "auto",
+        devices: str | Sequence[str] = (),
     ) -> IndexReport:
         """Index the images and videos below some folders, incrementally.
 
@@ -434,13 +436,17 @@ class ImageIndex:
             executor: run the decoding and encoding on Ray with these options instead of in
                 this process (see :mod:`clipsearch.index.distributed`); each Ray shard is committed
                 as one batch, and a shard lost with its node goes to another actor.
+            decode: where JPEGs decode: ``cpu`` (PIL), ``device`` (in batches where the model
+                runs, nvJPEG on CUDA; PIL for files it refuses) or ``auto`` (device on CUDA).
+            devices: encode on several devices, e.g. ``"0,1"``: each a model copy and a share.
 
         Raises:
             IndexLockedError: another process is writing to this index.
             ClusterUnavailableError: the Ray cluster does not answer, has no room for an
                 encoder actor, or lost every actor; what was committed stays.
         """
-        from clipsearch.index.pipeline import Indexer, IndexOptions, check_roots  # not for reads
+        from clipsearch.index.devices import parse_devices  # not for reads
+        from clipsearch.index.pipeline import IndexOptions, check_roots
 
         roots = check_roots(paths)
         draft = not exact_decode
@@ -455,19 +461,11 @@ class ImageIndex:
             draft=draft,
             compile=compile,
             video=VideoOptions(video_interval, video_max_frames),
+            decode=decode,
+            devices=parse_devices(devices),
         )
         with self.writing():
-            indexer = Indexer(
-                self.catalog,
-                lambda: self.vectors,
-                lambda: self.encoder,
-                options,
-                progress,
-                save=self.save_vectors,
-                styles=self.styles.label,
-                executor=remote,
-            )
-            report = indexer.run(roots)
+            report = self._indexer(options, progress, remote).run(roots)
             self._vectors_generation = self.catalog.generation()
         return report
 
@@ -477,6 +475,23 @@ class ImageIndex:
 
         model = (self.spec, self.identity.key, self.device, self.precision)
         return RayExecutor(options, WorkerSetup.for_model(*model, draft=draft, compile=compile))
+
+    def _indexer(
+        self, options: IndexOptions, progress: Progress | None, remote: RayExecutor | None
+    ) -> Indexer:
+        """The local indexer of :meth:`add`, on this index's catalog, vectors and model."""
+        from clipsearch.index.pipeline import Indexer
+
+        return Indexer(
+            self.catalog,
+            lambda: self.vectors,
+            lambda: self.encoder,
+            options,
+            progress,
+            save=self.save_vectors,
+            styles=self.styles.label,
+            executor=remote,
+        )
 
     def remove(self, ids: Sequence[int]) -> int:
         """Drop images from the index by id (a video's file row takes its frames along);

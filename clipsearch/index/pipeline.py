@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 
 from clipsearch.errors import ClipsearchError, ImageReadError
+from clipsearch.index.devices import DeviceStage, RawJpeg, pipelined, resolve_decode
+from clipsearch.media.batchdecode import as_input, batch_decodable
 from clipsearch.media.files import (
     FoundFile,
     decode_image_sized,
@@ -48,6 +50,7 @@ from clipsearch.media.video import (
     read_video_frames,
     video_support,
 )
+from clipsearch.models.batchpre import TensorPreprocess
 from clipsearch.models.runtime import BATCH_SIZES
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import Catalog, NewImage
@@ -75,6 +78,11 @@ class IndexOptions:
             :meth:`clipsearch.models.encoder.Encoder.compile_image_tower`): a slow first batch, then
             faster ones; for runs of thousands of images.
         video: which frames to take from videos (see :class:`clipsearch.media.video.VideoOptions`).
+        decode: where JPEGs are decoded: ``cpu`` (PIL, in the worker threads), ``device`` (in
+            batches where the model runs, nvJPEG on CUDA; see :mod:`clipsearch.index.devices`)
+            or ``auto`` (``device`` on CUDA, else ``cpu``).
+        devices: encode on these devices (``cuda:0``, ``cuda:1``), each a share of every
+            batch; empty: the model's own device.
 
     Raises:
         ClipsearchError: ``batch_size`` is below 1.
@@ -88,10 +96,13 @@ class IndexOptions:
     draft: bool = True
     compile: bool = False
     video: VideoOptions = VideoOptions()
+    decode: str = "auto"
+    devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
             raise ClipsearchError(f"batch size must be at least 1 (got {self.batch_size})")
+        resolve_decode(self.decode, "cpu")  # refuses unknown names
 
 
 @dataclass
@@ -164,6 +175,7 @@ class Prepared:
     frame_time: float | None = None  # a video's: the time of the frame in ``pixels``/``vector``
     # A video's later frames: (seconds, preprocessed tensor, or its vector once encoded).
     frames: list[tuple[float, Any]] = field(default_factory=list)
+    raw: RawJpeg | None = None  # a JPEG to decode in a batch on the device (index.devices)
 
     @property
     def rows(self) -> int:
@@ -173,7 +185,7 @@ class Prepared:
     @property
     def known(self) -> bool:
         """Read and hashed only: its bytes are those of a gone record, whose vector it gets."""
-        return self.error is None and self.pixels is None and self.vector is None
+        return self.error is None and self.pixels is None and self.vector is None and not self.raw
 
 
 class Executor(Protocol):
@@ -328,6 +340,7 @@ class Indexer:
         self._save = save or (lambda: None)
         self._styles = styles  # (N, dim) vectors -> (style, probability) per row
         self._executor = executor
+        self._stage: DeviceStage | None = None  # built once the model has loaded, if used
 
     @property
     def encoder(self) -> Encoder:
@@ -360,6 +373,8 @@ class Indexer:
         loaded; until then (files only hashed, as moves) the CPU's."""
         if self.options.batch_size is not None:
             return self.options.batch_size
+        if self._stage is not None:
+            return self._stage.batch_size
         if self._encoder is not None:
             return self._encoder.batch_size
         return BATCH_SIZES["cpu"]
@@ -480,22 +495,20 @@ class Indexer:
 
     def _process(self, candidates: list[Candidate], gone: GoneFiles, report: IndexReport) -> None:
         last_save = time.monotonic()
-        batch: list[Prepared] = []
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="decode") as pool:
             if self._executor is not None:
                 stream = self._executor.prepared(candidates, gone.shas)
             else:
                 stream = self._prepare_all(pool, candidates, gone.shas)
-            for prepared in stream:
-                batch.append(prepared)
-                if sum(p.rows for p in batch) >= self.batch_size:
+            try:
+                for batch in pipelined(self._batches(stream), self._device_stage):
                     self._commit(batch, gone, report)
-                    batch = []
                     if time.monotonic() - last_save > self.options.save_every:
                         self._save()
                         last_save = time.monotonic()
-            if batch:
-                self._commit(batch, gone, report)
+            finally:
+                if self._stage is not None:
+                    self._stage.close()
         leftover = gone.unclaimed()
         if leftover:
             vectors = self.vectors  # loaded before the removal (see vectors)
@@ -503,6 +516,34 @@ class Indexer:
             self.catalog.remove(leftover)
             vectors.remove(np.asarray(with_frames, dtype=np.int64))
             report.removed += len(leftover)
+
+    def _batches(self, stream: Iterable[Prepared]) -> Iterator[list[Prepared]]:
+        batch: list[Prepared] = []
+        for prepared in stream:
+            batch.append(prepared)
+            if sum(p.rows for p in batch) >= self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _device_decode(self) -> str | None:
+        """The device that decodes JPEGs in batches, or None for PIL in the worker threads
+        (asked once the model has loaded)."""
+        encoder = self.encoder
+        if resolve_decode(self.options.decode, encoder.device) != "device":
+            return None
+        return encoder.device if TensorPreprocess.supports(encoder.preprocess) else None
+
+    def _device_stage(self) -> DeviceStage | None:
+        """The stage that decodes and encodes on the devices, once the model has loaded;
+        None where the local encoder does it all (PIL decoding, one device) or Ray does."""
+        if self._stage is not None or self._executor is not None or self._encoder is None:
+            return self._stage
+        if self._device_decode() is None and not self.options.devices:
+            return None
+        self._stage = DeviceStage(self._encoder, self.options.devices, self.options.draft)
+        return self._stage
 
     def _prepare_all(
         self, pool: ThreadPoolExecutor, candidates: list[Candidate], gone_shas: frozenset[str]
@@ -530,7 +571,12 @@ class Indexer:
 
     def _prepare(self, cand: Candidate, gone_shas: frozenset[str]) -> Prepared:
         return prepare_candidate(
-            cand, lambda: self.encoder, self.options.draft, gone_shas, self.options.video
+            cand,
+            lambda: self.encoder,
+            self.options.draft,
+            gone_shas,
+            self.options.video,
+            self._device_decode,
         )
 
     def _commit(self, batch: list[Prepared], gone: GoneFiles, report: IndexReport) -> None:
@@ -554,6 +600,9 @@ class Indexer:
                 # Every record of its bytes was replaced in this run: no vector is left to
                 # copy. A video's frames are never copied: a second copy is decoded again.
                 p = self._prepare(p.cand, frozenset())
+                stage = self._device_stage()
+                if stage is not None and p.error is None:
+                    stage([p])
             if p.error is not None:
                 plan.fail(p.cand.found.path, p.error)
                 continue
@@ -621,12 +670,15 @@ def prepare_candidate(
     draft: bool,
     gone_shas: Container[str],
     video: VideoOptions | None = None,
+    device_decode: Callable[[], str | None] = lambda: None,
 ) -> Prepared:
     """Read, hash, decode and preprocess one file; never raises for a bad file.
 
     A file whose bytes belong to a gone record is only hashed: its vector is already stored,
     and ``encoder`` (which may load the model) is not called. A video gives the frames
-    ``video`` asks for.
+    ``video`` asks for. Where ``device_decode()`` names a device, a JPEG its batched decoder
+    takes is left undecoded, as ``raw`` bytes (pinned for CUDA), with its size from the
+    header.
     """
     if is_video(cand.found.rel):
         return _prepare_video(cand, encoder, gone_shas, video or VideoOptions())
@@ -644,6 +696,13 @@ def prepare_candidate(
     if out.error is not None or out.sha256 in gone_shas:
         return out
     model = encoder()  # outside _file_errors: a model that cannot load stops the run
+    device = device_decode()
+    head = batch_decodable(data) if device is not None else None
+    if head is not None:
+        pin = str(device).startswith("cuda")
+        out.raw = RawJpeg(as_input(data, pin=pin), head.orientation)
+        out.width, out.height = head.upright_size
+        return out
     with _file_errors(out):
         draft_size = 2 * model.image_size if draft else None
         img, (out.width, out.height) = decode_image_sized(data, path, draft_size=draft_size)
