@@ -17,6 +17,7 @@ from clipsearch.cli.options import (
     open_index,
     open_or_create_index,
     settings,
+    video_options,
 )
 from clipsearch.cli.output import TqdmProgress, echo_json, echo_path_line
 from clipsearch.index.raycluster import RayOptions, ray_session, require_ray
@@ -79,28 +80,6 @@ def pipeline_options(f: F) -> F:
         default=None,
         help="Images per model call and per committed transaction (default: 16 on the CPU, 64 "
         "on MPS; on CUDA what free GPU memory allows, or 128 with --decode cpu).",
-    )(f)
-    return f
-
-
-def video_options(f: F) -> F:
-    """Which frames of a video are indexed."""
-    from clipsearch.media.video import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES
-
-    f = click.option(
-        "--video-max-frames",
-        type=click.IntRange(min=1),
-        default=DEFAULT_MAX_FRAMES,
-        show_default=True,
-        help="Frames taken from one video at most; a longer video gets a wider interval.",
-    )(f)
-    f = click.option(
-        "--video-interval",
-        type=click.FloatRange(min=0, min_open=True),
-        default=DEFAULT_INTERVAL,
-        show_default=True,
-        metavar="SECONDS",
-        help="Take a video frame every SECONDS, and one more at each scene change between.",
     )(f)
     return f
 

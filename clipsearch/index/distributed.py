@@ -35,6 +35,7 @@ from clipsearch.index.raycluster import (
     plan_actors,
     require_ray,
 )
+from clipsearch.media.video import VideoOptions
 
 if TYPE_CHECKING:
     from clipsearch.index.pipeline import Candidate, Prepared
@@ -61,6 +62,7 @@ class WorkerSetup:
         precision: the model's precision there.
         draft: decode JPEGs as DCT drafts (see :class:`clipsearch.index.pipeline.IndexOptions`).
         compile: compile each worker's image tower (see ``Encoder.compile_image_tower``).
+        video: which frames of videos to take (see :class:`clipsearch.media.video.VideoOptions`).
     """
 
     spec: dict[str, Any]
@@ -69,6 +71,7 @@ class WorkerSetup:
     precision: str
     draft: bool = True
     compile: bool = False
+    video: VideoOptions = VideoOptions()
 
     @classmethod
     def for_model(
@@ -80,10 +83,12 @@ class WorkerSetup:
         *,
         draft: bool = True,
         compile: bool = False,
+        video: VideoOptions | None = None,
     ) -> WorkerSetup:
         """The setup for a model spec and the identity key its weights must have."""
         spec_dict = {"model": spec.model, "pretrained": spec.pretrained}
-        return cls(spec_dict, key, device, precision, draft=draft, compile=compile)
+        video = video or VideoOptions()
+        return cls(spec_dict, key, device, precision, draft=draft, compile=compile, video=video)
 
 
 class EncoderWorker:
@@ -124,7 +129,8 @@ class EncoderWorker:
         from clipsearch.index.pipeline import prepare_candidate
 
         draft = self.setup.draft
-        out = [prepare_candidate(c, lambda: self.encoder, draft, gone_shas) for c in shard]
+        video = self.setup.video
+        out = [prepare_candidate(c, lambda: self.encoder, draft, gone_shas, video) for c in shard]
         todo = [p for p in out if p.pixels is not None]
         if todo:
             vectors = self.encoder.encode_pixels(torch.stack([p.pixels for p in todo]))

@@ -449,8 +449,8 @@ class ImageIndex:
         from clipsearch.index.pipeline import IndexOptions, check_roots
 
         roots = check_roots(paths)
-        draft = not exact_decode
-        remote = None if executor is None else self._ray_executor(executor, draft, compile)
+        draft, video = not exact_decode, VideoOptions(video_interval, video_max_frames)
+        remote = None if executor is None else self._ray_executor(executor, draft, compile, video)
         if executor is not None:
             batch_size = executor.shard_size
         options = IndexOptions(
@@ -460,7 +460,7 @@ class ImageIndex:
             workers=workers or IndexOptions.workers,
             draft=draft,
             compile=compile,
-            video=VideoOptions(video_interval, video_max_frames),
+            video=video,
             decode=decode,
             devices=parse_devices(devices),
         )
@@ -469,12 +469,15 @@ class ImageIndex:
             self._vectors_generation = self.catalog.generation()
         return report
 
-    def _ray_executor(self, options: RayOptions, draft: bool, compile: bool) -> RayExecutor:
+    def _ray_executor(
+        self, options: RayOptions, draft: bool, compile: bool, video: VideoOptions
+    ) -> RayExecutor:
         """The Ray executor of :meth:`add`, its actors set up with this index's model."""
         from clipsearch.index.distributed import RayExecutor, WorkerSetup
 
         model = (self.spec, self.identity.key, self.device, self.precision)
-        return RayExecutor(options, WorkerSetup.for_model(*model, draft=draft, compile=compile))
+        setup = WorkerSetup.for_model(*model, draft=draft, compile=compile, video=video)
+        return RayExecutor(options, setup)
 
     def _indexer(
         self, options: IndexOptions, progress: Progress | None, remote: RayExecutor | None

@@ -238,3 +238,16 @@ def test_removing_a_video_by_id_removes_its_frames(index, folder):
     assert index.remove([video.id]) == 1
     assert index.catalog.count() == 2
     assert_consistent(index)
+
+
+def test_watch_takes_the_frames_it_is_told(index, folder, tmp_path, tiny_model):
+    pytest.importorskip("watchdog")
+    from clipsearch.index.watch import FolderWatcher
+    from clipsearch.media.video import VideoOptions
+
+    FolderWatcher(index, [folder], video=VideoOptions(interval=INTERVAL)).catch_up()
+    with ImageIndex.open_or_create(tmp_path / "other", model=tiny_model, device="cpu") as other:
+        add(other, folder)
+        assert frame_rows(index) == frame_rows(other)
+    video_frames = [r for r in frame_rows(index) if r[1] is not None]
+    assert len(video_frames) >= 6  # every 2 s of 12 s; the default 5 s gives 3
