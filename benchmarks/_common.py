@@ -234,6 +234,17 @@ def plant_default_model(cache: Path) -> dict[str, str]:
     return env
 
 
+def compile_package() -> None:
+    """Write the bytecode of the clipsearch package being measured, as an installed package
+    has it. A checkout run with PYTHONDONTWRITEBYTECODE set would otherwise compile every
+    module it imports in every child process, and time that instead of the start-up."""
+    import compileall
+
+    import clipsearch
+
+    compileall.compile_dir(Path(clipsearch.__file__).parent, quiet=1)
+
+
 _LAUNCHER = """
 import os, subprocess, sys, time
 t = time.perf_counter()
@@ -241,7 +252,7 @@ proc = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(proc.pid, 0)
 wall = time.perf_counter() - t
 with open(sys.argv[1], "w") as f:
-    f.write(f"{usage.ru_maxrss} {wall}")
+    f.write(f"{usage.ru_maxrss} {wall} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -252,6 +263,15 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[f
     Linux carries the peak RSS of a process across fork and exec, so a child of this (large)
     process would report at least our own peak: a small launcher starts it instead.
     """
+    wall, rss, _, out = run_child_cpu(argv, env)
+    return wall, rss, out
+
+
+def run_child_cpu(
+    argv: Sequence[str], env: dict[str, str] | None = None
+) -> tuple[float, float, float, str]:
+    """:func:`run_child`, with the CPU seconds (user + system) the command used third: on a
+    shared machine they move far less than the wall time does."""
     import tempfile
 
     full_env = {**os.environ, **(env or {})}
@@ -267,5 +287,5 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[f
             tail = proc.stderr.decode(errors="replace")[-2000:]
             raise RuntimeError(f"{' '.join(argv[:4])} failed ({proc.returncode}): {tail}")
         with open(rss_file) as f:
-            maxrss, wall = f.read().split()
-    return float(wall), int(maxrss) / 1024, proc.stdout.decode()
+            maxrss, wall, cpu = f.read().split()
+    return float(wall), int(maxrss) / 1024, float(cpu), proc.stdout.decode()

@@ -53,7 +53,7 @@ def main() -> None:
 
     local = run("local", None)
     started = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray_start = time.perf_counter() - started
     dist = run("ray", RayOptions(actors=args.actors, shard_size=args.shard_size))
     ray.shutdown()

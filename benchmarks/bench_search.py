@@ -9,6 +9,10 @@ Face cache so everything loads offline exactly as the real weights do. clipsearc
   what a user would write: the full open_clip model in fp32 encoding the text, then every
   vector ranked with NumPy in Python; and, for reference, the torch text tower in bf16 that
   served text queries before the NumPy one;
+* the read path, each part beside the way it was done before (same run, interleaved): the
+  catalog's reads in plain sqlite3 against SQLAlchemy's ORM, the mapped vector file opened by
+  its stamp against a crc32 of every byte, the NumPy text tower's last block on the pooled
+  row against every position;
 * cold: `clipsearch search TEXT` as a fresh process (wall time and peak RSS, p50 of several
   runs) against a plain script that imports open_clip, creates the full model, reads every
   vector from the catalog, encodes and ranks; then where the cold process spends its time.
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
     Row,
     clustered_unit,
+    compile_package,
     machine,
     peak_rss_mib,
     percentile_ms,
@@ -41,6 +46,7 @@ from _common import (  # noqa: E402
     print_table,
     ratio,
     run_child,
+    run_child_cpu,
 )
 
 QUERIES = [
@@ -94,7 +100,7 @@ def build_index(folder: Path, n: int, env: dict[str, str], model: str | None = N
     from clipsearch import ImageIndex
     from clipsearch.store.catalog import NewImage
 
-    marker = folder / f"built-{n}"
+    marker = folder / f"built-{n}-v2"  # v2: vectors.json records the file's stamp
     if marker.exists():
         return
     shutil.rmtree(folder, ignore_errors=True)
@@ -214,6 +220,107 @@ def warm(folder: Path, n: int, queries: list[str]) -> list[Row]:
     return rows
 
 
+def read_path(folder: Path, queries: list[str], rounds: int = 20) -> list[Row]:
+    """The parts of the read path changed for issue #18, each beside the way it was done
+    before, interleaved in this run: the catalog's reads in plain sqlite3 against SQLAlchemy's
+    ORM, the mapped vector file opened by its stamp against a crc32 of every byte, and the
+    NumPy text tower's last block on the pooled rows against all rows."""
+    import zlib
+
+    from sqlalchemy import func, select
+
+    from clipsearch import ImageIndex
+    from clipsearch.models.npmath import layer_norm
+    from clipsearch.store.schema import ImageRow, Meta, Root
+    from clipsearch.store.vectors import INDEX_FILE, VectorIndex
+
+    def interleaved(ours, old) -> tuple[float, float]:
+        a, b = [], []
+        for _ in range(rounds):
+            for fn, out in ((ours, a), (old, b)):
+                t = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t)
+        return percentile_ms(a), percentile_ms(b)
+
+    rows = []
+    with ImageIndex.open(folder, device="cpu", precision="auto") as index:
+        catalog, ids = index.catalog, index.catalog.ids()[:10].tolist()
+
+        def plain() -> None:
+            catalog.generation(), catalog.count(), catalog.images(ids)
+
+        def orm() -> None:
+            with catalog.session() as sess:
+                sess.get(Meta, "generation"), sess.scalar(select(func.count(ImageRow.id)))
+                sess.execute(
+                    select(ImageRow, Root.path)
+                    .join(Root, Root.id == ImageRow.root_id)
+                    .where(ImageRow.id.in_(ids))
+                ).all()
+
+        ours, old = interleaved(plain, orm)
+        rows.append(
+            Row(
+                "catalog reads of a search (generation, count, 10 records): sqlite3 vs SQLAlchemy",
+                f"{ours:.2f} ms",
+                f"{old:.2f} ms",
+                ratio(ours, old, higher_is_better=False),
+            )
+        )
+
+        def stamped() -> None:
+            VectorIndex.load(folder, index.identity.dim, mmap=True)
+
+        def checksummed() -> None:
+            VectorIndex.load(folder, index.identity.dim, mmap=True)
+            zlib.crc32(np.memmap(folder / INDEX_FILE, dtype=np.uint8, mode="r"))
+
+        ours, old = interleaved(stamped, checksummed)
+        rows.append(
+            Row(
+                "open the mapped vector index: by its stamp vs a crc32 of every byte",
+                f"{ours:.2f} ms",
+                f"{old:.2f} ms",
+                ratio(ours, old, higher_is_better=False),
+            )
+        )
+        encoder = index.text_encoder
+        tower, tokens = encoder.tower, [encoder.tokenizer([q]) for q in queries]
+        it = iter(range(10**9))
+
+        def pooled_only() -> None:
+            tower(tokens[next(it) % len(tokens)])
+
+        def all_rows() -> None:  # every block over every position, then pool (the old way)
+            tok = tokens[next(it) % len(tokens)]
+            c, t = tower.config, tower.tensors
+            end = int(np.asarray(tok).argmax(axis=1)[0])
+            x = (
+                t["token_embedding.weight"][tok[:, : end + 1]]
+                + t["positional_embedding"][: end + 1]
+            )
+            x = x.reshape(end + 1, c.width)
+            for i in range(c.layers):
+                x = tower._block(i, x, end + 1, None)
+            x = layer_norm(x[end:], t["ln_final.weight"], t["ln_final.bias"], c.ln_eps)
+            _ = x @ t["text_projection"]
+
+        from clipsearch.threads import BLAS, limit_threads
+
+        with limit_threads(1, BLAS):
+            ours, old = interleaved(pooled_only, all_rows)
+        rows.append(
+            Row(
+                "NumPy text tower p50: last block on the pooled row vs on every position",
+                f"{ours:.1f} ms",
+                f"{old:.1f} ms",
+                ratio(ours, old, higher_is_better=False),
+            )
+        )
+    return rows
+
+
 # Where a cold text search spends its time: the same steps as `clipsearch search`, timed.
 PHASES_SCRIPT = """
 import json, sys, time
@@ -233,10 +340,10 @@ _ = index.vectors
 t6 = time.perf_counter()
 hits = index.search_vector(vec, k=10)
 t7 = time.perf_counter()
-loaded = [m for m in ("torch", "open_clip", "torchvision") if m in sys.modules]
+loaded = [m for m in ("torch", "open_clip", "torchvision", "sqlalchemy") if m in sys.modules]
 print(json.dumps({
     "import numpy": t1 - t0,
-    "import clipsearch.cli.main and .index (SQLAlchemy included)": t2 - t1,
+    "import clipsearch.cli.main and .index": t2 - t1,
     "open the catalog": t3 - t2,
     "text encoder: record, tokenizer tables, mapped weights": t4 - t3,
     "first text encoding (pages of the weights read in)": t5 - t4,
@@ -254,14 +361,18 @@ def cold(folder: Path, n: int, env: dict[str, str], repeat: int) -> list[Row]:
     cli = [sys.executable, "-m", "clipsearch", "--index", str(folder), "search", query, "-k", "10"]
     plain = [sys.executable, "-c", PLAIN_SCRIPT, "ViT-B-16-quickgelu", "dfn2b"]
     plain += [str(folder / "catalog.sqlite"), query]
+    ours_cpu, base_cpu = [], []
     for _ in range(repeat):  # interleaved, so both see the same machine load
-        wall, mem, out = run_child(cli, env)
+        wall, mem, cpu, out = run_child_cpu(cli, env)
         ours.append(wall)
+        ours_cpu.append(cpu)
         ours_mem = max(ours_mem, mem)
-        wall, mem, _ = run_child(plain, env)
+        wall, mem, cpu, _ = run_child_cpu(plain, env)
         base.append(wall)
+        base_cpu.append(cpu)
         base_mem = max(base_mem, mem)
     o, b = statistics.median(ours), statistics.median(base)
+    oc, bc = statistics.median(ours_cpu), statistics.median(base_cpu)
     spread = f"{min(ours):.2f}-{max(ours):.2f} s vs {min(base):.2f}-{max(base):.2f} s"
     rows = [
         Row(
@@ -270,7 +381,13 @@ def cold(folder: Path, n: int, env: dict[str, str], repeat: int) -> list[Row]:
             f"{b:.2f} s",
             ratio(o, b, higher_is_better=False),
             f"{ours_mem:.0f} / {base_mem:.0f} MiB",
-        )
+        ),
+        Row(
+            "  CPU time (user + system) p50",
+            f"{oc:.2f} s",
+            f"{bc:.2f} s",
+            ratio(oc, bc, higher_is_better=False),
+        ),
     ]
     phases = []
     for _ in range(repeat):
@@ -279,12 +396,37 @@ def cold(folder: Path, n: int, env: dict[str, str], repeat: int) -> list[Row]:
     loaded = sorted({m for p in phases for m in p.pop("loaded")})
     for name in phases[0]:
         rows.append(Row(f"  {name} (p50)", f"{statistics.median(p[name] for p in phases):.3f} s"))
-    rows.append(Row("  torch / open_clip / torchvision imported", ", ".join(loaded) or "none"))
+    rows.append(
+        Row("  torch / open_clip / torchvision / sqlalchemy imported", ", ".join(loaded) or "none")
+    )
+    rows += import_rows(env, repeat)
     # For scale: what the plain approach pays before it computes anything.
     imports = run_importtime(env)
     for name in ("torch", "open_clip"):
         if name in imports:
             rows.append(Row(f"  (plain approach) import {name}", f"{imports[name]:.2f} s"))
+    return rows
+
+
+def import_rows(env: dict[str, str], repeat: int) -> list[Row]:
+    """Importing what a cold search imports, against the same with SQLAlchemy's ORM (what the
+    catalog imported before its reads moved to plain sqlite3); fresh processes, interleaved."""
+    search = "import clipsearch.cli.main, clipsearch.cli.searching, clipsearch.index.imageindex"
+    ours, old = [], []
+    for _ in range(repeat):
+        ours.append(run_child_cpu([sys.executable, "-c", search], env))
+        old.append(run_child_cpu([sys.executable, "-c", f"import sqlalchemy.orm; {search}"], env))
+    rows = []
+    for i, what in ((0, "wall"), (2, "CPU")):
+        o, b = (statistics.median(r[i] for r in runs) for runs in (ours, old))
+        rows.append(
+            Row(
+                f"  process start + imports of a search vs with SQLAlchemy, {what} p50",
+                f"{o:.3f} s",
+                f"{b:.3f} s",
+                ratio(o, b, higher_is_better=False),
+            )
+        )
     return rows
 
 
@@ -316,6 +458,7 @@ def main() -> None:
     args = ap.parse_args()
 
     print(f"machine: {machine()}", flush=True)
+    compile_package()
     env = plant_default_model(args.work / "hf-cache")
     env["XDG_CACHE_HOME"] = str(args.work / "cache")  # clipsearch's text-tower record
     os.environ.update(env)
@@ -324,6 +467,7 @@ def main() -> None:
     ensure_text_record(folder)
     queries = (QUERIES * (args.queries // len(QUERIES) + 1))[: args.queries]
     rows = warm(folder, args.n, queries)
+    rows += read_path(folder, queries)
     rows += cold(folder, args.n, env, args.repeat)
     print_table(f"search, {args.n:,} images, ViT-B-16 (random weights)", rows)
 

@@ -23,6 +23,7 @@ _EXPORTS = {
     **dict.fromkeys(
         [
             "ClipsearchError",
+            "ClusterUnavailableError",
             "ConfigError",
             "CorruptIndexError",
             "EmptyIndexError",
@@ -58,6 +59,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from clipsearch.errors import (
         ClipsearchError,
+        ClusterUnavailableError,
         ConfigError,
         CorruptIndexError,
         EmptyIndexError,
@@ -103,6 +105,7 @@ __all__ = [
     "DEFAULT_STYLE_LABELS",
     "ClassMetrics",
     "ClipsearchError",
+    "ClusterUnavailableError",
     "ConfigError",
     "CorruptIndexError",
     "DuplicateGroup",

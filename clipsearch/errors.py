@@ -73,6 +73,13 @@ class TrainingError(ClipsearchError):
     """Training data, settings or checkpoints are unusable; the message says which and why."""
 
 
+class ClusterUnavailableError(ClipsearchError):
+    """The Ray cluster cannot do the work: its address does not answer within the timeout,
+    no node has room for an encoder actor, or every actor was lost and none could restart.
+    The message names the address or the nodes; what was committed stays, and a rerun
+    resumes."""
+
+
 def one_line(e: BaseException, limit: int = 400) -> str:
     """An exception's message on one line, cut at ``limit`` characters: for messages that
     quote a third-party library's error."""

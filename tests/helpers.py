@@ -339,3 +339,48 @@ def save_photo(
     if mtime is not None:
         os.utime(path, (mtime, mtime))
     return path
+
+
+def shape_image(color: str, shape: str, size: int = 64) -> Image.Image:
+    """The picture :func:`draw_image` saves, in memory."""
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    box = (size // 5, size // 5, size * 4 // 5, size * 4 // 5)
+    if shape == "circle":
+        d.ellipse(box, fill=COLORS[color])
+    elif shape == "square":
+        d.rectangle(box, fill=COLORS[color])
+    else:
+        d.polygon(
+            [(size // 2, size // 6), (size // 6, size * 5 // 6), (size * 5 // 6, size * 5 // 6)],
+            fill=COLORS[color],
+        )
+    return img
+
+
+VIDEO_SEGMENTS = [("red", "circle"), ("green", "square"), ("blue", "triangle")]
+
+
+def make_video(
+    path: Path,
+    segments=VIDEO_SEGMENTS,
+    seconds: float = 4.0,
+    fps: int = 4,
+    size: int = 64,
+    codec: str = "mpeg4",
+) -> Path:
+    """A small video made with PyAV: one coloured shape per segment of ``seconds``."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for color, shape in segments:
+            img = shape_image(color, shape, size)
+            for _ in range(round(seconds * fps)):
+                frame = av.VideoFrame.from_image(img)
+                out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path

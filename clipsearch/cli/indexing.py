@@ -17,12 +17,13 @@ from clipsearch.cli.options import (
     open_index,
     open_or_create_index,
     settings,
+    video_options,
 )
 from clipsearch.cli.output import TqdmProgress, echo_json, echo_path_line
+from clipsearch.index.raycluster import RayOptions, ray_session, require_ray
 from clipsearch.store.vectors import INDEX_CHOICES
 
 if TYPE_CHECKING:
-    from clipsearch.index.distributed import RayOptions
     from clipsearch.index.pipeline import IndexReport
     from clipsearch.store.vectors import IndexLayout
 
@@ -59,11 +60,26 @@ def pipeline_options(f: F) -> F:
         "vectors.",
     )(f)
     f = click.option(
+        "--devices",
+        metavar="LIST",
+        help="Encode on several GPUs at once, e.g. 0,1: each gets a copy of the model and a "
+        "share of every batch.",
+    )(f)
+    f = click.option(
+        "--decode",
+        type=click.Choice(["auto", "cpu", "device"]),
+        default="auto",
+        show_default=True,
+        help="Where JPEGs are decoded: cpu (PIL, in the worker threads) or device (in batches "
+        "where the model runs: nvJPEG on a CUDA GPU, with resizing there too); auto is device "
+        "on CUDA. Other formats and JPEGs it refuses are decoded with PIL.",
+    )(f)
+    f = click.option(
         "--batch-size",
         type=click.IntRange(min=1),
         default=None,
-        help="Images per model call and per committed transaction (default: 16 on the CPU, 128 "
-        "on CUDA, 64 on MPS).",
+        help="Images per model call and per committed transaction (default: 16 on the CPU, 64 "
+        "on MPS; on CUDA what free GPU memory allows, or 128 with --decode cpu).",
     )(f)
     return f
 
@@ -76,6 +92,15 @@ def ray_options(f: F) -> F:
         default=64,
         show_default=True,
         help="Files per Ray task, and per committed transaction with --executor ray.",
+    )(f)
+    f = click.option(
+        "--ray-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=15.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long to wait for the Ray cluster to answer, and for encoder actors to start "
+        "(or to restart after a node is lost) while none runs; then exit 1 with one line.",
     )(f)
     f = click.option(
         "--ray-gpus",
@@ -92,13 +117,18 @@ def ray_options(f: F) -> F:
         help="CPUs reserved per Ray actor.",
     )(f)
     f = click.option(
-        "--ray-actors", type=click.IntRange(min=1), help="Encoder actors (default: one per CPU)."
+        "--ray-actors",
+        type=click.IntRange(min=1),
+        help="Encoder actors (default: as many as the nodes have room for; more than that are "
+        "clamped to it, with a warning).",
     )(f)
     f = click.option(
         "--ray-address",
         metavar="ADDR",
         envvar="RAY_ADDRESS",
-        help="Ray cluster to use (e.g. ray://head:10001 or auto); default: a local Ray instance.",
+        help="Ray cluster to use: HOST:6379 from a node of the cluster, ray://HOST:10001 from "
+        "elsewhere (Ray Client), or auto (the cluster `ray start` runs here); default: a new "
+        "local Ray instance.",
     )(f)
     f = click.option(
         "--executor",
@@ -121,6 +151,7 @@ def ray_options(f: F) -> F:
 @model_options
 @device_options
 @pipeline_options
+@video_options
 @ray_options
 @json_option
 @click.pass_context
@@ -132,31 +163,40 @@ def index_cmd(
     device: str,
     precision: str,
     batch_size: int | None,
+    decode: str,
+    devices: str | None,
     exact_decode: bool,
     compile_: bool,
     workers: int | None,
     exclude: tuple[str, ...],
     hidden: bool,
+    video_interval: float,
+    video_max_frames: int,
     executor: str,
     ray_address: str | None,
     ray_actors: int | None,
     ray_cpus: float,
     ray_gpus: float,
+    ray_timeout: float,
     shard_size: int,
     as_json: bool,
 ) -> None:
-    """Index the images below one or more folders.
+    """Index the images and videos below one or more folders.
 
     Runs incrementally: unchanged files are skipped, changed files re-encoded, moved files
     recognised by their content, and deleted files dropped. Files that cannot be read are
-    listed by `clipsearch errors`; they never stop the run.
+    listed by `clipsearch errors`; they never stop the run. Videos (.mp4 .mov .m4v .mkv .webm
+    .avi) need the video extra: pip install 'clipsearch[video]'.
     """
     remote = None
     if executor == "ray":
-        remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size)
+        remote = _ray(ray_address, ray_actors, ray_cpus, ray_gpus, shard_size, ray_timeout)
     s = settings(ctx, model, pretrained, exclude)
-    with open_or_create_index(ctx, s, device=device, precision=precision) as index:
-        try:
+    try:
+        with (
+            ray_session(remote),
+            open_or_create_index(ctx, s, device=device, precision=precision) as index,
+        ):
             report = index.add(
                 paths,
                 exclude=s.exclude.value,
@@ -165,26 +205,28 @@ def index_cmd(
                 workers=workers,
                 exact_decode=exact_decode,
                 compile=compile_,
+                video_interval=video_interval,
+                video_max_frames=video_max_frames,
                 progress=TqdmProgress(disable=as_json),
                 executor=remote,
+                decode=decode,
+                devices=devices or (),
             )
-        except KeyboardInterrupt:
-            click.echo(
-                "clipsearch: interrupted; what was committed is kept, run the same command "
-                "again to resume",
-                err=True,
-            )
-            sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(
+            "clipsearch: interrupted; what was committed is kept, run the same command "
+            "again to resume",
+            err=True,
+        )
+        sys.exit(130)
     _print_index_report(report, as_json)
 
 
 def _ray(
-    address: str | None, actors: int | None, cpus: float, gpus: float, shard: int
+    address: str | None, actors: int | None, cpus: float, gpus: float, shard: int, timeout: float
 ) -> RayOptions:
-    from clipsearch.index.distributed import RayOptions, require_ray
-
-    require_ray()
-    return RayOptions(address, actors, cpus, gpus, shard)
+    require_ray()  # a missing extra is named before anything else is done
+    return RayOptions(address, actors, cpus, gpus, shard, timeout)
 
 
 def _print_index_report(report: IndexReport, as_json: bool) -> None:
@@ -198,6 +240,14 @@ def _print_index_report(report: IndexReport, as_json: bool) -> None:
     )
     if report.failed:
         click.echo("see `clipsearch errors` for the files that could not be indexed", err=True)
+    if report.skipped_videos:
+        from clipsearch.media.video import INSTALL_HINT
+
+        n = report.skipped_videos
+        click.echo(
+            f"skipped {n} video{'s' if n != 1 else ''}: indexing videos needs PyAV, {INSTALL_HINT}",
+            err=True,
+        )
 
 
 @click.command()

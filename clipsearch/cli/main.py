@@ -7,22 +7,48 @@ stderr), 2 a usage error.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from clipsearch.cli.config import config
-from clipsearch.cli.duplicates import duplicates
-from clipsearch.cli.indexing import index_cmd, reindex, repair
-from clipsearch.cli.info import errors, info
 from clipsearch.cli.output import DomainErrorGroup, quick_exit_allowed
-from clipsearch.cli.searching import embed, search, similar
-from clipsearch.cli.serve import serve
-from clipsearch.cli.style import classify, style
-from clipsearch.cli.train import train
-from clipsearch.cli.watching import watch
+
+# Each command's module, imported only when the command runs (or --help lists them all): a
+# search does not pay for what indexing, serving or training import.
+COMMANDS = {
+    "index": "indexing:index_cmd",
+    "reindex": "indexing:reindex",
+    "repair": "indexing:repair",
+    "search": "searching:search",
+    "similar": "searching:similar",
+    "embed": "searching:embed",
+    "info": "info:info",
+    "errors": "info:errors",
+    "watch": "watching:watch",
+    "duplicates": "duplicates:duplicates",
+    "style": "style:style",
+    "classify": "style:classify",
+    "serve": "serve:serve",
+    "train": "train:train",
+    "config": "config:config",
+}
+
+
+class LazyGroup(DomainErrorGroup):
+    """The group whose commands are imported from :data:`COMMANDS` when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS and name not in self.commands:
+            module, attr = COMMANDS[name].split(":")
+            command = getattr(importlib.import_module(f"clipsearch.cli.{module}"), attr)
+            self.add_command(command, name)
+        return super().get_command(ctx, name)
 
 
 def run() -> None:
@@ -39,7 +65,7 @@ def run() -> None:
         raise
 
 
-@click.group(cls=DomainErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--index",
     "index_dir",
@@ -62,12 +88,6 @@ def main(ctx: click.Context, index_dir: Path | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["index"] = index_dir
-
-
-for _command in (index_cmd, reindex, repair, search, similar, embed, info, errors):
-    main.add_command(_command)
-for _command in (watch, duplicates, style, classify, serve, train, config):
-    main.add_command(_command)
 
 
 if __name__ == "__main__":  # python -m clipsearch.cli.main; keep this block last

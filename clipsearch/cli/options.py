@@ -205,3 +205,25 @@ def filter_options(f: F) -> F:
         "--min-score", type=float, default=None, help="Drop results below this cosine similarity."
     )(f)
     return f
+
+
+def video_options(f: F) -> F:
+    """Which frames of a video are indexed."""
+    from clipsearch.media.video import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES
+
+    f = click.option(
+        "--video-max-frames",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_FRAMES,
+        show_default=True,
+        help="Frames taken from one video at most; a longer video gets a wider interval.",
+    )(f)
+    f = click.option(
+        "--video-interval",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_INTERVAL,
+        show_default=True,
+        metavar="SECONDS",
+        help="Take a video frame every SECONDS, and one more at each scene change between.",
+    )(f)
+    return f

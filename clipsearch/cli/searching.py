@@ -20,6 +20,7 @@ from clipsearch.cli.options import (
     settings,
 )
 from clipsearch.cli.output import allow_quick_exit, echo_json, echo_path_line, echo_paths
+from clipsearch.media.video import format_time, parse_time
 
 if TYPE_CHECKING:
     from clipsearch.index.imageindex import SearchResult
@@ -91,6 +92,13 @@ def search(
 
 @click.command()
 @click.argument("image", type=click.Path(path_type=Path))
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="For a video: start from its frame at TIME, in seconds or as M:SS or H:MM:SS "
+    "(default: its first frame).",
+)
 @k_option
 @filter_options
 @results_output_options
@@ -99,6 +107,7 @@ def search(
 def similar(
     ctx: click.Context,
     image: Path,
+    at: str | None,
     k: int,
     min_score: float | None,
     path_prefix: str | None,
@@ -114,11 +123,18 @@ def similar(
     device: str,
     precision: str,
 ) -> None:
-    """Find images that look like IMAGE (never IMAGE itself)."""
+    """Find images and videos that look like IMAGE (never IMAGE itself).
+
+    IMAGE may be a video, with --at for the moment to start from:
+
+    \b
+        clipsearch similar holiday.mp4 --at 1:23
+    """
     _check_output_flags(as_json, paths_only, null, link_to)
     with open_index(ctx, device=device, precision=precision) as index:
         hits = index.similar(
             image,
+            at=None if at is None else parse_time(at),
             k=k,
             min_score=min_score,
             path_prefix=path_prefix,
@@ -161,13 +177,14 @@ def _hand_over(
 
 
 def _print_hits(hits: Sequence[SearchResult]) -> None:
-    """Print search results, best first: one `score  path  [style]  date  place` line each;
-    a date from the file's modification time ends in `(mtime)`."""
+    """Print search results, best first: one `score  path[ @ time]  [style]  date  place`
+    line each; a date from the file's modification time ends in `(mtime)`."""
     if not hits:
         click.echo("no results", err=True)
     for h in hits:
         style = f"  [{h.style}]" if h.style else ""
-        echo_path_line(f"{h.score:.4f}  {h.path}{style}{_when_where(h)}")
+        at = f" @ {format_time(h.frame_time)}" if h.frame_time is not None else ""
+        echo_path_line(f"{h.score:.4f}  {h.path}{at}{style}{_when_where(h)}")
 
 
 def _when_where(h: SearchResult) -> str:

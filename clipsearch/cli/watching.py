@@ -15,7 +15,9 @@ from clipsearch.cli.options import (
     model_options,
     open_or_create_index,
     settings,
+    video_options,
 )
+from clipsearch.media.video import VideoOptions
 
 if TYPE_CHECKING:
     from clipsearch.index.pipeline import IndexReport
@@ -70,6 +72,7 @@ def batch_printer() -> Callable[[IndexReport], None]:
 )
 @click.option("--hidden", is_flag=True, help="Also index dot-files and dot-folders.")
 @settle_option
+@video_options
 @click.pass_context
 def watch(
     ctx: click.Context,
@@ -81,6 +84,8 @@ def watch(
     exclude: tuple[str, ...],
     hidden: bool,
     settle: float | None,
+    video_interval: float,
+    video_max_frames: int,
 ) -> None:
     """Index folders, then keep the index current as files appear, change, move and vanish.
 
@@ -99,6 +104,7 @@ def watch(
             paths,
             exclude=s.exclude.value,
             include_hidden=hidden,
+            video=VideoOptions(video_interval, video_max_frames),
             settle=watching.DEFAULT_SETTLE if settle is None else settle,
             on_batch=batch_printer(),
         )

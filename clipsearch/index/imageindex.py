@@ -42,7 +42,6 @@ from clipsearch.index.duplicates import (
     find_duplicates,
 )
 from clipsearch.index.filters import DateLike, Filters
-from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport, check_roots
 from clipsearch.index.query import (
     Query,
     Term,
@@ -54,13 +53,13 @@ from clipsearch.index.query import (
     require_positive,
 )
 from clipsearch.media.photometa import PhotoMeta
+from clipsearch.media.video import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES, VideoOptions
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.imagetower import cached_identity
 from clipsearch.models.loading import load_spec
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
 from clipsearch.store.migrations import SCHEMA_VERSION
-from clipsearch.store.repair import RepairReport, repair_store
 from clipsearch.store.vectors import (
     IndexLayout,
     VectorIndex,
@@ -72,10 +71,12 @@ from clipsearch.store.vectors import (
 if TYPE_CHECKING:
     from PIL import Image
 
-    from clipsearch.index.distributed import RayOptions
+    from clipsearch.index.distributed import RayExecutor, RayOptions
+    from clipsearch.index.pipeline import Indexer, IndexOptions, IndexReport
     from clipsearch.index.styles import IndexStyles
     from clipsearch.models.encoder import Encoder
     from clipsearch.models.texttower import NumpyTextEncoder
+    from clipsearch.store.repair import RepairReport
     from clipsearch.style.labels import Prediction
 
 LOCK_FILE = "lock"
@@ -83,7 +84,8 @@ LOCK_FILE = "lock"
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One hit: an indexed image and its cosine similarity to the query."""
+    """One hit: an indexed image and its cosine similarity to the query. A video is one hit,
+    at its best frame: ``id`` is that frame's and ``frame_time`` its time in seconds."""
 
     id: int
     path: str
@@ -97,6 +99,7 @@ class SearchResult:
     camera: str | None = None
     lat: float | None = None
     lon: float | None = None
+    frame_time: float | None = None  # seconds into a video; None for an image
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -440,10 +443,14 @@ class ImageIndex:
         workers: int | None = None,
         exact_decode: bool = False,
         compile: bool = False,
+        video_interval: float = DEFAULT_INTERVAL,
+        video_max_frames: int = DEFAULT_MAX_FRAMES,
         progress: Progress | None = None,
         executor: RayOptions | None = None,
+        decode: str = "auto",
+        devices: str | Sequence[str] = (),
     ) -> IndexReport:
-        """Index the images below some folders, incrementally.
+        """Index the images and videos below some folders, incrementally.
 
         Unchanged files are skipped, changed ones re-encoded, moved ones recognised by their
         content, and files gone from these folders removed. A file that cannot be read is
@@ -462,22 +469,30 @@ class ImageIndex:
                 once, then somewhat faster batches (see :meth:`Encoder.compile_image_tower`);
                 for runs of thousands of images. Where it cannot compile, a warning is logged
                 and the run goes on uncompiled.
+            video_interval: seconds between the frames taken from a video; a scene change
+                adds one in between (videos need PyAV: the ``video`` extra; without it they
+                are counted in the report's ``skipped_videos``).
+            video_max_frames: frames taken from one video at most.
             progress: receives start/advance/close events.
             executor: run the decoding and encoding on Ray with these options instead of in
                 this process (see :mod:`clipsearch.index.distributed`); each Ray shard is committed
-                as one batch.
+                as one batch, and a shard lost with its node goes to another actor.
+            decode: where JPEGs decode: ``cpu`` (PIL), ``device`` (in batches where the model
+                runs, nvJPEG on CUDA; PIL for files it refuses) or ``auto`` (device on CUDA).
+            devices: encode on several devices, e.g. ``"0,1"``: each a model copy and a share.
 
         Raises:
             IndexLockedError: another process is writing to this index.
+            ClusterUnavailableError: the Ray cluster does not answer, has no room for an
+                encoder actor, or lost every actor; what was committed stays.
         """
-        roots = check_roots(paths)
-        draft, remote = not exact_decode, None
-        if executor is not None:
-            from clipsearch.index.distributed import RayExecutor, WorkerSetup
+        from clipsearch.index.devices import parse_devices  # not for reads
+        from clipsearch.index.pipeline import IndexOptions, check_roots
 
-            model = (self.spec, self.identity.key, self.device, self.precision)
-            setup = WorkerSetup.for_model(*model, draft=draft, compile=compile)
-            remote = RayExecutor(executor, setup)
+        roots = check_roots(paths)
+        draft, video = not exact_decode, VideoOptions(video_interval, video_max_frames)
+        remote = None if executor is None else self._ray_executor(executor, draft, compile, video)
+        if executor is not None:
             batch_size = executor.shard_size
         options = IndexOptions(
             exclude=tuple(exclude),
@@ -486,28 +501,50 @@ class ImageIndex:
             workers=workers or IndexOptions.workers,
             draft=draft,
             compile=compile,
+            video=video,
+            decode=decode,
+            devices=parse_devices(devices),
         )
         with self.writing():
-            indexer = Indexer(
-                self.catalog,
-                lambda: self.vectors,
-                self._indexing_encoder,
-                options,
-                progress,
-                save=self.save_vectors,
-                styles=self.styles.label,
-                executor=remote,
-            )
-            report = indexer.run(roots)
+            report = self._indexer(options, progress, remote).run(roots)
             self._vectors_generation = self.catalog.generation()
         return report
 
+    def _ray_executor(
+        self, options: RayOptions, draft: bool, compile: bool, video: VideoOptions
+    ) -> RayExecutor:
+        """The Ray executor of :meth:`add`, its actors set up with this index's model."""
+        from clipsearch.index.distributed import RayExecutor, WorkerSetup
+
+        model = (self.spec, self.identity.key, self.device, self.precision)
+        setup = WorkerSetup.for_model(*model, draft=draft, compile=compile, video=video)
+        return RayExecutor(options, setup)
+
+    def _indexer(
+        self, options: IndexOptions, progress: Progress | None, remote: RayExecutor | None
+    ) -> Indexer:
+        """The local indexer of :meth:`add`, on this index's catalog, vectors and model."""
+        from clipsearch.index.pipeline import Indexer
+
+        return Indexer(
+            self.catalog,
+            lambda: self.vectors,
+            self._indexing_encoder,
+            options,
+            progress,
+            save=self.save_vectors,
+            styles=self.styles.label,
+            executor=remote,
+        )
+
     def remove(self, ids: Sequence[int]) -> int:
-        """Drop images from the index by id; returns how many were there."""
+        """Drop images from the index by id (a video's file row takes its frames along);
+        returns how many were there."""
         with self.writing():
             present = list(self.catalog.images(list(ids)))
+            with_frames = self.catalog.with_frames(present)
             self.catalog.remove(present)
-            self.vectors.remove(np.asarray(present, dtype=np.int64))
+            self.vectors.remove(np.asarray(with_frames, dtype=np.int64))
             self._vectors_generation = self.catalog.generation()
             self.save_vectors()
         return len(present)
@@ -555,6 +592,8 @@ class ImageIndex:
             IndexLockedError: another process is writing to this index.
             CorruptIndexError: the catalog itself is damaged: restore it or index again.
         """
+        from clipsearch.store.repair import repair_store  # SQLAlchemy: not for the readers
+
         with self.writing():
             report, rebuilt = repair_store(self.catalog, self.path, self.identity.dim)
             self._vectors, self._vectors_generation = rebuilt, self.catalog.generation()
@@ -563,17 +602,18 @@ class ImageIndex:
     # --- reading ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self.catalog.count()
+        return self.catalog.count_files()
 
     @property
     def count(self) -> int:
-        return self.catalog.count()
+        """How many files are indexed (a video counts once, whatever its frames)."""
+        return self.catalog.count_files()
 
     def info(self) -> IndexInfo:
         meta = self.catalog
         return IndexInfo(
             path=str(self.path),
-            count=meta.count(),
+            count=meta.count_files(),
             model=self.identity.model,
             pretrained=self.identity.pretrained,
             weights_sha256=self.identity.weights_sha256,
@@ -639,10 +679,12 @@ class ImageIndex:
                 vectors[i] = self._image_vector(term.value)[0]
         return combine(query.terms, vectors)
 
-    def _image_vector(self, path: str) -> tuple[np.ndarray, int | None]:
-        """An image's vector, from the catalog when the file is indexed and unchanged, and its
-        id in that case."""
+    def _image_vector(self, path: str, at: float | None = None) -> tuple[np.ndarray, list[int]]:
+        """An image's vector, from the catalog when the file is indexed and unchanged, and the
+        ids of the file in that case (every frame of a video). A video gives its frame shown
+        at ``at`` seconds (default: its first)."""
         from clipsearch.media.files import load_image
+        from clipsearch.media.video import is_video, read_video_frame
 
         p = Path(path).expanduser()
         try:
@@ -657,14 +699,21 @@ class ImageIndex:
             raise QueryError(f"query image {path}: {reason}") from e
         stored = self.catalog.find_path(resolved)
         if stored is not None and (st.st_size, st.st_mtime_ns) == (stored.size, stored.mtime_ns):
-            vec = self.catalog.vector(stored.id)
+            frames = self.catalog.frames(stored.id)
+            best = stored.id
+            if frames:  # the frame taken nearest to the time asked for
+                best = min(frames, key=lambda f: (abs(f[1] - (at or 0.0)), f[1]))[0]
+            vec = self.catalog.vector(best)
             if vec is not None:
-                return vec, stored.id
+                return vec, [i for i, _ in frames] or [stored.id]
         try:
-            img = load_image(p)
+            if is_video(resolved):
+                img = read_video_frame(resolved, at or 0.0, self.identity.image_size)
+            else:
+                img = load_image(p)
         except ImageReadError as e:
             raise QueryError(f"query image {path}: {e.reason}") from e
-        return self.image_encoder.encode_images([img])[0], None
+        return self.image_encoder.encode_images([img])[0], []
 
     def search(
         self,
@@ -715,6 +764,7 @@ class ImageIndex:
         self,
         image: str | os.PathLike[str] | int,
         *,
+        at: float | None = None,
         k: int = 10,
         min_score: float | None = None,
         path_prefix: str | None = None,
@@ -726,6 +776,8 @@ class ImageIndex:
     ) -> list[SearchResult]:
         """Images that look like a given one (a file path or an indexed id), never itself.
 
+        A video is given by its path and ``at`` (the frame shown at that many seconds; default
+        its first), or by the id of one of its frames; its other frames are left out too.
         The filters (``min_score``, ``path_prefix``, ``styles``, ``after``, ``before``,
         ``camera``, ``near``) are those of :meth:`search`.
         """
@@ -735,9 +787,9 @@ class ImageIndex:
             vec = self.catalog.vector(int(image))
             if vec is None:
                 raise QueryError(f"no image with id {image} in this index")
-            own: int | None = int(image)
+            own = self._same_file([int(image)])
         else:
-            vec, own = self._image_vector(str(image))
+            vec, own = self._image_vector(str(image), at)
         return self.search_vector(
             vec,
             k=k,
@@ -748,7 +800,7 @@ class ImageIndex:
             before=before,
             camera=camera,
             near=near,
-            exclude=[own] if own is not None else [],
+            exclude=own,
         )
 
     def search_vector(
@@ -765,21 +817,36 @@ class ImageIndex:
         near: str | tuple[float, ...] | None = None,
         exclude: Sequence[int] = (),
     ) -> list[SearchResult]:
-        """Rank indexed images against a unit vector (see :meth:`search`)."""
+        """Rank indexed images against a unit vector (see :meth:`search`). Each file comes
+        once: a video at its best frame."""
         k = check_k(k)
         where = Filters.parse(after=after, before=before, camera=camera, near=near)
         allowed = self._allowed_ids(path_prefix, styles, where)
         if allowed is not None and len(allowed) == 0:
             return []
-        # Ask for a few extra so excluded ids and ties at the cut-off don't shorten the list.
-        scores, ids = self.vectors.search(vector[None, :], k + len(exclude) + 8, allowed)
-        hits = rank(scores[0], ids[0], k, min_score=min_score, exclude=exclude)
+        total = len(allowed) if allowed is not None else self.catalog.count()
+        # Ask for a few extra so excluded ids and ties at the cut-off don't shorten the list,
+        # and for more while a video's frames crowd out other files.
+        want = k + len(exclude) + 8
+        while True:
+            scores, ids = self.vectors.search(vector[None, :], want, allowed)
+            hits = rank(scores[0], ids[0], want, min_score=min_score, exclude=exclude)
+            out = self._best_per_file(hits, k)
+            exhausted = int((ids[0] >= 0).sum()) < want or want >= total
+            if len(out) >= k or exhausted:
+                return out
+            want *= 4
+
+    def _best_per_file(self, hits: list[tuple[int, float]], k: int) -> list[SearchResult]:
+        """The first k files of ranked hits, each at its best hit."""
         records = self.catalog.images([i for i, _ in hits])
-        out = []
+        out: list[SearchResult] = []
+        seen: set[int] = set()
         for image_id, score in hits:
             rec = records.get(image_id)
-            if rec is None:  # removed by a concurrent writer after our FAISS snapshot
-                continue
+            if rec is None or rec.file_id in seen:  # removed by a concurrent writer, or a
+                continue  # later frame of a video already listed
+            seen.add(rec.file_id)
             out.append(
                 SearchResult(
                     id=image_id,
@@ -789,10 +856,21 @@ class ImageIndex:
                     style_score=rec.style_score,
                     width=rec.width,
                     height=rec.height,
+                    frame_time=rec.frame_time,
                     **meta_fields(rec.meta),
                 )
             )
+            if len(out) == k:
+                break
         return out
+
+    def _same_file(self, ids: Sequence[int]) -> list[int]:
+        """``ids`` and the ids of every other frame of the videos they belong to."""
+        out = set(ids)
+        for rec in self.catalog.images(list(ids)).values():
+            if rec.frame_time is not None:
+                out.update(i for i, _ in self.catalog.frames(rec.file_id))
+        return sorted(out)
 
     def duplicates(
         self, threshold: float = DEFAULT_THRESHOLD, *, path_prefix: str | None = None
@@ -817,7 +895,9 @@ class ImageIndex:
                 indexed folders.
         """
         threshold = check_threshold(threshold)
-        allowed = self._allowed_ids(path_prefix)
+        allowed = self._allowed_ids(
+            path_prefix, stills=self.catalog.count_files() < self.catalog.count()
+        )
         if allowed is not None and len(allowed) < 2:
             return []
         if self.catalog.count() < 2:
@@ -829,18 +909,20 @@ class ImageIndex:
         path_prefix: str | None,
         styles: Sequence[str] | None = None,
         where: Filters | None = None,
+        stills: bool = False,
     ) -> np.ndarray | None:
         """The ids the catalog's filters let through, or None where there is no filter.
+        ``stills`` lets still images through, no video frames.
 
         Raises:
             QueryError: the prefix lies outside the indexed folders.
         """
         active = where is not None and where.active
-        if path_prefix is None and styles is None and not active:
+        if path_prefix is None and styles is None and not active and not stills:
             return None
         prefix = path_filter(path_prefix, self.catalog.roots().values()) if path_prefix else None
         meta = where.catalog_args() if where is not None else {}
-        return self.catalog.ids_matching(path_prefix=prefix, styles=styles, **meta)
+        return self.catalog.ids_matching(path_prefix=prefix, styles=styles, stills=stills, **meta)
 
     def _check_not_empty(self) -> None:
         if self.catalog.count() == 0:
@@ -933,7 +1015,7 @@ class ImageIndex:
         text = [i for i, t in enumerate(terms) if t.kind == "text"]
         if text:
             vectors[text] = self.text_encoder.encode_texts([terms[i].value for i in text])
-        own = [image_id for i, image_id in ids.items() if not terms[i].negative]
+        own = self._same_file([image_id for i, image_id in ids.items() if not terms[i].negative])
         if image is not None:
             terms.insert(0, Term("image", image_name))
             vectors = np.vstack([self.embed_pixels(image, image_name)[None, :], vectors])

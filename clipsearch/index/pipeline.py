@@ -32,8 +32,25 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 
 from clipsearch.errors import ClipsearchError, ImageReadError
-from clipsearch.media.files import FoundFile, decode_image_sized, read_file, walk_images
+from clipsearch.index.devices import DeviceStage, RawJpeg, pipelined, resolve_decode
+from clipsearch.media.batchdecode import as_input, batch_decodable
+from clipsearch.media.files import (
+    FoundFile,
+    decode_image_sized,
+    read_file,
+    supported_extensions,
+    walk_images,
+)
 from clipsearch.media.photometa import PhotoMeta, read_photo_meta
+from clipsearch.media.video import (
+    VIDEO_EXTENSIONS,
+    VideoOptions,
+    hash_file,
+    is_video,
+    read_video_frames,
+    video_support,
+)
+from clipsearch.models.batchpre import TensorPreprocess
 from clipsearch.models.runtime import BATCH_SIZES
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import Catalog, NewImage
@@ -60,9 +77,15 @@ class IndexOptions:
         compile: run the image tower through ``torch.compile`` (see
             :meth:`clipsearch.models.encoder.Encoder.compile_image_tower`): a slow first batch, then
             faster ones; for runs of thousands of images.
-        queue_bytes: how many bytes of files may be read, decoded and waiting for the model at
-            once (at least one file): large files (panoramas, big PNGs or TIFFs) then queue
-            fewer at a time, and memory stays bounded whatever the folder holds.
+        queue_bytes: how many bytes of image files may be read, decoded and waiting for the
+            model at once (at least one file): large files (panoramas, big PNGs or TIFFs)
+            then queue fewer at a time, and memory stays bounded whatever the folder holds.
+        video: which frames to take from videos (see :class:`clipsearch.media.video.VideoOptions`).
+        decode: where JPEGs are decoded: ``cpu`` (PIL, in the worker threads), ``device`` (in
+            batches where the model runs, nvJPEG on CUDA; see :mod:`clipsearch.index.devices`)
+            or ``auto`` (``device`` on CUDA, else ``cpu``).
+        devices: encode on these devices (``cuda:0``, ``cuda:1``), each a share of every
+            batch; empty: the model's own device.
 
     Raises:
         ClipsearchError: ``batch_size`` is below 1.
@@ -76,10 +99,14 @@ class IndexOptions:
     draft: bool = True
     compile: bool = False
     queue_bytes: int = 128 << 20
+    video: VideoOptions = VideoOptions()
+    decode: str = "auto"
+    devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
             raise ClipsearchError(f"batch size must be at least 1 (got {self.batch_size})")
+        resolve_decode(self.decode, "cpu")  # refuses unknown names
 
 
 @dataclass
@@ -92,6 +119,7 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     failed: int = 0
+    skipped_videos: int = 0  # videos left alone because PyAV is not installed
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
 
@@ -103,6 +131,7 @@ class IndexReport:
         self.removed += other.removed
         self.unchanged += other.unchanged
         self.failed += other.failed
+        self.skipped_videos += other.skipped_videos
         self.errors.extend(other.errors)
 
     @property
@@ -122,6 +151,7 @@ class IndexReport:
             "removed": self.removed,
             "unchanged": self.unchanged,
             "failed": self.failed,
+            "skipped_videos": self.skipped_videos,
             "seconds": round(self.seconds, 3),
         }
 
@@ -146,11 +176,20 @@ class Prepared:
     error: str | None = None
     vector: np.ndarray | None = None  # set when a remote executor already encoded it
     meta: PhotoMeta | None = None  # date, camera and place, from the header only
+    frame_time: float | None = None  # a video's: the time of the frame in ``pixels``/``vector``
+    # A video's later frames: (seconds, preprocessed tensor, or its vector once encoded).
+    frames: list[tuple[float, Any]] = field(default_factory=list)
+    raw: RawJpeg | None = None  # a JPEG to decode in a batch on the device (index.devices)
+
+    @property
+    def rows(self) -> int:
+        """How many vectors the file gives: one per frame taken."""
+        return 1 + len(self.frames)
 
     @property
     def known(self) -> bool:
         """Read and hashed only: its bytes are those of a gone record, whose vector it gets."""
-        return self.error is None and self.pixels is None and self.vector is None
+        return self.error is None and self.pixels is None and self.vector is None and not self.raw
 
 
 class Executor(Protocol):
@@ -253,9 +292,12 @@ class BatchPlan:
             self.copies.append((row, gone.donor(p.sha256)))
         else:
             self.pixels.append((row, p.pixels))
-        self.new.append(
-            NewImage(root_id, f.rel, f.size, f.mtime_ns, p.sha256, p.width, p.height, p.meta)
-        )
+        image = NewImage(root_id, f.rel, f.size, f.mtime_ns, p.sha256, p.width, p.height, p.meta)
+        self.new.append(replace(image, frame_time=p.frame_time))
+        for seconds, frame in p.frames:  # a video's later frames, tied to its file row
+            into = self.vectors if isinstance(frame, np.ndarray) else self.pixels
+            into.append((len(self.new), frame))
+            self.new.append(replace(image, frame_time=seconds, frame_of=row))
         if old is None:
             self.report.added += 1
         else:
@@ -302,6 +344,7 @@ class Indexer:
         self._save = save or (lambda: None)
         self._styles = styles  # (N, dim) vectors -> (style, probability) per row
         self._executor = executor
+        self._stage: DeviceStage | None = None  # built once the model has loaded, if used
 
     @property
     def encoder(self) -> Encoder:
@@ -334,6 +377,8 @@ class Indexer:
         loaded; until then (files only hashed, as moves) the CPU's."""
         if self.options.batch_size is not None:
             return self.options.batch_size
+        if self._stage is not None:
+            return self._stage.batch_size
         if self._encoder is not None:
             return self._encoder.batch_size
         return BATCH_SIZES["cpu"]
@@ -389,14 +434,21 @@ class Indexer:
 
         seen: set[str] = set()
         options = self.options
+        videos: bool | None = None  # whether PyAV is there, once a video is met
         for f in walk_images(
             scope.walk,
             exclude=options.exclude,
             include_hidden=options.include_hidden,
+            extensions=supported_extensions() | VIDEO_EXTENSIONS,
             on_error=on_error,
         ):
             rel = f"{scope.prefix}{f.rel}"
             seen.add(rel)
+            if is_video(rel):
+                videos = video_support() if videos is None else videos
+                if not videos:  # kept as they are: neither errors nor gone
+                    report.skipped_videos += 1
+                    continue
             rec = in_scope.get(rel)
             if rec is not None and (rec[1], rec[2]) == (f.size, f.mtime_ns):
                 report.unchanged += 1
@@ -440,42 +492,70 @@ class Indexer:
             if path.startswith(existing.rstrip("/") + "/"):
                 prefix = Path(path).relative_to(existing).as_posix() + "/"
                 return _Scope(rid, existing, prefix, path)
-        rid, duplicates = self.catalog.adopt_roots(path)
+        rid, duplicates = self.catalog.adopt_roots(path)  # with the frames of videos
         if duplicates:
             self.vectors.remove(np.asarray(duplicates, dtype=np.int64))
         return _Scope(rid, path, "", path)
 
     def _process(self, candidates: list[Candidate], gone: GoneFiles, report: IndexReport) -> None:
         last_save = time.monotonic()
-        batch: list[Prepared] = []
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="decode") as pool:
             if self._executor is not None:
                 stream = self._executor.prepared(candidates, gone.shas)
             else:
                 stream = self._prepare_all(pool, candidates, gone.shas)
-            for prepared in stream:
-                batch.append(prepared)
-                if len(batch) >= self.batch_size:
+            try:
+                for batch in pipelined(self._batches(stream), self._device_stage):
                     self._commit(batch, gone, report)
-                    batch = []
                     if time.monotonic() - last_save > self.options.save_every:
                         self._save()
                         last_save = time.monotonic()
-            if batch:
-                self._commit(batch, gone, report)
+            finally:
+                if self._stage is not None:
+                    self._stage.close()
         leftover = gone.unclaimed()
         if leftover:
             vectors = self.vectors  # loaded before the removal (see vectors)
+            with_frames = self.catalog.with_frames(leftover)
             self.catalog.remove(leftover)
-            vectors.remove(np.asarray(leftover, dtype=np.int64))
+            vectors.remove(np.asarray(with_frames, dtype=np.int64))
             report.removed += len(leftover)
+
+    def _batches(self, stream: Iterable[Prepared]) -> Iterator[list[Prepared]]:
+        batch: list[Prepared] = []
+        for prepared in stream:
+            batch.append(prepared)
+            if sum(p.rows for p in batch) >= self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _device_decode(self) -> str | None:
+        """The device that decodes JPEGs in batches, or None for PIL in the worker threads
+        (asked once the model has loaded)."""
+        encoder = self.encoder
+        if resolve_decode(self.options.decode, encoder.device) != "device":
+            return None
+        return encoder.device if TensorPreprocess.supports(encoder.preprocess) else None
+
+    def _device_stage(self) -> DeviceStage | None:
+        """The stage that decodes and encodes on the devices, once the model has loaded;
+        None where the local encoder does it all (PIL decoding, one device) or Ray does."""
+        if self._stage is not None or self._executor is not None or self._encoder is None:
+            return self._stage
+        if self._device_decode() is None and not self.options.devices:
+            return None
+        self._stage = DeviceStage(self._encoder, self.options.devices, self.options.draft)
+        return self._stage
 
     def _prepare_all(
         self, pool: ThreadPoolExecutor, candidates: list[Candidate], gone_shas: frozenset[str]
     ) -> Iterator[Prepared]:
         """Results in input order, with a bounded number of files in flight (the bound grows
-        with the batch size once the model has loaded) and a bounded sum of their sizes."""
-        pending: deque[tuple[Future[Prepared], int]] = deque()
+        with the batch size once the model has loaded) and a bounded sum of the image files'
+        sizes. A video weighs a whole batch: its frames are many pictures."""
+        pending: deque[tuple[int, int, Future[Prepared]]] = deque()  # weight, bytes, result
         it = iter(candidates)
         nxt: Candidate | None = next(it, None)
         in_flight = 0
@@ -483,24 +563,33 @@ class Indexer:
         def refill() -> None:
             nonlocal nxt, in_flight
             window = max(2 * self.batch_size, 2 * self.options.workers)
-            while nxt is not None and len(pending) < window:
-                size = nxt.found.size
+            while nxt is not None and sum(w for w, _, _ in pending) < window:
+                video = is_video(nxt.found.rel)
+                size = 0 if video else nxt.found.size  # a video's frames: its weight
                 if pending and in_flight + size > self.options.queue_bytes:
                     return
-                pending.append((pool.submit(self._prepare, nxt, gone_shas), size))
+                weight = self.batch_size if video else 1
+                pending.append((weight, size, pool.submit(self._prepare, nxt, gone_shas)))
                 in_flight += size
                 nxt = next(it, None)
 
         refill()
         while pending:
-            future, size = pending.popleft()
+            _, size, future = pending.popleft()
             result = future.result()
             in_flight -= size
             refill()
             yield result
 
     def _prepare(self, cand: Candidate, gone_shas: frozenset[str]) -> Prepared:
-        return prepare_candidate(cand, lambda: self.encoder, self.options.draft, gone_shas)
+        return prepare_candidate(
+            cand,
+            lambda: self.encoder,
+            self.options.draft,
+            gone_shas,
+            self.options.video,
+            self._device_decode,
+        )
 
     def _commit(self, batch: list[Prepared], gone: GoneFiles, report: IndexReport) -> None:
         """Plan one batch, then apply it in one catalog transaction."""
@@ -515,9 +604,17 @@ class Indexer:
         root_ids = {path: rid for rid, path in self.catalog.roots().items()}
         for p in batch:
             source = gone.claim_content(p.sha256) if p.error is None else None
-            if source is None and p.known and not gone.has_donor(p.sha256):
-                # Every record of its bytes was replaced in this run: no vector is left to copy.
+            if (
+                source is None
+                and p.known
+                and (is_video(p.cand.found.rel) or not gone.has_donor(p.sha256))
+            ):
+                # Every record of its bytes was replaced in this run: no vector is left to
+                # copy. A video's frames are never copied: a second copy is decoded again.
                 p = self._prepare(p.cand, frozenset())
+                stage = self._device_stage()
+                if stage is not None and p.error is None:
+                    stage([p])
             if p.error is not None:
                 plan.fail(p.cand.found.path, p.error)
                 continue
@@ -540,6 +637,7 @@ class Indexer:
         changes_ids = bool(plan.new or plan.remove_ids)
         vectors = self.vectors if changes_ids else None  # loaded before the commit
         matrix = self._vectors_of(plan)
+        removed = self.catalog.with_frames(plan.remove_ids) if plan.remove_ids else []
         styles = self._styles(matrix) if self._styles is not None and plan.new else None
         ids = self.catalog.commit_batch(
             plan.new,
@@ -552,8 +650,8 @@ class Indexer:
         )
         if vectors is None:
             return
-        if plan.remove_ids:
-            vectors.remove(np.asarray(plan.remove_ids, dtype=np.int64))
+        if removed:
+            vectors.remove(np.asarray(removed, dtype=np.int64))
         if ids:
             vectors.add(np.asarray(ids, dtype=np.int64), matrix)
 
@@ -562,11 +660,13 @@ class Indexer:
         if not plan.new:
             return np.zeros((0, 0), dtype=np.float32)  # its width is never read
         matrix = np.zeros((len(plan.new), self.vectors.dim), dtype=np.float32)
-        if plan.pixels:
+        step = self.batch_size
+        for start in range(0, len(plan.pixels), step):  # a video's frames may be many
             import torch
 
-            rows = [row for row, _ in plan.pixels]
-            matrix[rows] = self.encoder.encode_pixels(torch.stack([px for _, px in plan.pixels]))
+            part = plan.pixels[start : start + step]
+            rows = [row for row, _ in part]
+            matrix[rows] = self.encoder.encode_pixels(torch.stack([px for _, px in part]))
         for row, vec in plan.vectors:
             matrix[row] = vec
         for row, donor in plan.copies:
@@ -577,13 +677,23 @@ class Indexer:
 
 
 def prepare_candidate(
-    cand: Candidate, encoder: Callable[[], Encoder], draft: bool, gone_shas: Container[str]
+    cand: Candidate,
+    encoder: Callable[[], Encoder],
+    draft: bool,
+    gone_shas: Container[str],
+    video: VideoOptions | None = None,
+    device_decode: Callable[[], str | None] = lambda: None,
 ) -> Prepared:
     """Read, hash, decode and preprocess one file; never raises for a bad file.
 
     A file whose bytes belong to a gone record is only hashed: its vector is already stored,
-    and ``encoder`` (which may load the model) is not called.
+    and ``encoder`` (which may load the model) is not called. A video gives the frames
+    ``video`` asks for. Where ``device_decode()`` names a device, a JPEG its batched decoder
+    takes is left undecoded, as ``raw`` bytes (pinned for CUDA), with its size from the
+    header.
     """
+    if is_video(cand.found.rel):
+        return _prepare_video(cand, encoder, gone_shas, video or VideoOptions())
     path = cand.found.path
     out = Prepared(cand)
     data = b""
@@ -598,10 +708,40 @@ def prepare_candidate(
     if out.error is not None or out.sha256 in gone_shas:
         return out
     model = encoder()  # outside _file_errors: a model that cannot load stops the run
+    device = device_decode()
+    head = batch_decodable(data) if device is not None else None
+    if head is not None:
+        pin = str(device).startswith("cuda")
+        out.raw = RawJpeg(as_input(data, pin=pin), head.orientation)
+        out.width, out.height = head.upright_size
+        return out
     with _file_errors(out):
         draft_size = 2 * model.image_size if draft else None
         img, (out.width, out.height) = decode_image_sized(data, path, draft_size=draft_size)
         out.pixels = model.preprocess(img)
+    return out
+
+
+def _prepare_video(
+    cand: Candidate, encoder: Callable[[], Encoder], gone_shas: Container[str], video: VideoOptions
+) -> Prepared:
+    """A video's hash (read in chunks, never held whole) and its frames, preprocessed."""
+    path = cand.found.path
+    out = Prepared(cand)
+    with _file_errors(out):
+        out.sha256, st = hash_file(path)
+        if (st.st_size, st.st_mtime_ns) != (cand.found.size, cand.found.mtime_ns):
+            found = replace(cand.found, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            out.cand = Candidate(found, cand.old_id)
+        out.meta = read_photo_meta(path, out.cand.found.mtime_ns)
+    if out.error is not None or out.sha256 in gone_shas:
+        return out
+    model = encoder()
+    with _file_errors(out):
+        taken = read_video_frames(path, model.image_size, video)
+        out.width, out.height = taken.width, taken.height
+        pixels = [(t, model.preprocess(img)) for t, img in taken.frames]
+        (out.frame_time, out.pixels), out.frames = pixels[0], pixels[1:]
     return out
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from clipsearch.errors import ClipsearchError, IndexLockedError
 from clipsearch.index.pipeline import IndexReport, check_roots
 from clipsearch.media.files import supported_extensions
+from clipsearch.media.video import VIDEO_EXTENSIONS, VideoOptions
 
 if TYPE_CHECKING:
     from clipsearch.progress import Progress
@@ -57,6 +58,8 @@ class Indexable(Protocol):
         *,
         exclude: Sequence[str] = (),
         include_hidden: bool = False,
+        video_interval: float = ...,
+        video_max_frames: int = ...,
         progress: Progress | None = None,
     ) -> IndexReport: ...
 
@@ -91,6 +94,7 @@ class FolderWatcher:
         roots: folders to watch, recursively.
         exclude: glob patterns of files and folders to skip, as for :meth:`ImageIndex.add`.
         include_hidden: also index dot-files and dot-folders.
+        video: which frames of videos to take (default: those of ``clipsearch index``).
         settle: seconds a changed file must stay unchanged (size and mtime) before it is read.
         on_batch: called with the report of each batch.
 
@@ -105,6 +109,7 @@ class FolderWatcher:
         *,
         exclude: Sequence[str] = (),
         include_hidden: bool = False,
+        video: VideoOptions | None = None,
         settle: float = DEFAULT_SETTLE,
         on_batch: Callable[[IndexReport], None] | None = None,
     ):
@@ -115,12 +120,13 @@ class FolderWatcher:
         self.roots = check_roots(roots)
         self.exclude = tuple(exclude)
         self.include_hidden = include_hidden
+        self.video = video or VideoOptions()
         self.settle = settle
         self.on_batch = on_batch or (lambda report: None)
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._extensions = supported_extensions()
+        self._extensions = supported_extensions() | VIDEO_EXTENSIONS
         self._observer: Any = None
         self._thread: threading.Thread | None = None
 
@@ -179,11 +185,18 @@ class FolderWatcher:
         finally:
             self._stop_observer()
 
+    def _add(self, folders: Iterable[str | os.PathLike[str]]) -> IndexReport:
+        return self.index.add(
+            folders,
+            exclude=self.exclude,
+            include_hidden=self.include_hidden,
+            video_interval=self.video.interval,
+            video_max_frames=self.video.max_frames,
+        )
+
     def catch_up(self) -> IndexReport:
         """Index the watched roots once, incrementally."""
-        report = self.index.add(
-            self.roots, exclude=self.exclude, include_hidden=self.include_hidden
-        )
+        report = self._add(self.roots)
         self.on_batch(report)
         return report
 
@@ -266,9 +279,7 @@ class FolderWatcher:
         if not ready:
             return None
         try:
-            report = self.index.add(
-                self.folders(ready), exclude=self.exclude, include_hidden=self.include_hidden
-            )
+            report = self._add(self.folders(ready))
         except IndexLockedError:
             with self._lock:  # another writer: try these again once it is done
                 for path in ready:

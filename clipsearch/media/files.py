@@ -9,7 +9,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from clipsearch.errors import ImageReadError
 
@@ -28,8 +28,10 @@ def supported_extensions() -> frozenset[str]:
     for ext, module in OPTIONAL_EXTENSIONS.items():
         if _register_plugin(module):
             exts.add(ext)
-    if ".avif" in Image.registered_extensions():
-        exts.add(".avif")  # Pillow >= 11.2 reads AVIF natively when built with libavif
+    # Pillow >= 11.2 reads AVIF natively when built with libavif: asked of its features, not of
+    # Image.registered_extensions(), which imports every plugin that a no-op run never needs.
+    if "avif" in features.modules and features.check_module("avif"):
+        exts.add(".avif")
     return frozenset(exts)
 
 

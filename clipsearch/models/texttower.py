@@ -190,27 +190,12 @@ class TextTower:
         if ids.size and (ids.min() < 0 or ids.max() >= c.vocab_size):
             raise ValueError(f"token ids must lie in [0, {c.vocab_size})")
         x = t["token_embedding.weight"][ids] + t["positional_embedding"][:n]
-        rows, heads, hd = len(x), c.heads, c.width // c.heads
-        x = x.reshape(rows * n, c.width)  # every position of every text, one row each
-        causal = np.triu(np.full((n, n), -np.inf, dtype=np.float32), 1)
+        x = x.reshape(len(x) * n, c.width)  # every position of every text, one row each
         for i in range(c.layers):
-            p = f"transformer.resblocks.{i}."
-            h = layer_norm(x, t[p + "ln_1.weight"], t[p + "ln_1.bias"], c.ln_eps)
-            qkv = linear(h, t[p + "attn.in_proj_weight"], t[p + "attn.in_proj_bias"])
-            # (rows, n, 3, heads, hd) -> three (rows, heads, n, hd)
-            q, k, v = qkv.reshape(rows, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
-            scores = (q * np.float32(hd**-0.5)) @ k.transpose(0, 1, 3, 2) + causal
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            attn = (scores @ v).transpose(0, 2, 1, 3).reshape(rows * n, c.width)
-            x = x + linear(attn, t[p + "attn.out_proj.weight"], t[p + "attn.out_proj.bias"])
-            h = layer_norm(x, t[p + "ln_2.weight"], t[p + "ln_2.bias"], c.ln_eps)
-            h = linear(h, t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"])
-            h = quick_gelu(h) if c.quick_gelu else gelu(h)
-            x = x + linear(h, t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"])
-        x = x.reshape(rows, n, c.width)
-        x = x[np.arange(len(x)), ends]  # LayerNorm is per position: pool first, then normalize
+            x = self._block(i, x, n, ends if i == c.layers - 1 else None)
+        if c.layers == 0:
+            x = x[np.arange(len(ends)) * n + ends]
+        # LayerNorm is per position: pooled first (the last block), then normalized
         x = layer_norm(x, t["ln_final.weight"], t["ln_final.bias"], c.ln_eps)
         if c.projection == "matrix":
             x = x @ t["text_projection"]
@@ -218,6 +203,34 @@ class TextTower:
             x = linear(x, t["text_projection.weight"], t.get("text_projection.bias"))
         norms = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
         return (x / norms).astype(np.float32, copy=False)
+
+    def _block(self, i: int, x: np.ndarray, n: int, pool: np.ndarray | None) -> np.ndarray:
+        """Residual block ``i`` over ``x`` (texts * n positions, width). With ``pool`` (each
+        text's pooled position; the last block), only those rows come out: the attention is
+        causal and nothing after this block reads another position, so the other rows' output
+        projection and MLP are skipped (exact: a row's result does not depend on them)."""
+        c, t = self.config, self.tensors
+        p = f"transformer.resblocks.{i}."
+        rows, heads, hd = len(x) // n, c.heads, c.width // c.heads
+        h = layer_norm(x, t[p + "ln_1.weight"], t[p + "ln_1.bias"], c.ln_eps)
+        qkv = linear(h, t[p + "attn.in_proj_weight"], t[p + "attn.in_proj_bias"])
+        # (rows, n, 3, heads, hd) -> three (rows, heads, n, hd)
+        q, k, v = qkv.reshape(rows, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
+        mask = np.triu(np.full((n, n), -np.inf, dtype=np.float32), 1)
+        if pool is not None:
+            q = q[np.arange(rows), :, pool][:, :, None, :]  # (rows, heads, 1, hd)
+            mask = mask[pool][:, None, None, :]
+            x = x[np.arange(rows) * n + pool]
+        scores = (q * np.float32(hd**-0.5)) @ k.transpose(0, 1, 3, 2) + mask
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        attn = (scores @ v).transpose(0, 2, 1, 3).reshape(len(x), c.width)
+        x = x + linear(attn, t[p + "attn.out_proj.weight"], t[p + "attn.out_proj.bias"])
+        h = layer_norm(x, t[p + "ln_2.weight"], t[p + "ln_2.bias"], c.ln_eps)
+        h = linear(h, t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"])
+        h = quick_gelu(h) if c.quick_gelu else gelu(h)
+        return x + linear(h, t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"])
 
 
 def _projection_names(config: TextTowerConfig) -> tuple[str, ...]:

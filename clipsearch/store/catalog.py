@@ -10,120 +10,25 @@ ids alone says what the FAISS index is missing or holds in excess.
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import (
-    ForeignKey,
-    Index,
-    LargeBinary,
-    String,
-    TypeDecorator,
-    cast,
-    create_engine,
-    delete,
-    event,
-    func,
-    literal,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from clipsearch.errors import ClipsearchError, CorruptIndexError
 from clipsearch.media.photometa import PhotoMeta, distance_km
-from clipsearch.store.migrations import upgrade
+from clipsearch.store import migrations
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
 
 CATALOG_FILE = "catalog.sqlite"
-
-
-class Base(DeclarativeBase):
-    """Today's schema, for queries. Catalogs are built and upgraded by the frozen steps of
-    ``migrations.py``, never from these models; a change here needs a new step there."""
-
-
-class FsPath(TypeDecorator):
-    """A file path as text. A name that is not valid UTF-8 (``os.fsdecode`` gives it surrogate
-    escapes) is stored as its raw bytes instead, so every path round-trips exactly."""
-
-    impl = String
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return value.encode("utf-8", "surrogateescape")
-        return value
-
-    def process_result_value(self, value: Any, dialect: Any) -> Any:
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "surrogateescape")
-        return value
-
-
-class Meta(Base):
-    __tablename__ = "meta"
-    key: Mapped[str] = mapped_column(String, primary_key=True)
-    value: Mapped[str] = mapped_column(String)
-
-
-class Root(Base):
-    __tablename__ = "roots"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(FsPath, unique=True)
-
-
-class ImageRow(Base):
-    __tablename__ = "images"
-    __table_args__ = (
-        Index("ix_images_root_rel", "root_id", "rel", unique=True),
-        Index("ix_images_sha256", "sha256"),
-        Index("ix_images_style", "style"),
-        {"sqlite_autoincrement": True},
-    )
-    id: Mapped[int] = mapped_column(primary_key=True)
-    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"))
-    rel: Mapped[str] = mapped_column(FsPath)
-    size: Mapped[int]
-    mtime_ns: Mapped[int]
-    sha256: Mapped[str] = mapped_column(String(64))
-    width: Mapped[int]
-    height: Mapped[int]
-    indexed_at: Mapped[float]
-    style: Mapped[str | None] = mapped_column(String, default=None)
-    style_score: Mapped[float | None] = mapped_column(default=None)
-    taken: Mapped[float | None] = mapped_column(default=None)  # UTC epoch seconds
-    taken_source: Mapped[str | None] = mapped_column(String, default=None)  # exif | mtime
-    taken_offset: Mapped[int | None] = mapped_column(default=None)  # minutes east of UTC
-    camera_make: Mapped[str | None] = mapped_column(String, default=None)
-    camera_model: Mapped[str | None] = mapped_column(String, default=None)
-    lat: Mapped[float | None] = mapped_column(default=None)
-    lon: Mapped[float | None] = mapped_column(default=None)
-    meta_read: Mapped[bool] = mapped_column(default=False, server_default=text("0"))
-
-
-class VectorRow(Base):
-    __tablename__ = "vectors"
-    image_id: Mapped[int] = mapped_column(
-        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
-    )
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class ErrorRow(Base):
-    __tablename__ = "errors"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(FsPath, unique=True)
-    reason: Mapped[str] = mapped_column(String)
-    at: Mapped[float]
 
 
 @dataclass(frozen=True)
@@ -138,6 +43,8 @@ class NewImage:
     width: int
     height: int
     meta: PhotoMeta | None = None  # None: not read (the next run's backfill reads it)
+    frame_time: float | None = None  # seconds into a video; None for a still image
+    frame_of: int | None = None  # a video's later frame: the row in the batch of its file row
 
 
 @dataclass(frozen=True)
@@ -156,10 +63,17 @@ class StoredImage:
     style: str | None
     style_score: float | None
     meta: PhotoMeta = PhotoMeta()
+    frame_time: float | None = None  # seconds into a video; None for a still image
+    video_id: int | None = None  # for a video's later frames: the id of its file row
 
     @property
     def path(self) -> str:
         return str(Path(self.root, self.rel))
+
+    @property
+    def file_id(self) -> int:
+        """The id of the file's row: its own, or its video's for a later frame."""
+        return self.id if self.video_id is None else self.video_id
 
 
 @dataclass(frozen=True)
@@ -170,27 +84,42 @@ class ErrorRecord:
 
 
 class Catalog:
-    """A SQLite catalog opened through SQLAlchemy 2.0 in WAL mode."""
+    """A SQLite catalog in WAL mode: read with plain ``sqlite3``, written through SQLAlchemy.
+
+    Reads (what a search or an index run with nothing to do needs) never import SQLAlchemy:
+    each thread reads through its own ``sqlite3`` connection, one statement at a time, so it
+    sees the last committed state. The first write (or :meth:`session`) creates the
+    SQLAlchemy engine. The tables and columns are those of :mod:`clipsearch.store.schema`.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.engine = create_engine(f"sqlite:///{path}", future=True)
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        event.listen(self.engine, "handle_error", self._explain)
+        self._engine: Engine | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
 
-    def _explain(self, context: Any) -> ClipsearchError | None:
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine of the writes, created on first use."""
+        if self._engine is None:
+            from clipsearch.store.schema import create_catalog_engine
+
+            self._engine = create_catalog_engine(self.path, _sqlite_pragmas, self._explain)
+        return self._engine
+
+    def _explain(self, message: str) -> ClipsearchError | None:
         """Say what SQLite's errors mean for the user; damage shows up in whatever reads the
         damaged page first."""
-        msg = " ".join(str(context.original_exception).split())
-        if "malformed" in msg or "not a database" in msg:
+        if "malformed" in message or "not a database" in message:
             return CorruptIndexError(
-                f"catalog {self.path} is damaged ({msg}); restore it from a backup or delete "
+                f"catalog {self.path} is damaged ({message}); restore it from a backup or delete "
                 "the index folder and index again"
             )
-        if "disk is full" in msg or "readonly database" in msg:
+        if "disk is full" in message or "readonly database" in message:
             return ClipsearchError(
-                f"catalog {self.path}: {msg}; what was committed before is kept: make room or "
-                "fix the permissions and run the same command again"
+                f"catalog {self.path}: {message}; what was committed before is kept: make room "
+                "or fix the permissions and run the same command again"
             )
         return None
 
@@ -206,31 +135,98 @@ class Catalog:
             raise CorruptIndexError(f"catalog {path} is missing")
         catalog = cls(path)
         try:
-            with catalog.engine.connect() as conn:
-                upgrade(conn, path)
-        except DatabaseError as e:
-            catalog.close()
-            raise CorruptIndexError(
-                f"catalog {path} is not a readable SQLite database ({_short(e)}); "
-                "restore it from a backup or delete the index folder and index again"
-            ) from e
+            if not (path.is_file() and catalog._is_current()):
+                catalog._upgrade()
         except BaseException:
             catalog.close()
             raise
         return catalog
 
+    def _is_current(self) -> bool:
+        """Whether the catalog records today's schema version (read without SQLAlchemy); any
+        doubt is False, and :meth:`_upgrade` then says what is wrong."""
+        try:
+            row = (
+                self._reader()
+                .execute("SELECT value FROM meta WHERE \"key\" = 'schema_version'")
+                .fetchone()
+            )
+            return row is not None and json.loads(row[0]) == len(migrations.MIGRATIONS)
+        except (sqlite3.Error, ValueError, TypeError):
+            return False
+
+    def _upgrade(self) -> None:
+        from sqlalchemy.exc import DatabaseError
+
+        from clipsearch.store.migrations import upgrade
+
+        try:
+            with self.engine.connect() as conn:
+                upgrade(conn, self.path)
+        except DatabaseError as e:
+            raise CorruptIndexError(
+                f"catalog {self.path} is not a readable SQLite database ({_short(e)}); "
+                "restore it from a backup or delete the index folder and index again"
+            ) from e
+
     def close(self) -> None:
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
+        with self._lock:
+            readers, self._readers = self._readers, []
+            self._local = threading.local()
+        for con in readers:
+            con.close()
 
     def session(self) -> Session:
+        from sqlalchemy.orm import Session
+
         return Session(self.engine, expire_on_commit=False)
+
+    # --- the read path ----------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (autocommit: each statement sees the last commit)."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            con.execute("PRAGMA busy_timeout=30000")
+            with self._lock:
+                self._readers.append(con)
+                self._local.con = con
+        return con
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """All rows of one read statement; SQLite's errors explained as the writes' are."""
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:
+            explained = self._explain(" ".join(str(e).split()))
+            if explained is not None:
+                raise explained from e
+            raise
+
+    def _iter_rows(self, sql: str, params: Sequence[Any] = (), batch: int = 4096) -> Iterator[list]:
+        """The rows of one read statement, ``batch`` at a time."""
+        try:
+            cur = self._reader().execute(sql, params)
+            while part := cur.fetchmany(batch):
+                yield part
+        except sqlite3.DatabaseError as e:
+            explained = self._explain(" ".join(str(e).split()))
+            if explained is not None:
+                raise explained from e
+            raise
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._rows(sql, params)
+        return rows[0][0] if rows else None
 
     # --- meta -------------------------------------------------------------------------------
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        with self.session() as s:
-            row = s.get(Meta, key)
-            return json.loads(row.value) if row else default
+        value = self._scalar('SELECT value FROM meta WHERE "key" = ?', (key,))
+        return json.loads(value) if value is not None else default
 
     def set_meta(self, **values: Any) -> None:
         with self.session() as s, s.begin():
@@ -251,6 +247,13 @@ class Catalog:
             (root id, ids of images dropped because the root already had their file).
         """
         inside = path.rstrip("/") + "/"
+        known = {p: rid for rid, p in self.roots().items()}
+        if path in known and not any(p.startswith(inside) for p in known if p != path):
+            return known[path], []  # nothing to write: no SQLAlchemy
+        from sqlalchemy import delete, select, update
+
+        from clipsearch.store.schema import ImageRow, Root
+
         dropped: list[int] = []
         with self.session() as s, s.begin():
             rid = _root_id(s, path)
@@ -258,10 +261,13 @@ class Catalog:
             children = [(c, p[len(inside) :]) for c, p in children if p.startswith(inside)]
             if not children:
                 return rid, []
-            have = set(s.scalars(select(ImageRow.rel).where(ImageRow.root_id == rid)))
+            file_row = ImageRow.video_id.is_(None)
+            have = set(s.scalars(select(ImageRow.rel).where(ImageRow.root_id == rid, file_row)))
             for child, sub in children:
                 moves, twice = [], []
-                rows = s.execute(select(ImageRow.id, ImageRow.rel).where(ImageRow.root_id == child))
+                rows = s.execute(
+                    select(ImageRow.id, ImageRow.rel).where(ImageRow.root_id == child, file_row)
+                )
                 for image_id, rel in rows.all():
                     if f"{sub}/{rel}" in have:
                         twice.append(image_id)
@@ -270,26 +276,24 @@ class Catalog:
                         moves.append({"id": image_id, "root_id": rid, "rel": f"{sub}/{rel}"})
                 if moves:
                     s.execute(update(ImageRow), moves)
+                    _move_frames(s, [(m["id"], rid, m["rel"]) for m in moves])
+                dropped += _with_frames(s, twice)
                 self._delete_ids(s, twice)
-                dropped += twice
                 s.execute(delete(Root).where(Root.id == child))
             if dropped:
                 _set_meta(s, "generation", _get_generation(s) + 1)
         return rid, dropped
 
     def roots(self) -> dict[int, str]:
-        with self.session() as s:
-            return dict(s.execute(select(Root.id, Root.path)).all())
+        return {rid: fs_path(p) for rid, p in self._rows("SELECT id, path FROM roots")}
 
     def files_under(self, root_id: int) -> dict[str, tuple[int, int, int, str]]:
         """rel path -> (id, size, mtime_ns, sha256) for one root."""
-        with self.session() as s:
-            rows = s.execute(
-                select(
-                    ImageRow.rel, ImageRow.id, ImageRow.size, ImageRow.mtime_ns, ImageRow.sha256
-                ).where(ImageRow.root_id == root_id)
-            )
-            return {rel: (i, size, mtime, sha) for rel, i, size, mtime, sha in rows}
+        rows = self._rows(
+            f"SELECT rel, id, size, mtime_ns, sha256 FROM images WHERE root_id = ? AND {_FILE_ROW}",
+            (root_id,),
+        )
+        return {fs_path(rel): (i, size, mtime, sha) for rel, i, size, mtime, sha in rows}
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -307,14 +311,21 @@ class Catalog:
         """Write one indexer batch in a single transaction; returns the new images' ids.
 
         Args:
-            new: images to insert, in the order of ``vectors``' rows.
+            new: images to insert, in the order of ``vectors``' rows; a video's later frames
+                come after its file row and point to it (``frame_of``).
             vectors: (len(new), dim) float32 unit vectors.
-            remove_ids: images to delete (re-encoded files and files gone from disk).
-            moves: (id, root_id, rel, size, mtime_ns) for files that moved and keep their vector.
+            remove_ids: images to delete (re-encoded files and files gone from disk), with the
+                later frames of the videos among them.
+            moves: (id, root_id, rel, size, mtime_ns) for files that moved and keep their vector
+                (a video's frames follow its file row).
             clear_error_paths: paths whose earlier error no longer holds.
             errors: (path, reason) failures to record.
             styles: (style, style_score) of each new image, in the order of ``new``.
         """
+        from sqlalchemy import delete, update
+
+        from clipsearch.store.schema import ErrorRow, ImageRow, VectorRow
+
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         labels = list(styles) if styles is not None else [(None, None)] * len(new)
         now = time.time()
@@ -324,7 +335,7 @@ class Catalog:
             for image_id, root_id, rel, size, mtime_ns in moves:
                 s.execute(
                     update(ImageRow)
-                    .where(ImageRow.id == image_id)
+                    .where((ImageRow.id == image_id) | (ImageRow.video_id == image_id))
                     .values(root_id=root_id, rel=rel, size=size, mtime_ns=mtime_ns)
                 )
             rows = [
@@ -339,11 +350,18 @@ class Catalog:
                     indexed_at=now,
                     style=style,
                     style_score=style_score,
+                    frame_time=n.frame_time,
                     **_meta_columns(n.meta),
                 )
                 for n, (style, style_score) in zip(new, labels, strict=True)
             ]
-            s.add_all(rows)
+            # File rows first, so that each later frame can point to its video's id.
+            s.add_all(r for r, n in zip(rows, new, strict=True) if n.frame_of is None)
+            s.flush()
+            for row, n in zip(rows, new, strict=True):
+                if n.frame_of is not None:
+                    row.video_id = rows[n.frame_of].id
+                    s.add(row)
             s.flush()
             ids = [r.id for r in rows]
             pairs = zip(ids, vectors, strict=True)
@@ -363,9 +381,26 @@ class Catalog:
             self._delete_ids(s, ids)
             _set_meta(s, "generation", _get_generation(s) + 1)
 
+    def with_frames(self, ids: Sequence[int]) -> list[int]:
+        """``ids`` and the ids of the later frames of the videos among them: what leaves the
+        vector index when these files are removed."""
+        out = _ints(ids)
+        for chunk in _chunks(list(out), 500):
+            sql = f"SELECT id FROM images WHERE video_id IN ({_marks(chunk)})"
+            out += [r[0] for r in self._rows(sql, chunk)]
+        return out
+
     @staticmethod
     def _delete_ids(s: Session, ids: Sequence[int]) -> None:
+        """Delete images by id, a video's later frames with its file row."""
+        from sqlalchemy import delete, select
+
+        from clipsearch.store.schema import ImageRow, VectorRow
+
         for chunk in _chunks(_ints(ids), 500):
+            frames = select(ImageRow.id).where(ImageRow.video_id.in_(chunk))
+            s.execute(delete(VectorRow).where(VectorRow.image_id.in_(frames)))
+            s.execute(delete(ImageRow).where(ImageRow.video_id.in_(chunk)))
             s.execute(delete(VectorRow).where(VectorRow.image_id.in_(chunk)))
             s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
 
@@ -379,6 +414,10 @@ class Catalog:
 
     def set_styles(self, labels: Sequence[tuple[int, str | None, float | None]]) -> None:
         """Store (id, style, style_score) for many images in one transaction."""
+        from sqlalchemy import update
+
+        from clipsearch.store.schema import ImageRow
+
         with self.session() as s, s.begin():
             s.execute(
                 update(ImageRow),
@@ -388,17 +427,19 @@ class Catalog:
     def files_without_meta(self) -> list[tuple[int, str, int]]:
         """(id, path, mtime_ns) of the images whose metadata was never read: those indexed
         before the catalog had these columns."""
-        query = (
-            select(ImageRow.id, Root.path, ImageRow.rel, ImageRow.mtime_ns)
-            .join(Root, Root.id == ImageRow.root_id)
-            .where(ImageRow.meta_read.is_(False))
-            .order_by(ImageRow.id)
+        rows = self._rows(
+            "SELECT images.id, roots.path, images.rel, images.mtime_ns FROM images "
+            "JOIN roots ON roots.id = images.root_id "
+            f"WHERE images.meta_read = 0 AND {_FILE_ROW} ORDER BY images.id"
         )
-        with self.session() as s:
-            return [(i, str(Path(root, rel)), mtime) for i, root, rel, mtime in s.execute(query)]
+        return [(i, str(Path(fs_path(root), fs_path(rel))), mtime) for i, root, rel, mtime in rows]
 
     def set_photo_meta(self, metas: Sequence[tuple[int, PhotoMeta]]) -> None:
         """Store the metadata of many images in one transaction, marking it read."""
+        from sqlalchemy import update
+
+        from clipsearch.store.schema import ImageRow
+
         if metas:
             with self.session() as s, s.begin():
                 s.execute(update(ImageRow), [{"id": i, **_meta_columns(m)} for i, m in metas])
@@ -406,65 +447,79 @@ class Catalog:
     # --- reads ------------------------------------------------------------------------------
 
     def count(self) -> int:
-        with self.session() as s:
-            return int(s.scalar(select(func.count()).select_from(ImageRow)) or 0)
+        """How many vectors: images, and every frame taken from a video."""
+        return int(self._scalar("SELECT count(*) FROM images") or 0)
+
+    def count_files(self) -> int:
+        """How many files: images and videos, each once."""
+        return int(self._scalar(f"SELECT count(*) FROM images WHERE {_FILE_ROW}") or 0)
+
+    def frames(self, file_id: int) -> list[tuple[int, float]]:
+        """(id, frame_time) of every frame of a video's file row, in time order; empty for an
+        image."""
+        if int(file_id) not in _SQLITE_INT:
+            return []
+        rows = self._rows(
+            "SELECT id, frame_time FROM images WHERE (id = ? OR video_id = ?) "
+            "AND frame_time IS NOT NULL ORDER BY frame_time",
+            (int(file_id), int(file_id)),
+        )
+        return [(i, float(t)) for i, t in rows]
 
     def ids(self) -> np.ndarray:
-        with self.session() as s:
-            return np.fromiter(s.scalars(select(ImageRow.id)), dtype=np.int64)
+        return np.fromiter((r[0] for r in self._rows("SELECT id FROM images")), dtype=np.int64)
 
     def iter_vectors(
         self, ids: Sequence[int] | None = None, batch: int = 4096
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (ids, vectors) blocks of the stored vectors, all of them or the given ids."""
-        with self.session() as s:
-            if ids is None:
-                result = s.execute(
-                    select(VectorRow.image_id, VectorRow.data).order_by(VectorRow.image_id)
-                ).yield_per(batch)
-                for part in result.partitions(batch):
-                    yield _block(part)
-            else:
-                for chunk in _chunks(sorted(int(i) for i in ids), 500):
-                    rows = s.execute(
-                        select(VectorRow.image_id, VectorRow.data)
-                        .where(VectorRow.image_id.in_(chunk))
-                        .order_by(VectorRow.image_id)
-                    ).all()
-                    if rows:
-                        yield _block(rows)
+        if ids is None:
+            sql = "SELECT image_id, data FROM vectors ORDER BY image_id"
+            for part in self._iter_rows(sql, batch=batch):
+                yield _block(part)
+            return
+        for chunk in _chunks(sorted(_ints(ids)), 500):
+            rows = self._rows(
+                f"SELECT image_id, data FROM vectors WHERE image_id IN ({_marks(chunk)}) "
+                "ORDER BY image_id",
+                chunk,
+            )
+            if rows:
+                yield _block(rows)
 
     def vector(self, image_id: int) -> np.ndarray | None:
         if int(image_id) not in _SQLITE_INT:
             return None
-        with self.session() as s:
-            data = s.scalar(select(VectorRow.data).where(VectorRow.image_id == image_id))
-            return None if data is None else np.frombuffer(data, dtype=np.float32).copy()
+        data = self._scalar("SELECT data FROM vectors WHERE image_id = ?", (int(image_id),))
+        return None if data is None else np.frombuffer(data, dtype=np.float32).copy()
 
     def images(self, ids: Sequence[int]) -> dict[int, StoredImage]:
         out: dict[int, StoredImage] = {}
-        with self.session() as s:
-            for chunk in _chunks(_ints(ids), 500):
-                rows = s.execute(
-                    select(ImageRow, Root.path)
-                    .join(Root, Root.id == ImageRow.root_id)
-                    .where(ImageRow.id.in_(chunk))
-                ).all()
-                for row, root in rows:
-                    out[row.id] = _stored(row, root)
+        for chunk in _chunks(_ints(ids), 500):
+            rows = self._rows(
+                f"SELECT {_IMAGE_COLUMNS}, roots.path FROM images "
+                f"JOIN roots ON roots.id = images.root_id WHERE images.id IN ({_marks(chunk)})",
+                chunk,
+            )
+            for row in rows:
+                out[row[0]] = _stored(row)
         return out
 
     def find_path(self, path: str) -> StoredImage | None:
         """The image stored for an absolute file path, if any root contains it."""
-        with self.session() as s:
-            for rid, root in s.execute(select(Root.id, Root.path)):
-                try:
-                    rel = Path(path).relative_to(root).as_posix()
-                except ValueError:
-                    continue
-                row = s.scalar(select(ImageRow).where(ImageRow.root_id == rid, ImageRow.rel == rel))
-                if row is not None:
-                    return _stored(row, root)
+        for rid, root in self.roots().items():
+            try:
+                rel = Path(path).relative_to(root).as_posix()
+            except ValueError:
+                continue
+            rows = self._rows(
+                f"SELECT {_IMAGE_COLUMNS}, roots.path FROM images "
+                "JOIN roots ON roots.id = images.root_id "
+                f"WHERE images.root_id = ? AND images.rel = ? AND {_FILE_ROW}",
+                (rid, _stored_path(rel)),
+            )
+            if rows:
+                return _stored(rows[0])
         return None
 
     def ids_matching(
@@ -476,6 +531,7 @@ class Catalog:
         taken_until: float | None = None,
         camera: str | None = None,
         near: tuple[float, float, float] | None = None,
+        stills: bool = False,
     ) -> np.ndarray:
         """Ids of images that pass every filter given.
 
@@ -486,21 +542,27 @@ class Catalog:
             taken_until: taken before this.
             camera: make and model hold this text, in any case.
             near: (lat, lon, km): taken at most km from there.
+            stills: still images only, no video frames.
         """
-        query = select(ImageRow.id).join(Root, Root.id == ImageRow.root_id)
-        query = _where_meta(query, taken_from, taken_until, camera, near)
+        where, params = _where_meta(taken_from, taken_until, camera, near)
+        if stills:
+            where.append("images.frame_time IS NULL")
         if path_prefix is not None:
             # Compared as bytes: exact case, and names that are not UTF-8 (stored as BLOBs,
-            # see FsPath) match too, which LIKE cannot do.
+            # see schema.FsPath) match too, which LIKE cannot do.
             head = path_prefix.encode("utf-8", "surrogateescape")
-            full = cast(Root.path + "/" + ImageRow.rel, LargeBinary)
-            query = query.where(func.substr(full, 1, len(head)) == literal(head, LargeBinary))
+            where.append("substr(CAST(roots.path || '/' || images.rel AS BLOB), 1, ?) = ?")
+            params += [len(head), head]
         if styles is not None:
-            query = query.where(ImageRow.style.in_(list(styles)))
-        with self.session() as s:
-            if near is None:
-                return np.fromiter(s.scalars(query), dtype=np.int64)
-            rows = s.execute(query.add_columns(ImageRow.lat, ImageRow.lon)).all()
+            where.append(f"images.style IN ({_marks(styles)})")
+            params += list(styles)
+        columns = "images.id" if near is None else "images.id, images.lat, images.lon"
+        sql = f"SELECT {columns} FROM images JOIN roots ON roots.id = images.root_id"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._rows(sql, params)
+        if near is None:
+            return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return np.zeros(0, dtype=np.int64)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -510,44 +572,43 @@ class Catalog:
     def same_content(self, ids: Sequence[int] | None = None) -> list[list[int]]:
         """Ids of files whose bytes hash alike, in groups of two or more (among ``ids`` only,
         when given), each group sorted."""
-        query = (
-            select(ImageRow.sha256, ImageRow.id)
-            .where(
-                ImageRow.sha256.in_(
-                    select(ImageRow.sha256).group_by(ImageRow.sha256).having(func.count() > 1)
-                )
-            )
-            .order_by(ImageRow.sha256, ImageRow.id)
+        rows = self._rows(
+            f"SELECT sha256, id FROM images WHERE {_FILE_ROW} AND sha256 IN "
+            f"(SELECT sha256 FROM images WHERE {_FILE_ROW} GROUP BY sha256 HAVING count(*) > 1) "
+            "ORDER BY sha256, id"
         )
         wanted = None if ids is None else set(_ints(ids))
         groups: dict[str, list[int]] = {}
-        with self.session() as s:
-            for sha, image_id in s.execute(query):
-                if wanted is None or image_id in wanted:
-                    groups.setdefault(sha, []).append(image_id)
+        for sha, image_id in rows:
+            if wanted is None or image_id in wanted:
+                groups.setdefault(sha, []).append(image_id)
         return [g for g in groups.values() if len(g) > 1]
 
     def style_counts(self) -> dict[str | None, int]:
-        with self.session() as s:
-            rows = s.execute(select(ImageRow.style, func.count()).group_by(ImageRow.style))
-            return dict(rows.all())
+        return dict(self._rows("SELECT style, count(*) FROM images GROUP BY style"))
 
     def errors(self) -> list[ErrorRecord]:
-        with self.session() as s:
-            rows = s.scalars(select(ErrorRow).order_by(ErrorRow.path))
-            return [ErrorRecord(r.path, r.reason, r.at) for r in rows]
+        rows = self._rows("SELECT path, reason, at FROM errors ORDER BY path")
+        return [ErrorRecord(fs_path(p), reason, at) for p, reason, at in rows]
 
     def error_paths(self) -> set[str]:
-        with self.session() as s:
-            return set(s.scalars(select(ErrorRow.path)))
+        return {fs_path(p) for (p,) in self._rows("SELECT path FROM errors")}
 
     def clear_errors(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        if not paths:
+            return
+        from sqlalchemy import delete
+
+        from clipsearch.store.schema import ErrorRow
+
         with self.session() as s, s.begin():
-            for chunk in _chunks(list(paths), 500):
+            for chunk in _chunks(paths, 500):
                 s.execute(delete(ErrorRow).where(ErrorRow.path.in_(chunk)))
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any) -> None:
+    """The settings of the write connections."""
     cur = dbapi_conn.cursor()
     try:
         cur.execute("PRAGMA busy_timeout=30000")
@@ -555,14 +616,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         # NORMAL in WAL mode never corrupts the file; a power cut may drop the last commits.
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-    except Exception as e:  # a non-database file shows up here first
-        raise OperationalError("PRAGMA", {}, e) from e
     finally:
         cur.close()
 
 
 def _root_id(s: Session, path: str) -> int:
     """The id of a root folder, added if new."""
+    from sqlalchemy import select
+
+    from clipsearch.store.schema import Root
+
     rid = s.scalar(select(Root.id).where(Root.path == path))
     if rid is None:
         root = Root(path=path)
@@ -573,15 +636,23 @@ def _root_id(s: Session, path: str) -> int:
 
 
 def _set_meta(s: Session, key: str, value: Any) -> None:
+    from clipsearch.store.schema import Meta
+
     s.merge(Meta(key=key, value=json.dumps(value)))
 
 
 def _get_generation(s: Session) -> int:
+    from clipsearch.store.schema import Meta
+
     row = s.get(Meta, "generation")
     return int(json.loads(row.value)) if row else 0
 
 
 def _upsert_error(s: Session, path: str, reason: str, at: float) -> None:
+    from sqlalchemy import select
+
+    from clipsearch.store.schema import ErrorRow
+
     row = s.scalar(select(ErrorRow).where(ErrorRow.path == path))
     if row is None:
         s.add(ErrorRow(path=path, reason=reason, at=at))
@@ -589,29 +660,88 @@ def _upsert_error(s: Session, path: str, reason: str, at: float) -> None:
         row.reason, row.at = reason, at
 
 
-def _stored(row: ImageRow, root: str) -> StoredImage:
+def fs_path(value: str | bytes) -> str:
+    """A path column as read: a name that is not valid UTF-8 is stored as its raw bytes (see
+    ``schema.FsPath``, which writes it)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _stored_path(path: str) -> str | bytes:
+    """A path as ``schema.FsPath`` stores it, for comparisons in plain SQL."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape")
+    return path
+
+
+# The columns of a StoredImage, in the order of _stored's row (then the root's path).
+_IMAGE_COLUMNS = (
+    "images.id, images.rel, images.size, images.mtime_ns, images.sha256, images.width, "
+    "images.height, images.indexed_at, images.style, images.style_score, images.taken, "
+    "images.taken_source, images.taken_offset, images.camera_make, images.camera_model, "
+    "images.lat, images.lon, images.frame_time, images.video_id"
+)
+
+
+def _stored(row: Sequence[Any]) -> StoredImage:
+    """A StoredImage from a row of _IMAGE_COLUMNS and the root's path."""
+    (image_id, rel, size, mtime_ns, sha256, width, height, indexed_at, style, style_score) = row[
+        :10
+    ]
+    taken, taken_source, offset, make, model, lat, lon, frame_time, video_id, root = row[10:]
     return StoredImage(
-        id=row.id,
-        root=root,
-        rel=row.rel,
-        size=row.size,
-        mtime_ns=row.mtime_ns,
-        sha256=row.sha256,
-        width=row.width,
-        height=row.height,
-        indexed_at=row.indexed_at,
-        style=row.style,
-        style_score=row.style_score,
+        id=image_id,
+        root=fs_path(root),
+        rel=fs_path(rel),
+        size=size,
+        mtime_ns=mtime_ns,
+        sha256=sha256,
+        width=width,
+        height=height,
+        indexed_at=indexed_at,
+        style=style,
+        style_score=style_score,
         meta=PhotoMeta(
-            taken=row.taken,
-            taken_source=row.taken_source,
-            offset_min=row.taken_offset,
-            camera_make=row.camera_make,
-            camera_model=row.camera_model,
-            lat=row.lat,
-            lon=row.lon,
+            taken=taken,
+            taken_source=taken_source,
+            offset_min=offset,
+            camera_make=make,
+            camera_model=model,
+            lat=lat,
+            lon=lon,
         ),
+        frame_time=frame_time,
+        video_id=video_id,
     )
+
+
+# In plain SQL, a file's own row: an image, or a video's first frame.
+_FILE_ROW = "images.video_id IS NULL"
+
+
+def _with_frames(s: Session, ids: Sequence[int]) -> list[int]:
+    """``ids`` and their videos' later frames, inside a write transaction."""
+    from sqlalchemy import select
+
+    from clipsearch.store.schema import ImageRow
+
+    out = _ints(ids)
+    for chunk in _chunks(list(out), 500):
+        out += s.scalars(select(ImageRow.id).where(ImageRow.video_id.in_(chunk)))
+    return out
+
+
+def _move_frames(s: Session, moves: Sequence[tuple[int, int, str]]) -> None:
+    """Later frames follow their video's file row to another root and path."""
+    from sqlalchemy import update
+
+    from clipsearch.store.schema import ImageRow
+
+    for video_id, root_id, rel in moves:
+        s.execute(
+            update(ImageRow).where(ImageRow.video_id == video_id).values(root_id=root_id, rel=rel)
+        )
 
 
 def _meta_columns(meta: PhotoMeta | None) -> dict[str, Any]:
@@ -630,34 +760,39 @@ def _meta_columns(meta: PhotoMeta | None) -> dict[str, Any]:
 
 
 def _where_meta(
-    query: Any,
     taken_from: float | None,
     taken_until: float | None,
     camera: str | None,
     near: tuple[float, float, float] | None,
-) -> Any:
-    """``query`` narrowed by the photo metadata filters; ``near`` only to a bounding box, which
-    the caller narrows to the circle."""
+) -> tuple[list[str], list[Any]]:
+    """The conditions (SQL, parameters) of the photo metadata filters; ``near`` only to a
+    bounding box, which the caller narrows to the circle."""
+    where: list[str] = []
+    params: list[Any] = []
     if taken_from is not None:
-        query = query.where(ImageRow.taken >= taken_from)
+        where.append("images.taken >= ?")
+        params.append(taken_from)
     if taken_until is not None:
-        query = query.where(ImageRow.taken < taken_until)
+        where.append("images.taken < ?")
+        params.append(taken_until)
     if camera is not None:
-        make, model = ImageRow.camera_make, ImageRow.camera_model
-        name = func.coalesce(make, "") + " " + func.coalesce(model, "")
-        query = query.where(func.instr(func.lower(name), camera.lower()) > 0)
+        name = "coalesce(images.camera_make, '') || ' ' || coalesce(images.camera_model, '')"
+        where.append(f"instr(lower({name}), ?) > 0")
+        params.append(camera.lower())
     if near is not None:
         lat, lon, km = near
         dlat = km / 111.0 + 1e-6
-        query = query.where(ImageRow.lat.between(lat - dlat, lat + dlat))
+        where.append("images.lat BETWEEN ? AND ?")
+        params += [lat - dlat, lat + dlat]
         # Longitude degrees shrink towards the poles; near a pole or the antimeridian keep all.
         coslat = np.cos(np.radians(min(89.0, abs(lat) + dlat)))
-        dlon = km / (111.0 * coslat) + 1e-6
+        dlon = float(km / (111.0 * coslat) + 1e-6)
         if abs(lat) + dlat < 89.0 and abs(lon) + dlon < 180.0:
-            query = query.where(ImageRow.lon.between(lon - dlon, lon + dlon))
+            where.append("images.lon BETWEEN ? AND ?")
+            params += [lon - dlon, lon + dlon]
         else:
-            query = query.where(ImageRow.lon.is_not(None))
-    return query
+            where.append("images.lon IS NOT NULL")
+    return where, params
 
 
 def _block(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -677,6 +812,11 @@ def _ints(ids: Iterable[Any]) -> list[int]:
     """Plain ints (SQLite binds numpy integers as blobs, which match no id), without those no
     SQLite integer can equal: binding them would raise OverflowError."""
     return [n for n in map(int, ids) if n in _SQLITE_INT]
+
+
+def _marks(items: Sequence[Any]) -> str:
+    """``?, ?, ?``: one placeholder per item."""
+    return ", ".join("?" * len(items))
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -1,11 +1,12 @@
 """The catalog's schema as numbered steps, each frozen the way it shipped.
 
 A step issues the DDL of its version as plain SQL and never reads the ORM models of
-``catalog.py``: those describe today's schema, and an index made by an older clipsearch must
+``schema.py``: those describe today's schema, and an index made by an older clipsearch must
 go through the very steps that built it and then the ones it lacks. A released step is never
 edited. A change of schema is a new function appended to ``MIGRATIONS`` (one that adds a
-column is an ``ALTER TABLE``), and the models in ``catalog.py`` change to match it; a test
-checks that the steps and the models build the same schema.
+column is an ``ALTER TABLE``), and the models in ``schema.py`` (and the plain-SQL reads of
+``catalog.py``) change to match it; tests check that the steps and the models build the same
+schema and that the catalog's reads agree with the models.
 
 The version lives where it always has: the ``meta`` table, key ``schema_version``, a JSON
 integer. A file without that table (a new, empty one) is version 0.
@@ -20,12 +21,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING
 
 from clipsearch.errors import ClipsearchError, CorruptIndexError, IndexVersionError, one_line
 
-Step = Callable[[Connection], None]
+if TYPE_CHECKING:  # the steps run on SQLAlchemy; SCHEMA_VERSION is read without it
+    from sqlalchemy import Connection
+
+Step = Callable[["Connection"], None]
 
 
 def m001_initial(conn: Connection) -> None:
@@ -101,8 +104,25 @@ _M002_DDL = (
 )
 
 
+def m003_video_frames(conn: Connection) -> None:
+    """Video frames: each frame taken from a video is a row of its own (its own vector and
+    FAISS id) with ``frame_time`` in seconds; the video's file row has ``video_id`` NULL and
+    its other frames point to it, so only file rows are unique per path."""
+    for statement in _M003_DDL:
+        conn.exec_driver_sql(statement)
+
+
+_M003_DDL = (
+    "ALTER TABLE images ADD COLUMN frame_time DOUBLE",
+    "ALTER TABLE images ADD COLUMN video_id INTEGER",
+    "DROP INDEX ix_images_root_rel",
+    "CREATE UNIQUE INDEX ix_images_root_rel ON images (root_id, rel) WHERE video_id IS NULL",
+    "CREATE INDEX ix_images_video_id ON images (video_id)",
+)
+
+
 # MIGRATIONS[n - 1] brings a catalog from version n - 1 to version n.
-MIGRATIONS: list[Step] = [m001_initial, m002_photo_meta]
+MIGRATIONS: list[Step] = [m001_initial, m002_photo_meta, m003_video_frames]
 
 # The version a catalog has once this clipsearch has opened it.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from clipsearch.errors import CorruptIndexError
-from clipsearch.store.catalog import ImageRow, VectorRow
+from clipsearch.store.schema import ImageRow, VectorRow
 from clipsearch.store.vectors import VectorIndex, index_files_exist, rebuild_index
 
 if TYPE_CHECKING:

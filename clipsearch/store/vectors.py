@@ -460,6 +460,7 @@ class VectorIndex:
             data = _faiss().serialize_index(self.index)
         _atomic_write(folder / INDEX_FILE, data.tobytes())
         state = {
+            "stamp": _file_stamp(folder / INDEX_FILE),
             "generation": generation,
             "ntotal": int(self.index.ntotal),  # tombstones included, as load() sees it
             "dim": self.dim,
@@ -507,7 +508,10 @@ class VectorIndex:
         generation = None
         tombstones: list[int] = []
         if state and state.get("bytes") == raw.nbytes and state.get("ntotal") == index.ntotal:
-            if state.get("crc32") not in (None, zlib.crc32(raw)):
+            # A reader trusts the file that this state's save wrote (the same inode, size and
+            # mtime); any other file, and every writer, pays for reading all its bytes.
+            trusted = mmap and state.get("stamp") == _file_stamp(path)
+            if not trusted and state.get("crc32") not in (None, zlib.crc32(raw)):
                 # Damaged bytes, or a crash between the two renames of save(): the catalog
                 # rebuilds it either way.
                 log.warning(
@@ -786,6 +790,15 @@ def _read_index_file(folder: Path, *, mmap: bool, ondisk_hint: bool) -> tuple[ob
         del index, ivf  # mapped from the current directory by chance: map it from the folder
         return OnDiskIVF.from_bytes(raw, folder), raw
     return index, raw
+
+
+def _file_stamp(path: Path) -> list[int] | None:
+    """What identifies one written file: a rename keeps it, any rewrite or copy changes it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def _read_state(folder: Path) -> dict | None:

@@ -11,7 +11,7 @@ Routes (JSON unless noted; ``{id}`` is an image id, the only way to name an imag
     GET  /api/images/{id}           one indexed image
     GET  /api/images/{id}/similar   images that look like it (never itself)
     GET  /api/images/{id}/thumb     a thumbnail (WebP, 256 px), cached in <index>/thumbs/
-    GET  /api/images/{id}/file      the image file itself
+    GET  /api/images/{id}/file      the image or video file itself (videos with Range requests)
     GET  /openapi.json              the OpenAPI schema, with an example of every request
     GET  /docs                      Swagger UI over it, from files installed with the package
 
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field
@@ -41,22 +42,27 @@ from pydantic import BaseModel, BeforeValidator, Field
 from clipsearch import __version__
 from clipsearch.errors import ClipsearchError, ImageReadError, QueryError
 from clipsearch.index.imageindex import ImageIndex, SearchResult, meta_fields
+from clipsearch.index.query import MAX_K as QUERY_MAX_K
 from clipsearch.index.query import MAX_QUERY_CHARS
 from clipsearch.media.files import load_image
 from clipsearch.store.catalog import StoredImage
 from clipsearch.web import openapi as doc
-from clipsearch.web.guards import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders
-from clipsearch.web.thumbs import THUMBS_DIR, ThumbnailCache
+from clipsearch.web.access import MAX_K as MAX_K  # re-exported: the default --max-k
+from clipsearch.web.access import MAX_UPLOAD_BYTES, Access, size_text
+from clipsearch.web.auth import TokenGuard
+from clipsearch.web.guards import LOOPBACK_HOSTS, BodyLimit, HostGuard, ReadOnly, SecurityHeaders
+from clipsearch.web.ratelimit import RateLimit
+from clipsearch.web.thumbs import DEFAULT_CACHE_BYTES, THUMBS_DIR, ThumbnailCache
 
 if TYPE_CHECKING:
     from clipsearch.index.watch import FolderWatcher
 
 STATIC_DIR = doc.STATIC_DIR
-MAX_K = 200
 DEFAULT_K = 24
 MAX_TERMS = 16
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-UPLOAD_LIMIT = f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB"
+UPLOAD_LIMIT = size_text(MAX_UPLOAD_BYTES)
+# POST routes that only read: allowed on a read-only server (see guards.ReadOnly).
+READ_POSTS = ("/api/search/image",)
 # Formats every current browser shows; others (TIFF, HEIC, ...) are sent as JPEG.
 BROWSER_TYPES = {
     ".jpg": "image/jpeg",
@@ -66,6 +72,13 @@ BROWSER_TYPES = {
     ".webp": "image/webp",
     ".bmp": "image/bmp",
     ".avif": "image/avif",
+    # Videos go as they are, with Range requests, for the page to play from a frame's time.
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".mov": "video/quicktime",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo",
 }
 THUMB_CACHE_CONTROL = "private, max-age=86400"
 FILE_CACHE_CONTROL = "private, max-age=3600"
@@ -106,6 +119,11 @@ class Hit(BaseModel):
     camera: str | None = Field(default=None, description="EXIF camera make and model.")
     lat: float | None = Field(default=None, description="GPS latitude, degrees.")
     lon: float | None = Field(default=None, description="GPS longitude, degrees.")
+    frame_time: float | None = Field(
+        default=None,
+        description="For a video: the time of its best frame, in seconds (the thumbnail shows "
+        "that frame; null for an image).",
+    )
     thumb_url: str
     image_url: str
 
@@ -129,6 +147,7 @@ class ImageOut(BaseModel):
     camera: str | None = None
     lat: float | None = None
     lon: float | None = None
+    frame_time: float | None = None
     thumb_url: str
     image_url: str
     similar_url: str
@@ -174,12 +193,35 @@ class ErrorOut(BaseModel):
 
 
 class Service:
-    """The index every request uses, and the lock its model and FAISS index take turns under."""
+    """The index every request uses, the lock its model and FAISS index take turns under, and
+    what clients may do."""
 
-    def __init__(self, index: ImageIndex):
+    def __init__(self, index: ImageIndex, access: Access, thumbs: ThumbnailCache):
         self.index = index
+        self.access = access
         self.lock = threading.Lock()
-        self.thumbs = ThumbnailCache(index.path / THUMBS_DIR)
+        self.thumbs = thumbs
+
+    def k(self, request: Request, k: int) -> int:
+        """The number of results to give: ``k`` if the request asked for it, refused as FastAPI
+        refuses a value past the schema's maximum (422) when over this server's --max-k (the
+        schema states it, see ``_add_docs``); the default, cut to --max-k, if it did not."""
+        limit = self.access.max_k
+        if "k" not in request.query_params:
+            return min(k, limit)
+        if k > limit:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "less_than_equal",
+                        "loc": ("query", "k"),
+                        "msg": f"Input should be less than or equal to {limit}",
+                        "input": k,
+                        "ctx": {"le": limit},
+                    }
+                ]
+            )
+        return k
 
     def record(self, image_id: int) -> StoredImage:
         rec = self.index.catalog.images([image_id]).get(image_id)  # any int: none beyond SQLite's
@@ -205,7 +247,10 @@ Svc = Annotated[Service, Depends(_service)]
 
 # --- parameters -----------------------------------------------------------------------------
 
-K = Annotated[int, Query(ge=1, le=MAX_K, description="How many results at most.")]
+K = Annotated[
+    int,
+    Query(ge=1, le=QUERY_MAX_K, description="How many results at most (the server's --max-k)."),
+]
 MinScore = Annotated[
     float | None, Query(ge=-1.0, le=1.0, description="Drop results below this cosine similarity.")
 ]
@@ -303,10 +348,10 @@ def info(svc: Svc) -> InfoOut:
         styles={s: n for s, n in sorted(counts.items(), key=lambda x: str(x[0])) if s},
         unlabelled=counts.get(None, 0),
         limits=Limits(
-            max_k=MAX_K,
+            max_k=svc.access.max_k,
             max_query_chars=MAX_QUERY_CHARS,
             max_terms=MAX_TERMS,
-            max_upload_bytes=MAX_UPLOAD_BYTES,
+            max_upload_bytes=svc.access.max_upload,
         ),
     )
 
@@ -354,6 +399,7 @@ def search(
     At least one of ``q`` and ``plus`` must hold a term that is not blank; a request with
     neither is answered 400 (OpenAPI cannot require one of two parameters: the rule is also in
     ``x-clipsearch-constraints``)."""
+    k = svc.k(request, k)
     index = svc.index
     where = {"after": after, "before": before, "camera": camera, "near": near}
     hits = svc.search(
@@ -399,10 +445,12 @@ def search_image(
 ) -> Results:
     """Images that look like an uploaded one, optionally moved by ``plus``/``minus`` terms.
     The upload is only decoded and encoded, never stored."""
-    data = image.file.read(MAX_UPLOAD_BYTES + 1)
+    k = svc.k(request, k)
+    limit = svc.access.max_upload
+    data = image.file.read(limit + 1)
     name = os.path.basename(image.filename or "") or "upload"
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, f"uploaded file {name} is larger than {UPLOAD_LIMIT}")
+    if len(data) > limit:
+        raise HTTPException(413, f"uploaded file {name} is larger than {size_text(limit)}")
     hits = svc.search(
         style,
         svc.index.search_indexed,
@@ -437,6 +485,7 @@ def image_record(request: Request, svc: Svc, image_id: int) -> ImageOut:
         width=rec.width,
         height=rec.height,
         **meta_fields(rec.meta),
+        frame_time=rec.frame_time,
         thumb_url=_url(request, f"{base}/thumb"),
         image_url=_url(request, f"{base}/file"),
         similar_url=_url(request, f"{base}/similar"),
@@ -462,6 +511,7 @@ def similar(
     near: Near = None,
 ) -> Results:
     """Images that look like image ``image_id``, best first, never the image itself."""
+    k = svc.k(request, k)
     svc.record(image_id)
     where = {"after": after, "before": before, "camera": camera, "near": near}
     hits = svc.search(style, svc.index.similar, image_id, k=k, min_score=min_score, **where)
@@ -571,7 +621,7 @@ def thumbnail(request: Request, svc: Svc, image_id: int) -> Response:
 )
 def image_file(request: Request, svc: Svc, image_id: int) -> Response:
     """The indexed file as it is on disk now; formats browsers cannot show (TIFF, HEIC, ...)
-    are sent as JPEG."""
+    are sent as JPEG. Videos (and browser images) answer ``Range`` requests (206)."""
     rec = svc.record(image_id)
     path = Path(rec.path)
     try:
@@ -613,12 +663,13 @@ def _problem(status: int):
     return handler
 
 
-def _add_docs(app: FastAPI) -> None:
-    """The schema with its request examples, and /docs: Swagger UI from installed files."""
+def _add_docs(app: FastAPI, access: Access) -> None:
+    """The schema with its request examples and this server's access, and /docs: Swagger UI
+    from installed files."""
 
     def schema() -> dict[str, object]:
         if app.openapi_schema is None:
-            app.openapi_schema = doc.add_examples(FastAPI.openapi(app))
+            app.openapi_schema = doc.describe_access(doc.add_examples(FastAPI.openapi(app)), access)
         return app.openapi_schema
 
     app.openapi = schema  # type: ignore[method-assign]
@@ -640,6 +691,8 @@ def create_app(
     precision: str = "fp32",
     allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
     watcher: FolderWatcher | None = None,
+    access: Access | None = None,
+    thumbs_max_bytes: int | None = DEFAULT_CACHE_BYTES,
 ) -> FastAPI:
     """The web page and JSON API over an index.
 
@@ -654,10 +707,22 @@ def create_app(
             (give it an :class:`ImageIndex` of its own for the same folder): started in a
             background thread with the app, stopped when it shuts down. Searches see each
             batch once it is committed.
+        access: the token, read-only mode and limits (:class:`~clipsearch.web.access.Access`);
+            the default lets everyone in, which suits a loopback server only. See
+            ``Access.for_host``.
+        thumbs_max_bytes: the thumbnail cache's size cap (least recently used thumbnails are
+            dropped past it); None for no cap.
 
     Raises:
         IndexNotFoundError: no index at the given folder.
+        ClipsearchError: a watcher for a read-only server.
     """
+    access = access if access is not None else Access()
+    if access.read_only and watcher is not None:
+        raise ClipsearchError(
+            "a read-only server cannot watch folders: --watch writes to the index; leave out "
+            "--watch, or serve with --no-read-only on a trusted network"
+        )
     owned = not isinstance(index, ImageIndex)
     if not isinstance(index, ImageIndex):
         index = ImageIndex.open(index, device=device, precision=precision)
@@ -684,7 +749,8 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.state.service = Service(index)
+    thumbs = ThumbnailCache(index.path / THUMBS_DIR, max_bytes=thumbs_max_bytes)
+    app.state.service = Service(index, access, thumbs)
     app.include_router(router)
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _problem(status))
@@ -693,14 +759,32 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    _add_docs(app)
+    _add_docs(app, access)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_guards(app, access, allowed_hosts)
+    return app
+
+
+def _add_guards(app: FastAPI, access: Access, allowed_hosts: Sequence[str] | None) -> None:
+    """The middleware, the last added running first: the Host check, the headers, the token,
+    the rate limits, read-only, and the body limit."""
     app.add_middleware(
         BodyLimit,
-        limit=MAX_UPLOAD_BYTES + 64 * 1024,  # the form's own bytes around the file
-        message=f"the upload is larger than {UPLOAD_LIMIT}",
+        limit=access.max_upload + 64 * 1024,  # the form's own bytes around the file
+        message=f"the upload is larger than {size_text(access.max_upload)}",
     )
+    if access.read_only:
+        app.add_middleware(ReadOnly, reads=READ_POSTS)
+    if access.rate_limits is not None:
+        app.add_middleware(RateLimit, limits=access.rate_limits)
+    if access.token is not None:
+        limits = access.rate_limits
+        app.add_middleware(
+            TokenGuard,
+            token=access.token,
+            failures=limits.failed_token if limits else None,
+            tarpit=limits.tarpit if limits else 0.0,
+        )
     app.add_middleware(SecurityHeaders)
     if allowed_hosts is not None:
         app.add_middleware(HostGuard, allowed=allowed_hosts)
-    return app

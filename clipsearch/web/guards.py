@@ -4,6 +4,9 @@
   page elsewhere cannot reach a server on 127.0.0.1 through DNS rebinding.
 - ``BodyLimit`` refuses request bodies over a size with 413, before they are read when the
   client says their length, and as soon as the limit is passed when it does not.
+- ``ReadOnly`` refuses with 403 every request that could change something: any method but
+  GET, HEAD and OPTIONS, except on the routes named as reads (search by an uploaded image).
+  A route added later that writes is refused until it is named, not served until it is seen.
 - ``SecurityHeaders`` adds a Content-Security-Policy that lets the page load nothing from
   outside this server, and asks browsers not to sniff types or send referrers.
 """
@@ -20,6 +23,7 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "media-src 'self'; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 HEADERS = [
@@ -30,7 +34,13 @@ HEADERS = [
 ]
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
+async def reply(
+    send: Send,
+    status: int,
+    detail: str,
+    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+) -> None:
+    """Answer with the API's error model, ``{"detail": ...}``."""
     body = json.dumps({"detail": detail}).encode()
     await send(
         {
@@ -39,10 +49,21 @@ async def _reply(send: Send, status: int, detail: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                *headers,
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path below the app's mount point (``root_path``)."""
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path or "/"
 
 
 def _host_name(value: str) -> str:
@@ -67,7 +88,7 @@ class HostGuard:
                     host = _host_name(value.decode("latin-1"))
                     break
             if host not in self.allowed and not host.endswith(".localhost"):
-                await _reply(
+                await reply(
                     send,
                     421,
                     f"this server answers to {', '.join(sorted(self.allowed))} only; "
@@ -89,7 +110,7 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _reply(send, 413, self.message)
+                await reply(send, 413, self.message)
                 return
         received = 0
 
@@ -123,3 +144,27 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class ReadOnly:
+    def __init__(self, app: ASGIApp, reads: Iterable[str]):
+        self.app = app
+        self.reads = frozenset(p.rstrip("/") for p in reads)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] not in READ_METHODS
+            and route_path(scope).rstrip("/") not in self.reads
+        ):
+            await reply(
+                send,
+                403,
+                f"this server is read-only: {scope['method']} {route_path(scope)} would change "
+                "the index; start `clipsearch serve` with --no-read-only on a trusted network",
+            )
+            return
+        await self.app(scope, receive, send)

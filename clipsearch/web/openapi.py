@@ -24,6 +24,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from clipsearch.web.access import Access, size_text
+from clipsearch.web.auth import COOKIE_PREFIX, QUERY_PARAM, UNAUTHORIZED
+from clipsearch.web.ratelimit import kind_of
+
 STATIC_DIR = Path(__file__).parent / "static"
 SWAGGER_PATH = "/static/swagger-ui"
 
@@ -265,6 +269,36 @@ GONE = problem(
 )
 
 
+NO_TOKEN = problem(
+    "The token is missing or wrong (the same answer either way).", no_token=UNAUTHORIZED
+)
+RATE_LIMITED = problem(
+    "Too many requests of this kind from your address; the Retry-After header says when to "
+    "try again.",
+    too_many="too many searches from your address; try again in 1 s",
+)
+SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The token `clipsearch serve` printed, or gave with --token.",
+    },
+    "cookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": f"{COOKIE_PREFIX}PORT",
+        "description": "Set by opening the address with ?token=...; PORT is the server's port.",
+    },
+    "address": {
+        "type": "apiKey",
+        "in": "query",
+        "name": QUERY_PARAM,
+        "description": "The token in the address. A page (not /api/) is redirected (303) to "
+        "the same address without it, setting the cookie.",
+    },
+}
+
+
 # Request examples by operation ("METHOD /path" as in the schema) and parameter name.
 PARAM_EXAMPLES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "get /api/search": SEARCH_EXAMPLES,
@@ -323,3 +357,58 @@ def swagger_dir() -> Path | None:
         return None
     needed = ("swagger-ui-bundle.js", "swagger-ui.css")
     return folder if all((folder / f).is_file() for f in needed) else None
+
+
+def describe_access(schema: dict[str, Any], access: Access) -> dict[str, Any]:
+    """Make a generated schema say what this server allows: its --max-k and --max-upload,
+    its token (the security schemes, and 401 on every operation) and its rate limits (429)."""
+    if access.token is not None:
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        schema["security"] = [{name: []} for name in SECURITY_SCHEMES]
+    limited = access.rate_limits is not None
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            for param in operation.get("parameters", []):
+                if param["name"] == "k" and param["in"] == "query":
+                    param["schema"]["maximum"] = access.max_k
+                    param["schema"]["default"] = min(param["schema"]["default"], access.max_k)
+            if "requestBody" in operation:
+                _describe_upload(schema, operation, access.max_upload)
+            responses = operation["responses"]
+            if access.token is not None:
+                responses["401"] = _problem_schema(NO_TOKEN)
+            kind = kind_of(method.upper(), path.replace("{image_id}", "1"))
+            if limited and kind is not None and getattr(access.rate_limits, kind) is not None:
+                responses["429"] = _problem_schema(RATE_LIMITED)
+    return schema
+
+
+def _problem_schema(response: dict[str, Any]) -> dict[str, Any]:
+    content = response["content"]["application/json"]
+    content = {**content, "schema": {"$ref": "#/components/schemas/Problem"}}
+    return {"description": response["description"], "content": {"application/json": content}}
+
+
+def _describe_upload(schema: dict[str, Any], operation: dict[str, Any], limit: int) -> None:
+    ref = operation["requestBody"]["content"]["multipart/form-data"]["schema"].get("$ref", "")
+    body = schema["components"]["schemas"].get(ref.rsplit("/", 1)[-1], {})
+    image = body.get("properties", {}).get("image")
+    if image is None:
+        return
+    text = size_text(limit)
+    image["maxLength"] = limit
+    image["description"] = (
+        f"An image file, not empty (an empty one is answered 400), at most {text} (413)."
+    )
+    # Replaced, not edited: the generated schema shares these dicts with the module's.
+    operation["x-clipsearch-constraints"] = [
+        {**c, "constraint": f"the image file is at most {text}"}
+        if c["keyword"] == "maxLength"
+        else c
+        for c in operation.get("x-clipsearch-constraints", [])
+    ]
+    if "413" in operation["responses"]:
+        too_large = problem(
+            f"The upload is larger than {text}.", too_large=f"the upload is larger than {text}"
+        )
+        operation["responses"]["413"] = _problem_schema(too_large)

@@ -64,6 +64,47 @@ def url(sock: socket.socket) -> str:
     return f"http://{host}:{port}/"
 
 
+def network_urls(sock: socket.socket) -> list[str]:
+    """For a socket bound to every address (0.0.0.0, ::), the http:// addresses other machines
+    can use: the address of the route out, and those the host name resolves to, less loopback
+    (best effort: none without a network). A socket bound to one address: that one, unless
+    it is loopback."""
+    host, port = sock.getsockname()[:2]
+    if host not in ("0.0.0.0", "::"):
+        if is_loopback(host):
+            return []
+        return [f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"]
+    family = socket.AF_INET if host == "0.0.0.0" else socket.AF_INET6
+    ips = [_route_address(family)]
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), port, family, socket.SOCK_STREAM)
+        ips += [str(addr[0]) for *_, addr in infos]
+    except OSError:
+        pass
+    out = []
+    for ip in ips:
+        if ip is None:
+            continue
+        if is_loopback(ip) or ip.startswith("fe80:"):
+            continue
+        url = f"http://[{ip}]:{port}/" if ":" in ip else f"http://{ip}:{port}/"
+        if url not in out:
+            out.append(url)
+    return out
+
+
+def _route_address(family: socket.AddressFamily) -> str | None:
+    """The address this machine sends from towards the rest of the network (a UDP socket's
+    connect picks the route and sends nothing); None without a route."""
+    probe = "192.0.2.1" if family == socket.AF_INET else "2001:db8::1"  # documentation nets
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return None
+
+
 def run(app: Any, sock: socket.socket) -> None:
     """Serve ``app`` on ``sock`` until Ctrl+C (then return) or SIGTERM."""
     try:

@@ -120,3 +120,21 @@ def test_index_of_unchanged_moved_or_deleted_files_loads_no_model(
     assert run("index", photo_dir, "--model", tiny_model).output.startswith(
         "added 0, updated 0, moved 0, removed 0, unchanged 11"
     )
+
+
+def test_index_decodes_on_the_device_and_on_two_devices(run, tiny_model, photo_dir):
+    draw_image(photo_dir / "photo.jpg", "purple", "circle", fmt="JPEG")
+    args = ("--model", tiny_model, "--device", "cpu", "--decode", "device", "--json")
+    result = run("index", photo_dir, *args, "--devices", "cpu,cpu")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1])["added"] == 13
+
+
+def test_index_refuses_gpus_that_are_not_there(run, tiny_model, photo_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    result = run("index", photo_dir, "--model", tiny_model, "--devices", "0,1")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("clipsearch: error: GPUs requested")

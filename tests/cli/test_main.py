@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from clipsearch.cli.main import main
@@ -36,7 +37,7 @@ def test_usage_and_runtime_errors(run, args, code, message):
 
 
 def test_help_for_every_command(run):
-    for command in main.commands:
+    for command in main.list_commands(click.Context(main)):
         result = run(command, "--help", index_dir=None)
         assert result.exit_code == 0 and len(result.output) > 100, command
 

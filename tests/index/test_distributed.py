@@ -28,7 +28,7 @@ def test_without_ray_the_message_says_how_to_install(tmp_path, photo_dir, monkey
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -81,3 +81,29 @@ def test_cli_ray_executor(ray_local, tmp_path, tiny_model, photo_dir):
     )
     assert result.exit_code == 0, result.output
     assert '"added": 12' in result.output
+
+
+@pytest.mark.slow
+def test_ray_indexes_the_frames_of_videos_as_local_does(ray_local, tmp_path, tiny_model):
+    pytest.importorskip("av")
+    from clipsearch.index.distributed import RayOptions
+    from tests.helpers import make_video
+
+    make_video(tmp_path / "clips" / "a.mp4")
+    draw_image(tmp_path / "clips" / "b.png", "orange", "circle")
+    frames = {}
+    for name, executor in [("local", None), ("ray", RayOptions(actors=1, shard_size=2))]:
+        with ImageIndex.open_or_create(tmp_path / name, model=tiny_model) as index:
+            report = index.add([tmp_path / "clips"], executor=executor, video_interval=2.0)
+            assert report.added == 2
+            records = index.catalog.images(index.catalog.ids().tolist())
+            frames[name] = {
+                (r.rel, r.frame_time): index.catalog.vector(i) for i, r in records.items()
+            }
+            assert set(index.vectors.ids().tolist()) == set(index.catalog.ids().tolist())
+    assert frames["ray"].keys() == frames["local"].keys()
+    # the image, and the video every 2 s (at the default 5 s it would be 3 frames): the
+    # actors take the frames the index was asked for
+    assert len(frames["local"]) >= 1 + 6
+    for key, vec in frames["local"].items():
+        assert np.allclose(frames["ray"][key], vec, atol=1e-5), key

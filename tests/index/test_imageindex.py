@@ -111,7 +111,7 @@ def test_renamed_and_moved_files_keep_their_vectors(index, photo_dir, monkeypatc
 
 
 def test_interrupted_run_resumes_without_reencoding(index, photo_dir, monkeypatch):
-    import clipsearch.index.imageindex as index_mod
+    import clipsearch.index.pipeline as index_mod
 
     calls = {"n": 0}
     real = index_mod.Indexer._commit

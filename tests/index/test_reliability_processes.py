@@ -269,6 +269,7 @@ def test_sigkill_at_random_moments_loses_nothing(zygote, tmp_path, tiny_model):
         "removed": len(stored.keys() - on_disk.keys()),
         "unchanged": len(current),
         "failed": 0,
+        "skipped_videos": 0,
     }
     run = subprocess.run(
         [sys.executable, "-m", "clipsearch.cli.main", *map(str, args)],

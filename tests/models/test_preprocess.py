@@ -52,3 +52,20 @@ def test_other_modes_are_converted_like_open_clip():
 )
 def test_configs_it_does_not_reproduce_are_refused(cfg):
     assert ImagePreprocess.from_config(cfg) is None
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:3], ids=["shortest", "bilinear", "squash"])
+def test_device_batches_take_the_same_steps_as_open_clip_transform(cfg):
+    import torch
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from clipsearch.models.batchpre import TensorPreprocess
+
+    ours = TensorPreprocess(ImagePreprocess.from_config(cfg))
+    reference = TensorPreprocess(image_transform_v2(PreprocessCfg(**cfg), is_train=False))
+    assert ours.mean == reference.mean and ours.std == reference.std
+    rng = np.random.default_rng(1)
+    images = [
+        torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for w, h in SIZES[:5]
+    ]
+    assert torch.equal(ours(images), reference(images))

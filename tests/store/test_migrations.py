@@ -15,8 +15,9 @@ from clipsearch import ImageIndex
 from clipsearch.cli.main import main
 from clipsearch.errors import ClipsearchError, CorruptIndexError, IndexVersionError
 from clipsearch.store import migrations
-from clipsearch.store.catalog import CATALOG_FILE, Base, Catalog
+from clipsearch.store.catalog import CATALOG_FILE, Catalog
 from clipsearch.store.migrations import SCHEMA_VERSION, stored_version, upgrade
+from clipsearch.store.schema import Base
 from tests.helpers import draw_image, save_photo
 
 # The first schema as clipsearch shipped it (Base.metadata.create_all of the first models),
@@ -397,3 +398,26 @@ def test_the_backfill_waits_for_files_that_are_away(tmp_path, tiny_model):
         assert index.catalog.files_without_meta() == []
         cameras = {Path(h.path).name: (h.camera, h.taken_source) for h in index.search("x")}
         assert cameras == {"here.jpg": ("Canon", "exif"), "away.jpg": ("Nikon", "exif")}
+
+
+def test_an_index_of_schema_2_gains_video_frames(v1_index, tmp_path):
+    """The catalog of the clipsearch before videos (steps 1 and 2) opens, is upgraded and
+    indexes a video, while its images stay found."""
+    pytest.importorskip("av")
+    from tests.helpers import make_video
+
+    folder, found = v1_index
+    engine = create_engine(f"sqlite:///{folder / CATALOG_FILE}")
+    with engine.begin() as conn:
+        migrations.MIGRATIONS[1](conn)
+        conn.exec_driver_sql("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    engine.dispose()
+    assert "frame_time" not in image_columns(folder / CATALOG_FILE)
+    make_video(tmp_path / "photos" / "clip.mp4")
+    with ImageIndex.open(folder) as index:
+        assert stored_version_of(folder / CATALOG_FILE) == SCHEMA_VERSION == 3
+        assert hits(index) == found
+        report = index.add([tmp_path / "photos"], video_interval=4.0)
+        assert (report.added, report.unchanged) == (1, 4)
+        assert len(index) == 5 and index.catalog.count() == 7
+    assert schema(folder / CATALOG_FILE) == schema(fresh_catalog(tmp_path / "steps.sqlite"))

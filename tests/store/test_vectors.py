@@ -88,3 +88,37 @@ def test_rebuild_index_records_its_layout_and_saves_it(store):
     assert again.layout == vi.layout and again.ntotal == N - 10
     _, generation = VectorIndex.load(folder, DIM)
     assert generation == catalog.generation()
+
+
+def test_a_reader_trusts_the_file_its_state_saved_and_a_writer_reads_every_byte(store, monkeypatch):
+    import os
+    import zlib
+
+    from clipsearch.store import vectors
+
+    catalog, ids, vecs = store
+    folder = catalog.path.parent
+    rebuild_index(folder, catalog, DIM, "flat")
+    sums: list[int] = []
+    crc32 = zlib.crc32
+    monkeypatch.setattr(vectors.zlib, "crc32", lambda data: sums.append(1) or crc32(data))
+    reader, generation = VectorIndex.load(folder, DIM, mmap=True)
+    assert (generation, sums) == (catalog.generation(), [])  # no full read for a reader
+    writer, generation = VectorIndex.load(folder, DIM, mmap=False)
+    assert (generation, sums) == (catalog.generation(), [1])
+    del reader, writer
+    # The same bytes under another file (a copy, a rename of some other file): checked.
+    path = folder / vectors.INDEX_FILE
+    data = bytearray(path.read_bytes())
+    path.unlink()
+    path.write_bytes(bytes(data))
+    sums.clear()
+    _, generation = VectorIndex.load(folder, DIM, mmap=True)
+    assert (generation, sums) == (catalog.generation(), [1])
+    # Damaged in place: a changed mtime gives it away to the reader too.
+    st = path.stat()
+    data[-2048:-1024] = os.urandom(1024)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    fresh, generation = VectorIndex.load(folder, DIM, mmap=True)
+    assert generation is None and fresh.ntotal == 0  # rebuilt from the catalog by the caller

@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 
 from clipsearch import ImageIndex
 from clipsearch.web import create_app
+from clipsearch.web.access import Access
 from clipsearch.web.openapi import swagger_dir
 from tests.helpers import draw_image
 
@@ -40,9 +41,16 @@ def index(tmp_path_factory, tiny_model) -> Iterator[ImageIndex]:
     ix.close()
 
 
-@pytest.fixture(scope="module")
-def client(index) -> TestClient:
-    return TestClient(create_app(index), base_url="http://127.0.0.1")
+@pytest.fixture(scope="module", params=["loopback", "lan"])
+def client(index, request) -> TestClient:
+    """The API as served on this machine, and on a home network: behind a token, with limits
+    of its own (--max-k, --max-upload), sent by a client that has the token."""
+    if request.param == "loopback":
+        return TestClient(create_app(index), base_url="http://127.0.0.1")
+    access = Access(token="s3cret", read_only=True, max_k=50, max_upload=64 * 1024)
+    app = create_app(index, access=access, allowed_hosts=None)
+    headers = {"Authorization": "Bearer s3cret"}
+    return TestClient(app, base_url="http://photos.lan", headers=headers)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ const els = {
   pick: $("#pick"),
   dups: $("#dups"),
   file: $("#file"),
+  shoot: $("#shoot"),
+  camera: $("#camera"),
   status: $("#status"),
   grid: $("#results"),
   hint: $("#hint"),
@@ -26,6 +28,7 @@ const els = {
   drop: $("#drop"),
   viewer: $("#viewer"),
   viewerImg: $("#viewer-img"),
+  viewerVideo: $("#viewer-video"),
   viewerPath: $("#viewer-path"),
   viewerMeta: $("#viewer-meta"),
   viewerOpen: $("#viewer-open"),
@@ -260,6 +263,14 @@ function basename(path) {
   return path.split(/[\\/]/).pop();
 }
 
+function clock(seconds) {
+  // 83.4 -> "1:23", 3725 -> "1:02:05": a time in a video, as players show it
+  const s = Math.floor(seconds);
+  const two = (n) => String(n).padStart(2, "0");
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h}:${two(m)}:${two(s % 60)}` : `${m}:${two(s % 60)}`;
+}
+
 function styleText(hit) {
   return hit.style || "";
 }
@@ -270,7 +281,7 @@ function card(hit, i, scoreText) {
   button.type = "button";
   button.className = "thumb";
   button.dataset.index = String(i);
-  const name = basename(hit.path);
+  const name = basename(hit.path) + (hit.frame_time != null ? ` @ ${clock(hit.frame_time)}` : "");
   const parts = [name, scoreText];
   if (hit.style) parts.push(`style ${hit.style}`);
   button.setAttribute("aria-label", parts.join(", "));
@@ -291,6 +302,12 @@ function card(hit, i, scoreText) {
   score.className = "score";
   score.textContent = scoreText.replace(/^score /, "");
   meta.append(score);
+  if (hit.frame_time != null) {
+    const at = document.createElement("span");
+    at.className = "tag";
+    at.textContent = `▶ ${clock(hit.frame_time)}`;
+    meta.append(at);
+  }
   if (hit.style) {
     const tag = document.createElement("span");
     tag.className = "tag";
@@ -345,14 +362,25 @@ function openViewer(i) {
   const hit = state.results[i];
   if (!hit) return;
   state.current = i;
-  els.viewerImg.src = hit.thumb_url; // shown at once, replaced by the full image when loaded
-  els.viewerImg.alt = basename(hit.path);
-  const full = new Image();
-  full.onload = () => {
-    if (state.current === i && els.viewer.open) els.viewerImg.src = full.src;
-  };
-  full.src = hit.image_url;
-  els.viewerPath.textContent = hit.path;
+  const video = hit.frame_time != null;
+  els.viewerImg.hidden = video;
+  els.viewerVideo.hidden = !video;
+  if (video) {
+    // The file route answers Range requests, so the browser seeks without the whole file.
+    els.viewerVideo.poster = hit.thumb_url;
+    els.viewerVideo.src = `${hit.image_url}#t=${hit.frame_time}`;
+  } else {
+    els.viewerVideo.pause();
+    els.viewerVideo.removeAttribute("src");
+    els.viewerImg.src = hit.thumb_url; // shown at once, replaced by the full image when loaded
+    els.viewerImg.alt = basename(hit.path);
+    const full = new Image();
+    full.onload = () => {
+      if (state.current === i && els.viewer.open) els.viewerImg.src = full.src;
+    };
+    full.src = hit.image_url;
+  }
+  els.viewerPath.textContent = hit.path + (video ? ` @ ${clock(hit.frame_time)}` : "");
   const meta = [`score ${hit.score.toFixed(3)}`];
   if (hit.style) meta.push(`style ${hit.style}`);
   if (hit.width && hit.height) meta.push(`${hit.width} × ${hit.height}`);
@@ -375,6 +403,7 @@ function closeViewer() {
 }
 
 els.viewer.addEventListener("close", () => {
+  els.viewerVideo.pause();
   const button = thumbs()[state.current];
   if (button) button.focus();
 });
@@ -392,6 +421,26 @@ els.viewer.addEventListener("keydown", (event) => {
 // A click on the dim backdrop (the dialog element itself, outside its content) closes it.
 els.viewer.addEventListener("click", (event) => {
   if (event.target === els.viewer) closeViewer();
+});
+
+// A swipe on the large image: to the left shows the next result, to the right the previous.
+// Pointer events cover touch and pen; the image's touch-action leaves sideways moves to us.
+let swipe = null;
+els.viewerImg.addEventListener("pointerdown", (event) => {
+  if (event.pointerType === "mouse") return;
+  swipe = { x: event.clientX, y: event.clientY, id: event.pointerId };
+});
+els.viewerImg.addEventListener("pointercancel", () => {
+  swipe = null;
+});
+els.viewerImg.addEventListener("pointerup", (event) => {
+  if (!swipe || swipe.id !== event.pointerId) return;
+  const dx = event.clientX - swipe.x;
+  const dy = event.clientY - swipe.y;
+  swipe = null;
+  if (Math.abs(dx) < 40 || Math.abs(dx) < 1.5 * Math.abs(dy)) return;
+  const i = state.current + (dx < 0 ? 1 : -1);
+  if (i >= 0 && i < state.results.length) openViewer(i);
 });
 
 els.prev.addEventListener("click", () => openViewer(state.current - 1));
@@ -419,10 +468,13 @@ els.from.addEventListener("change", again);
 els.to.addEventListener("change", again);
 els.pick.addEventListener("click", () => els.file.click());
 els.dups.addEventListener("click", () => showDuplicates());
-els.file.addEventListener("change", () => {
-  searchUpload(els.file.files[0]);
-  els.file.value = "";
-});
+els.shoot.addEventListener("click", () => els.camera.click());
+for (const input of [els.file, els.camera]) {
+  input.addEventListener("change", () => {
+    if (input.files[0]) searchUpload(input.files[0]);
+    input.value = "";
+  });
+}
 
 els.grid.addEventListener("click", (event) => {
   const button = event.target.closest("button.thumb");
@@ -497,8 +549,10 @@ async function start() {
     setStatus(error.message, true);
   }
   const maxK = info ? info.limits.max_k : 200;
-  for (const k of K_CHOICES.filter((n) => n <= maxK)) {
-    els.k.append(new Option(String(k), String(k), k === DEFAULT_K, k === DEFAULT_K));
+  const choices = K_CHOICES.filter((n) => n < maxK).concat([maxK]);
+  const chosen = Math.min(DEFAULT_K, maxK);
+  for (const k of choices) {
+    els.k.append(new Option(String(k), String(k), k === chosen, k === chosen));
   }
   if (info) {
     state.maxUpload = info.limits.max_upload_bytes;
