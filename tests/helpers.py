@@ -31,17 +31,21 @@ PREPROCESS_CFG = {
 }
 
 
-def save_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """Create a tiny open_clip CLIP with seeded random weights as a local-dir: folder."""
+def save_tiny_model(
+    folder: Path, seed: int = 0, cfg: dict | None = None, preprocess: dict | None = None
+) -> Path:
+    """Create a tiny open_clip CLIP with seeded random weights as a local-dir: folder (the
+    config ``cfg``, TINY_CFG by default)."""
     import open_clip
     import torch
     from safetensors.torch import save_file
 
+    cfg = cfg or TINY_CFG
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**TINY_CFG)
+    model = open_clip.CLIP(**cfg)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": PREPROCESS_CFG})
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess or PREPROCESS_CFG})
     )
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))

@@ -55,6 +55,7 @@ from clipsearch.index.query import (
 from clipsearch.media.photometa import PhotoMeta
 from clipsearch.media.video import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES, VideoOptions
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
+from clipsearch.models.imagetower import cached_identity
 from clipsearch.models.loading import load_spec
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
@@ -178,6 +179,7 @@ class ImageIndex:
         self.device = device
         self.precision = precision
         self._encoder: Encoder | None = None
+        self._image_encoder: Encoder | None = None  # the image tower alone, for indexing
         self.created = False
         """True when this object created the index (:meth:`create`, or :meth:`open_or_create`
         of a folder that held none)."""
@@ -226,24 +228,32 @@ class ImageIndex:
         device: str = "auto",
         precision: str = "fp32",
     ) -> ImageIndex:
-        """Create a new index for a model (loaded now, to learn its width and preprocessing)."""
+        """Create a new index for a model (its width and preprocessing are what its image
+        tower's cache record says, else what loading it now gives)."""
         folder = Path(path).expanduser().absolute()
         if (folder / CATALOG_FILE).exists() and not _unfinished(folder):
             raise ClipsearchError(f"an index already exists at {folder}")
         spec = ModelSpec.from_user(model, pretrained)
-        encoder = load_spec(spec, device=device, precision=precision)
+        identity = cached_identity(spec)
+        encoder = None
+        if identity is None:
+            encoder = load_spec(spec, device=device, precision=precision, towers="image")
+            identity = encoder.identity
         folder.mkdir(parents=True, exist_ok=True)
         _adopt_bundled_style_head(spec, folder)
         catalog = Catalog.open(folder / CATALOG_FILE, create=True)
         catalog.set_meta(
-            model=encoder.identity.to_dict(),
+            model=identity.to_dict(),
             model_spec={"model": spec.model, "pretrained": spec.pretrained},
             index_type="flat",
             created=time.time(),
             generation=0,
         )
-        index = cls(folder, catalog, encoder.identity, spec, device=device, precision=precision)
-        index._encoder = encoder
+        index = cls(folder, catalog, identity, spec, device=device, precision=precision)
+        if encoder is not None and encoder.towers == "image":
+            index._image_encoder = encoder
+        elif encoder is not None:
+            index._encoder = encoder
         index.created = True
         return index
 
@@ -303,15 +313,46 @@ class ImageIndex:
         """The index's model, loaded on first use and checked against what the index records."""
         if self._encoder is None:
             encoder = load_spec(self.spec, device=self.device, precision=self.precision)
-            if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
-                raise IndexMismatchError(
-                    f"the weights of model {self.spec.describe()} changed since index "
-                    f"{self.path} was built (was {self.identity.describe()}, now "
-                    f"{encoder.identity.describe()}); restore them or index into a new folder"
-                )
+            self._check_identity(encoder)
             self._encoder = encoder
             self._text_encoder = None
+            self._image_encoder = None
         return self._encoder
+
+    @property
+    def image_encoder(self) -> Encoder:
+        """The model for images: the whole model when it is loaded, else the image tower
+        alone, which loads without open_clip once the model has been loaded before (see
+        :mod:`clipsearch.models.imagetower`); checked against what the index records."""
+        if self._encoder is not None:
+            return self._encoder
+        if self._image_encoder is None:
+            encoder = load_spec(
+                self.spec, device=self.device, precision=self.precision, towers="image"
+            )
+            self._check_identity(encoder)
+            if encoder.towers != "image":  # no image tower of its own: the whole model
+                self._encoder, self._text_encoder = encoder, None
+                return encoder
+            self._image_encoder = encoder
+        return self._image_encoder
+
+    def _indexing_encoder(self) -> Encoder:
+        """The image tower for :meth:`add`. New images get style labels, so the labeller is
+        made first: a zero-shot labeller's text vectors come from the text tower, whose
+        weights are let go before the image tower loads, so that the two are never in memory
+        together (a later text query maps them again)."""
+        self.styles.prepare()
+        self._numpy_text, self._text_encoder = None, None
+        return self.image_encoder
+
+    def _check_identity(self, encoder: Encoder) -> None:
+        if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
+            raise IndexMismatchError(
+                f"the weights of model {self.spec.describe()} changed since index "
+                f"{self.path} was built (was {self.identity.describe()}, now "
+                f"{encoder.identity.describe()}); restore them or index into a new folder"
+            )
 
     @property
     def text_encoder(self) -> Encoder | NumpyTextEncoder:
@@ -488,7 +529,7 @@ class ImageIndex:
         return Indexer(
             self.catalog,
             lambda: self.vectors,
-            lambda: self.encoder,
+            self._indexing_encoder,
             options,
             progress,
             save=self.save_vectors,
@@ -672,7 +713,7 @@ class ImageIndex:
                 img = load_image(p)
         except ImageReadError as e:
             raise QueryError(f"query image {path}: {e.reason}") from e
-        return self.encoder.encode_images([img])[0], []
+        return self.image_encoder.encode_images([img])[0], []
 
     def search(
         self,
@@ -909,7 +950,7 @@ class ImageIndex:
                 raise QueryError(f"query image {name}: {e.reason}") from e
         elif image.mode != "RGB":
             image = image.convert("RGB")
-        return self.encoder.encode_images([image])[0]
+        return self.image_encoder.encode_images([image])[0]
 
     def search_indexed(
         self,

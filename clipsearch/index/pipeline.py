@@ -77,6 +77,9 @@ class IndexOptions:
         compile: run the image tower through ``torch.compile`` (see
             :meth:`clipsearch.models.encoder.Encoder.compile_image_tower`): a slow first batch, then
             faster ones; for runs of thousands of images.
+        queue_bytes: how many bytes of image files may be read, decoded and waiting for the
+            model at once (at least one file): large files (panoramas, big PNGs or TIFFs)
+            then queue fewer at a time, and memory stays bounded whatever the folder holds.
         video: which frames to take from videos (see :class:`clipsearch.media.video.VideoOptions`).
         decode: where JPEGs are decoded: ``cpu`` (PIL, in the worker threads), ``device`` (in
             batches where the model runs, nvJPEG on CUDA; see :mod:`clipsearch.index.devices`)
@@ -95,6 +98,7 @@ class IndexOptions:
     save_every: float = 60.0
     draft: bool = True
     compile: bool = False
+    queue_bytes: int = 128 << 20
     video: VideoOptions = VideoOptions()
     decode: str = "auto"
     devices: tuple[str, ...] = ()
@@ -549,23 +553,31 @@ class Indexer:
         self, pool: ThreadPoolExecutor, candidates: list[Candidate], gone_shas: frozenset[str]
     ) -> Iterator[Prepared]:
         """Results in input order, with a bounded number of files in flight (the bound grows
-        with the batch size once the model has loaded). A video weighs a whole batch: its
-        frames are many pictures."""
-        pending: deque[tuple[int, Future[Prepared]]] = deque()
+        with the batch size once the model has loaded) and a bounded sum of the image files'
+        sizes. A video weighs a whole batch: its frames are many pictures."""
+        pending: deque[tuple[int, int, Future[Prepared]]] = deque()  # weight, bytes, result
         it = iter(candidates)
+        nxt: Candidate | None = next(it, None)
+        in_flight = 0
 
         def refill() -> None:
+            nonlocal nxt, in_flight
             window = max(2 * self.batch_size, 2 * self.options.workers)
-            while sum(w for w, _ in pending) < window:
-                nxt = next(it, None)
-                if nxt is None:
+            while nxt is not None and sum(w for w, _, _ in pending) < window:
+                video = is_video(nxt.found.rel)
+                size = 0 if video else nxt.found.size  # a video's frames: its weight
+                if pending and in_flight + size > self.options.queue_bytes:
                     return
-                weight = self.batch_size if is_video(nxt.found.rel) else 1
-                pending.append((weight, pool.submit(self._prepare, nxt, gone_shas)))
+                weight = self.batch_size if video else 1
+                pending.append((weight, size, pool.submit(self._prepare, nxt, gone_shas)))
+                in_flight += size
+                nxt = next(it, None)
 
         refill()
         while pending:
-            result = pending.popleft()[1].result()
+            _, size, future = pending.popleft()
+            result = future.result()
+            in_flight -= size
             refill()
             yield result
 

@@ -31,13 +31,18 @@ from clipsearch.style.labels import (
     Labeller,
     ZeroShotLabeller,
     parse_labels,
+    style_prompts,
 )
 from clipsearch.style.training import StyleTrainReport, embed_training_folder, train_head
 
 if TYPE_CHECKING:
     from clipsearch.models.encoder import Encoder
     from clipsearch.models.identity import ModelIdentity
+    from clipsearch.models.texttower import NumpyTextEncoder
     from clipsearch.store.catalog import Catalog
+
+# The zero-shot labeller's text vectors, with the model and prompts they were made for.
+VECTORS_META_KEY = "style_label_vectors"
 
 
 class StyleHost(Protocol):
@@ -54,6 +59,9 @@ class StyleHost(Protocol):
 
     @property
     def encoder(self) -> Encoder: ...
+
+    @property
+    def text_encoder(self) -> Encoder | NumpyTextEncoder: ...
 
     def writing(self) -> AbstractContextManager[None]: ...
 
@@ -168,11 +176,36 @@ class IndexStyles:
         if self._current_labeller() is None:
             source = self._source()
             head = self.head()
-            self._labeller = head or ZeroShotLabeller.for_styles(
-                self.index.encoder, self.zero_shot_labels()
-            )
+            self._labeller = head or self._zero_shot()
             self._labeller_source = source
         return self._labeller
+
+    def _zero_shot(self, keep: bool = False) -> ZeroShotLabeller:
+        """Zero-shot over :meth:`zero_shot_labels`, with the text vectors the catalog keeps for
+        this model and these prompts; else made with the text encoder (the NumPy text tower
+        where it applies), and kept in the catalog if ``keep`` (the caller holds the write
+        lock)."""
+        labels = parse_labels(self.zero_shot_labels())
+        made_for = {"model": self.index.identity.key, "prompts": [style_prompts(x) for x in labels]}
+        stored = self.index.catalog.get_meta(VECTORS_META_KEY)
+        if isinstance(stored, dict) and stored.get("for") == made_for:
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                vectors = np.asarray(stored["vectors"], dtype=np.float32)
+                if vectors.shape == (len(labels), self.index.identity.dim):
+                    return ZeroShotLabeller(labels, vectors)
+        labeller = ZeroShotLabeller.for_styles(self.index.text_encoder, labels)
+        if keep:
+            kept = {"for": made_for, "vectors": labeller.text_vectors.tolist()}
+            self.index.catalog.set_meta(**{VECTORS_META_KEY: kept})
+        return labeller
+
+    def prepare(self) -> None:
+        """Make the labeller now, and keep a zero-shot labeller's text vectors in the catalog
+        for later runs; for :meth:`ImageIndex.add`, which holds the write lock."""
+        if self._current_labeller() is None:
+            source = self._source()
+            self._labeller = self.head() or self._zero_shot(keep=True)
+            self._labeller_source = source
 
     def label(self, vectors: np.ndarray) -> list[tuple[str, float]]:
         """(style, probability) for each of some (N, dim) unit image vectors."""

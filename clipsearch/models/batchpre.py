@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from clipsearch.models.preprocess import ImagePreprocess
+
 if TYPE_CHECKING:
     import torch
 
@@ -28,13 +30,17 @@ class TensorPreprocess:
     """The geometric part of an eval transform, then float conversion and normalisation.
 
     Args:
-        preprocess: the model's eval transform (``Encoder.preprocess``), a torchvision Compose.
+        preprocess: the model's eval transform (``Encoder.preprocess``): an
+            :class:`~clipsearch.models.preprocess.ImagePreprocess`, or a torchvision Compose.
 
     Raises:
         ValueError: a step of it runs on PIL images only (see :meth:`supports`).
     """
 
     def __init__(self, preprocess: Any):
+        if isinstance(preprocess, ImagePreprocess):  # the same steps, from its config
+            self._from_config(preprocess)
+            return
         steps = list(getattr(preprocess, "transforms", ()))
         norm = next((t for t in steps if type(t).__name__ == "Normalize"), None)
         if norm is None:
@@ -48,6 +54,20 @@ class TensorPreprocess:
             self.geometric.append(t)
         self.mean = tuple(float(m) for m in norm.mean)
         self.std = tuple(float(s) for s in norm.std)
+
+    def _from_config(self, pre: ImagePreprocess) -> None:
+        """The torchvision steps open_clip's eval transform has for this config: a resize of
+        the shortest side then a centre crop, or a resize of both sides (``squash``)."""
+        from torchvision import transforms as tv
+
+        mode = tv.InterpolationMode.BICUBIC
+        if pre.interpolation == "bilinear":
+            mode = tv.InterpolationMode.BILINEAR
+        if pre.resize_mode == "squash":
+            self.geometric = [tv.Resize((pre.size, pre.size), interpolation=mode)]
+        else:
+            self.geometric = [tv.Resize(pre.size, interpolation=mode), tv.CenterCrop(pre.size)]
+        self.mean, self.std = tuple(pre.mean), tuple(pre.std)
 
     @staticmethod
     def supports(preprocess: Any) -> bool:

@@ -24,11 +24,14 @@ log = logging.getLogger(__name__)
 
 
 class Encoder:
-    """A loaded open_clip model with its eval preprocessing and tokenizer.
+    """A loaded open_clip model with its eval preprocessing and tokenizer, or the image tower
+    alone (``towers="image"``: :mod:`clipsearch.models.imagetower`, no tokenizer), or the
+    text tower alone (``towers="text"``).
 
     Build one with :func:`~clipsearch.models.loading.load_encoder`. Images must already be RGB (see
-    :func:`clipsearch.media.files.load_image`); the preprocessing is open_clip's own eval transform
-    for the model, so vectors equal ``model.encode_image(preprocess(img), normalize=True)``.
+    :func:`clipsearch.media.files.load_image`); the preprocessing gives open_clip's own eval
+    transform's pixels (:mod:`clipsearch.models.preprocess`), so vectors equal
+    ``model.encode_image(preprocess(img), normalize=True)``.
     """
 
     def __init__(
@@ -170,6 +173,7 @@ class Encoder:
         """Encode texts with the model's own tokenizer; returns (N, dim) float32 unit vectors."""
         import torch
 
+        self._text_tower()
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
@@ -182,7 +186,15 @@ class Encoder:
             out[start : start + len(chunk)] = normalize(features)
         return out
 
+    def _text_tower(self) -> None:
+        if self.towers == "image":
+            raise ModelLoadError(
+                f"model {self.identity.describe()} was loaded for images only; "
+                "load it with towers='both' to encode texts"
+            )
+
     @property
     def logit_scale(self) -> float:
         """The model's learned softmax temperature (100 for CLIP)."""
+        self._text_tower()
         return float(self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE).item())

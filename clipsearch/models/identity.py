@@ -61,7 +61,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-TOWERS = ("both", "text")
+TOWERS = ("both", "text", "image")
 
 
 ModelKind = Literal["builtin", "hf-hub", "local-dir", "demo"]

@@ -39,7 +39,10 @@ from clipsearch.models.identity import (
     hf_text_sha256,
     weights_file,
 )
+from clipsearch.models.imagetower import cached_image_encoder
+from clipsearch.models.imagetower import remember as remember_image_tower
 from clipsearch.models.openclip_private import hf_hub_model_config, safe_weight_names
+from clipsearch.models.preprocess import ImagePreprocess
 from clipsearch.models.runtime import encode_text, pick_device, pick_precision
 from clipsearch.models.texttower import NumpyTextEncoder, applies, cached_text_encoder, remember
 from clipsearch.threads import TORCH, limit_threads
@@ -78,8 +81,10 @@ def load_encoder(
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         cache_dir: where open_clip caches downloads (default: the Hugging Face cache).
-        towers: ``both``, or ``text`` to read only the text tower's weights (about a third
-            of the model) where the checkpoint is a safetensors file: for text queries.
+        towers: ``both``; ``text`` to read only the text tower's weights (about a third
+            of the model) where the checkpoint is a safetensors file: for text queries;
+            ``image`` for the image tower alone, without open_clip once the model has been
+            loaded before (:mod:`clipsearch.models.imagetower`): for indexing.
 
     Raises:
         ModelLoadError: the model is unknown or its weights cannot be found or read.
@@ -160,30 +165,51 @@ def load_spec(
     towers: str = "both",
 ) -> Encoder:
     """Load the model a :class:`ModelSpec` names: resolve it, create it, identify it, record
-    its text tower for the NumPy path, then cast it to the precision. Arguments and errors as
-    for :func:`load_encoder`."""
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-
+    its text tower for the NumPy path and its image tower for :mod:`clipsearch.models.imagetower`,
+    then cast it to the precision. Arguments and errors as for :func:`load_encoder`;
+    ``towers="image"`` gives the image tower alone from its cache record (without importing
+    open_clip) where there is one or this load writes one, else the whole model."""
     device = pick_device(device)
     precision = pick_precision(precision, device)
-    plan = resolve(spec, cache_dir)
     if towers not in TOWERS:
         raise ModelLoadError(f"unknown towers {towers!r}; choose one of {', '.join(TOWERS)}")
+    if towers == "image":
+        fast = cached_image_encoder(spec, device=device, precision=precision, cache_dir=cache_dir)
+        if fast is not None:
+            return fast
+    plan = resolve(spec, cache_dir)
+    asked = towers
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model, pp, towers = create(plan, device=device, towers=towers)
-            preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
+            preprocess = ImagePreprocess.from_config(pp) or _open_clip_transform(pp)
         tokenizer = load_tokenizer(plan.name)
     except ModelLoadError:
         raise
     except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError for all of these
         raise ModelLoadError(f"model {spec.describe()}: could not be loaded: {one_line(e)}") from e
     identity = identify(spec, plan, model, tokenizer, pp, device)
-    # While the model is still float32: let later text queries skip torch (models.texttower).
+    # While the model is still float32: let later loads skip open_clip, and text queries torch.
     remember(spec, identity, model, tokenizer, plan.checkpoint, cache_dir)
+    recorded = remember_image_tower(spec, identity, model, plan.checkpoint, cache_dir)
+    if recorded and asked == "image":  # now on disk: let the model go, load that tower alone
+        del model
+        image = (spec, identity)
+        fast = cached_image_encoder(*image, device=device, precision=precision, cache_dir=cache_dir)
+        if fast is None:  # the record became unusable at once: the whole model after all
+            return load_spec(spec, device=device, precision=precision, cache_dir=cache_dir)
+        return fast
     _cast(model, precision)
     return Encoder(model, preprocess, tokenizer, identity, device, precision, towers)
+
+
+def _open_clip_transform(pp: dict[str, Any]) -> Any:
+    """open_clip's own eval transform, for the configs :class:`ImagePreprocess` does not
+    reproduce."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(**pp), is_train=False)
 
 
 # --- resolve: what the user named -> what open_clip needs ---------------------------------

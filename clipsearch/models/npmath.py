@@ -81,6 +81,27 @@ def gelu(x: np.ndarray) -> np.ndarray:
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 
 
+def safetensors_header(path: str | os.PathLike[str]) -> tuple[dict, int]:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, data offsets) and
+    the file offset its data offsets count from.
+
+    Raises:
+        ValueError: the file is not a valid safetensors file.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100 << 20:
+            raise ValueError(f"{path}: not a safetensors file (header of {n} bytes)")
+        header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (header is not an object)")
+    return header, 8 + n
+
+
 def read_safetensors(
     path: str | os.PathLike[str], names: Sequence[str] | None = None
 ) -> dict[str, np.ndarray]:
@@ -95,15 +116,7 @@ def read_safetensors(
         ValueError: the file is not a valid safetensors file or holds a dtype we do not read.
     """
     size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > 100 << 20:
-            raise ValueError(f"{path}: not a safetensors file (header of {n} bytes)")
-        header = json.loads(f.read(n))
-    base = 8 + n
+    header, base = safetensors_header(path)
     data = np.memmap(path, dtype=np.uint8, mode="r") if size > base else np.empty(0, np.uint8)
     wanted = set(header) - {"__metadata__"} if names is None else set(names) & set(header)
     out: dict[str, np.ndarray] = {}

@@ -33,10 +33,7 @@ damaged or missing file. ``random`` weights are never recorded (each load draws 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -44,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from clipsearch.models import towercache
 from clipsearch.models.hftower import PROBES as HF_PROBES
 from clipsearch.models.hftower import (
     HFTextTokenizer,
@@ -52,14 +50,7 @@ from clipsearch.models.hftower import (
     describe_hf,
     save_tokenizer,
 )
-from clipsearch.models.identity import (
-    ModelIdentity,
-    ModelSpec,
-    cache_home,
-    hf_cache_dir,
-    spec_key,
-    weights_file,
-)
+from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.npmath import (
     gelu,
     layer_norm,
@@ -70,7 +61,6 @@ from clipsearch.models.npmath import (
 )
 from clipsearch.models.openclip_private import default_text_cleaner
 from clipsearch.models.tokenizer import ClipTokenizer
-from clipsearch.store.fileio import atomic_write
 from clipsearch.threads import BLAS, TORCH, limit_threads
 
 if TYPE_CHECKING:
@@ -313,44 +303,18 @@ class NumpyTextEncoder:
 
 
 def cache_root() -> Path:
-    """Where records and text-tower copies live: ``$XDG_CACHE_HOME/clipsearch/text-towers``."""
-    return cache_home() / CACHE_SUBDIR
+    """Where records and text-tower copies live: ``$XDG_CACHE_HOME/clipsearch/text-towers``
+    (see :mod:`clipsearch.models.towercache`)."""
+    return towercache.cache_root(CACHE_SUBDIR)
 
 
 def _record_path(spec: ModelSpec, identity_key: str, cache_dir: str | None = None) -> Path:
-    """The record of a model: keyed by its identity and by where its weights come from (the
-    weights file of a local checkpoint; the Hugging Face cache of a pretrained tag or hub
-    model, so that two caches with different files under one tag never share a record)."""
-    source = weights_file(spec)
-    if source is None:
-        source = hf_cache_dir(cache_dir)
-    digest = hashlib.sha256(f"{identity_key}\n{source}".encode()).hexdigest()[:32]
-    return cache_root() / f"{digest}.json"
-
-
-def _stat(path: str | os.PathLike[str]) -> list[int]:
-    """What says a file is unchanged: device, inode, size, modification and change times."""
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return towercache.record_path(spec, identity_key, CACHE_SUBDIR, cache_dir)
 
 
 def _read_record(spec: ModelSpec, key: str, cache_dir: str | None = None) -> dict | None:
     """The record of the model with this identity key if it is valid now, else None."""
-    if spec.random_weights:
-        return None
-    try:
-        record = json.loads(_record_path(spec, key, cache_dir).read_text())
-        if record.get("version") != RECORD_VERSION or record["identity"].get("key") != key:
-            return None
-        for file_key, stat_key in (("weights", "weights_stat"), ("source", "source_stat")):
-            if record.get(file_key) and _stat(record[file_key]) != record[stat_key]:
-                return None
-        ref = record.get("hub_ref")  # a hub snapshot: still the one the cache resolves to?
-        if ref and Path(ref[0]).read_text().strip() != ref[1]:
-            return None
-        return record
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
-        return None
+    return towercache.read_record(spec, key, CACHE_SUBDIR, RECORD_VERSION, cache_dir)
 
 
 def applies(device: str = "auto", precision: str = "auto") -> bool:
@@ -615,39 +579,17 @@ def _write_record(
     if not _parity(model, tokenizer, encoder):
         log.debug("NumPy text tower of %s differs from open_clip's; not recorded", spec)
         return False
-    source = weights_file(spec)
-    record = {
-        "version": RECORD_VERSION,
-        "identity": {**identity.to_dict(), "key": identity.key},
-        "config": config.to_dict(),
-        "weights": weights,
-        "weights_stat": _stat(weights),
-        # For a local checkpoint, the file whose checksum is the identity: it must not change.
-        "source": source,
-        "source_stat": _stat(source) if source else None,
-        "hub_ref": _hub_ref(weights),
-        "kind": config.kind,
-        "tokenizer": tokenizer_file,
-    }
-    atomic_write(record_path, json.dumps(record, indent=1).encode(), durable=False)
+    towercache.write_record(
+        record_path,
+        spec,
+        identity,
+        RECORD_VERSION,
+        weights,
+        config=config.to_dict(),
+        kind=config.kind,
+        tokenizer=tokenizer_file,
+    )
     return True
-
-
-def _hub_ref(path: str) -> list[str] | None:
-    """For a file in a Hugging Face cache snapshot (``models--org--name/snapshots/REV/...``):
-    the ref file that names the snapshot in use and its content, so that a record stops
-    applying once the cache moves to a newer revision."""
-    parts = Path(path).parts
-    if "snapshots" not in parts:
-        return None
-    at = len(parts) - 1 - parts[::-1].index("snapshots")
-    if at + 1 >= len(parts) or not parts[at - 1].startswith("models--"):
-        return None
-    ref = Path(*parts[:at]) / "refs" / "main"
-    with contextlib.suppress(OSError):
-        if ref.read_text().strip() == parts[at + 1]:
-            return [str(ref), parts[at + 1]]
-    return None
 
 
 def _parity(model: Any, tokenizer: Any, encoder: NumpyTextEncoder) -> bool:

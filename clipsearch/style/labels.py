@@ -23,6 +23,7 @@ from clipsearch.models.identity import MAX_LOGIT_SCALE
 
 if TYPE_CHECKING:
     from clipsearch.models.encoder import Encoder
+    from clipsearch.models.texttower import NumpyTextEncoder
 
 LABELS_META_KEY = "style_labels"
 
@@ -125,7 +126,9 @@ def templated(label: str) -> bool:
     return label.isascii()
 
 
-def label_embeddings(encoder: Encoder, prompts: Sequence[Sequence[str]]) -> np.ndarray:
+def label_embeddings(
+    encoder: Encoder | NumpyTextEncoder, prompts: Sequence[Sequence[str]]
+) -> np.ndarray:
     """One unit vector per label: the mean of its prompts' unit text vectors, renormalized."""
     flat = [p for group in prompts for p in group]
     encoded = encoder.encode_texts(flat).astype(np.float64)
@@ -188,7 +191,9 @@ class ZeroShotLabeller(Labeller):
         self.logit_scale = logit_scale
 
     @classmethod
-    def for_styles(cls, encoder: Encoder, labels: Sequence[str]) -> ZeroShotLabeller:
+    def for_styles(
+        cls, encoder: Encoder | NumpyTextEncoder, labels: Sequence[str]
+    ) -> ZeroShotLabeller:
         """A labeller for style labels, with the style prompt ensembles."""
         labels = parse_labels(labels)
         return cls(labels, label_embeddings(encoder, [style_prompts(lb) for lb in labels]))

@@ -361,3 +361,29 @@ def test_labels_in_other_languages_are_their_own_prompts(tiny_hf_model):
     labels = ["고양이", "кошка"]
     vectors = label_embeddings(encoder, [classify_prompts(label) for label in labels])
     np.testing.assert_allclose(vectors, encoder.encode_texts(labels), atol=1e-6)
+
+
+def test_zero_shot_text_vectors_are_kept_for_later_runs(index_dir, textures, monkeypatch):
+    from clipsearch.index.styles import VECTORS_META_KEY
+
+    with ImageIndex.open(index_dir) as index:
+        kept = index.catalog.get_meta(VECTORS_META_KEY)
+        fresh = index.styles._zero_shot().text_vectors  # what the text encoder gives now
+    assert np.asarray(kept["vectors"]).shape == (len(DEFAULT_STYLE_LABELS), 512)
+    assert np.abs(np.asarray(kept["vectors"], dtype=np.float32) - fresh).max() < 1e-6
+
+    def no_text_tower(self):
+        raise AssertionError("a later run needs no text tower for its labels")
+
+    monkeypatch.setattr(ImageIndex, "text_encoder", property(no_text_tower))
+    Image.open(textures / "warm_noise_0.png").transpose(Image.Transpose.ROTATE_90).save(
+        textures / "warm_noise_9.png"
+    )
+    with ImageIndex.open(index_dir) as index:
+        assert index.add([textures]).added == 1
+        new = next(s for s in all_stored(index) if s.path.endswith("warm_noise_9.png"))
+        assert new.style in DEFAULT_STYLE_LABELS
+        # another label set: other prompts, so the kept vectors no longer apply
+        index.catalog.set_meta(style_labels=["sketch", "photo"])
+        with pytest.raises(AssertionError, match="no text tower"):
+            index.styles._zero_shot()

@@ -1,0 +1,237 @@
+"""The encode path: start-up, peak memory and fp32 speed, each against plain open_clip.
+
+For each model (random weights saved to disk as a safetensors file: speed and memory do not
+depend on the weights), with clipsearch's cache primed by one earlier load:
+
+* **start-up**: ``clipsearch index`` of a folder holding one 12 MP photo into a new index, as a
+  user runs it (a fresh process), from the command to its end: the first image encoded and
+  committed. Baselines: ``import open_clip`` + ``create_model`` + encoding that photo, and the
+  same clipsearch command with an empty cache (the whole model through open_clip, as before);
+* **peak memory** while indexing 12 MP JPEGs at default settings (peak RSS of the process),
+  against a naive open_clip loop (PIL, open_clip's preprocess, ``encode_image`` per image,
+  fp32: what a simple tool does) and against clipsearch with an empty cache;
+* **fp32 throughput** of the image tower on preprocessed batches, ours against open_clip's
+  ``encode_image`` (the same weights, interleaved rounds), int8 dynamic quantisation of the
+  MLP's linear layers beside it with its cosine to fp32; and end to end, ``clipsearch index
+  --precision fp32`` against the naive loop on 2 MP photos.
+
+    python benchmarks/bench_encode.py                      # ViT-B-32 and ViT-B-16, 8 photos
+    python benchmarks/bench_encode.py --models ViT-B-32 --photos 16 --repeat 5
+
+The children run ``python -m clipsearch.cli.main`` from the current directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from _common import Row, machine, print_table, ratio, run_child, write_photos  # noqa: E402
+
+CLI = [sys.executable, "-m", "clipsearch.cli.main"]
+TORCH_ONLY = [sys.executable, "-c", "import torch"]
+
+# A plain open_clip tool: import, create the model from the weights file, encode each photo.
+NAIVE = """
+import sys, time
+import torch, open_clip
+from PIL import Image
+model, _, preprocess = open_clip.create_model_and_transforms(sys.argv[1], pretrained=sys.argv[2])
+model.eval()
+t = time.perf_counter()
+with torch.no_grad():
+    for path in sys.argv[3:]:
+        model.encode_image(preprocess(Image.open(path).convert("RGB")).unsqueeze(0))
+print(f"{len(sys.argv) - 3} {time.perf_counter() - t}")
+"""
+
+
+def save_weights(work: Path, model: str) -> Path:
+    """Random weights of a model, saved once as a safetensors file."""
+    path = work / "weights" / f"{model}-random.safetensors"
+    if not path.exists():
+        import open_clip
+        import torch
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        m = open_clip.create_model(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path) + ".tmp")
+        os.replace(str(path) + ".tmp", path)
+    return path
+
+
+def index_cmd(index: Path, folder: Path, model: str, weights: Path, *extra: str) -> list[str]:
+    return [*CLI, "--index", str(index), "index", str(folder), "--model", model,
+            "--pretrained", str(weights), *extra]  # fmt: skip
+
+
+def fresh_index_run(
+    folder: Path, model: str, weights: Path, cache: Path | None, *extra: str
+) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one ``clipsearch index`` into a new index; with
+    ``cache`` None, an empty clipsearch cache (the whole model through open_clip)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"XDG_CACHE_HOME": str(cache or Path(tmp) / "cache")}
+        wall, rss, _ = run_child(index_cmd(Path(tmp) / "idx", folder, model, weights, *extra), env)
+    return wall, rss
+
+
+def median_of(repeat: int, fn) -> tuple[float, float]:  # noqa: ANN001
+    runs = [fn() for _ in range(repeat)]
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+
+
+def add_one_photo(
+    tmp: Path, model: str, weights: Path, cache: Path, photos: list[Path], repeat: int
+) -> tuple[float, float]:
+    """Median wall and peak RSS of ``clipsearch index`` when one new photo joined an indexed
+    folder (a new one each run)."""
+    folder, index = tmp / "growing", tmp / "growing-idx"
+    folder.mkdir()
+    shutil.copy(photos[0], folder / "first.jpg")
+    run_child(index_cmd(index, folder, model, weights), {"XDG_CACHE_HOME": str(cache)})
+    runs = []
+    for i in range(repeat):
+        shutil.copy(photos[1 + i % (len(photos) - 1)], folder / f"new-{i}.jpg")
+        env = {"XDG_CACHE_HOME": str(cache)}
+        runs.append(run_child(index_cmd(index, folder, model, weights), env)[:2])
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+
+
+def startup_and_memory(args, model: str, weights: Path, cache: Path, photos: list[Path]) -> list:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        one = Path(tmp) / "one"
+        one.mkdir()
+        shutil.copy(photos[0], one / photos[0].name)
+        ours, ours_rss = median_of(args.repeat, lambda: fresh_index_run(one, model, weights, cache))
+        naive_argv = [sys.executable, "-c", NAIVE, model, str(weights), str(photos[0])]
+        base, base_rss = median_of(args.repeat, lambda: run_child(naive_argv)[:2])
+        cold, cold_rss = median_of(args.repeat, lambda: fresh_index_run(one, model, weights, None))
+        floor, floor_rss = median_of(args.repeat, lambda: run_child(TORCH_ONLY)[:2])
+        add, add_rss = add_one_photo(Path(tmp), model, weights, cache, photos, args.repeat)
+    rows.append(Row(f"{model}: `index` of 1 photo, command to end, cache primed", f"{ours:.2f} s",
+                    f"{base:.2f} s", ratio(ours, base, higher_is_better=False),
+                    f"{ours_rss:.0f} MiB"))  # fmt: skip
+    rows.append(Row(f"{model}: the same, empty cache (whole model via open_clip)",
+                    f"{cold:.2f} s", f"{base:.2f} s", ratio(cold, base, higher_is_better=False),
+                    f"{cold_rss:.0f} MiB"))  # fmt: skip
+    rows.append(Row(f"{model}: one more photo into an existing index", f"{add:.2f} s",
+                    f"{base:.2f} s", ratio(add, base, higher_is_better=False),
+                    f"{add_rss:.0f} MiB"))  # fmt: skip
+    rows.append(Row("the floor of both: `python -c \"import torch\"`", f"{floor:.2f} s",
+                    f"{base:.2f} s", ratio(floor, base, higher_is_better=False),
+                    f"{floor_rss:.0f} MiB"))  # fmt: skip
+    folder = photos[0].parent
+    n = len(photos)
+    wall, rss = median_of(args.repeat, lambda: fresh_index_run(folder, model, weights, cache))
+    naive_argv = [sys.executable, "-c", NAIVE, model, str(weights), *map(str, photos)]
+    nwall, nrss = median_of(args.repeat, lambda: run_child(naive_argv)[:2])
+    cwall, crss = median_of(1, lambda: fresh_index_run(folder, model, weights, None))
+    rows.append(Row(f"{model}: `index` of {n} 12 MP JPEGs, defaults, peak RSS",
+                    f"{rss:.0f} MiB", f"{nrss:.0f} MiB", ratio(rss, nrss, higher_is_better=False),
+                    f"wall {wall:.1f} s vs {nwall:.1f} s"))  # fmt: skip
+    rows.append(Row(f"{model}: the same, empty cache, peak RSS", f"{crss:.0f} MiB",
+                    f"{nrss:.0f} MiB", ratio(crss, nrss, higher_is_better=False),
+                    f"wall {cwall:.1f} s"))  # fmt: skip
+    return rows
+
+
+def tower_throughput(model: str, weights: Path, batch: int, rounds: int) -> list[Row]:
+    """fp32 img/s of our tower and of open_clip's encode_image, interleaved; int8 beside."""
+    import open_clip
+    import torch
+
+    from clipsearch.models.imagetower import build_tower, describe
+
+    oc = open_clip.create_model(model, pretrained=str(weights)).eval()
+    config = describe(oc)
+    assert config is not None, model
+    ours = build_tower(config, {k: v.clone() for k, v in oc.visual.state_dict().items()})
+    with torch.inference_mode():
+        int8 = torch.ao.quantization.quantize_dynamic(ours, {torch.nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(batch, 3, config.image_size, config.image_size, generator=torch.Generator())
+    variants = {"open_clip": oc.encode_image, "ours": ours, "int8": int8}
+    best = dict.fromkeys(variants, float("inf"))
+    out = {}
+    with torch.inference_mode():
+        for name, f in variants.items():  # warm up
+            out[name] = torch.nn.functional.normalize(f(x).float(), dim=-1)
+        for _ in range(rounds):
+            for name, f in variants.items():
+                t = time.perf_counter()
+                f(x)
+                best[name] = min(best[name], time.perf_counter() - t)
+    rate = {k: batch / v for k, v in best.items()}
+    cos_ours = float((out["ours"] * out["open_clip"]).sum(-1).min())
+    diff = float((out["ours"] - out["open_clip"]).abs().max())
+    cos_int8 = float((out["int8"] * out["open_clip"]).sum(-1).min())
+    return [
+        Row(f"{model}: image tower fp32, batch {batch}, ours vs open_clip",
+            f"{rate['ours']:.2f} img/s", f"{rate['open_clip']:.2f} img/s",
+            ratio(rate["ours"], rate["open_clip"]), f"max diff {diff:.1e}, cos {cos_ours:.7f}"),
+        Row(f"{model}: the same, int8 dynamic (linear layers of the MLP)",
+            f"{rate['int8']:.2f} img/s", f"{rate['open_clip']:.2f} img/s",
+            ratio(rate["int8"], rate["open_clip"]), f"cos to fp32 (min) {cos_int8:.5f}"),
+    ]  # fmt: skip
+
+
+def fp32_end_to_end(args, model: str, weights: Path, cache: Path, work: Path) -> list[Row]:
+    photos = write_photos(work / "photos-2mp", args.photos, 1632, 1224)
+    folder = photos[0].parent
+    n = len(photos)
+    walls = {"ours": [], "naive": []}
+    naive_argv = [sys.executable, "-c", NAIVE, model, str(weights), *map(str, photos)]
+    for _ in range(args.repeat):  # interleaved
+        walls["ours"].append(
+            fresh_index_run(folder, model, weights, cache, "--precision", "fp32")[0]
+        )
+        walls["naive"].append(run_child(naive_argv)[0])
+    ours, naive = (min(walls[k]) for k in ("ours", "naive"))
+    return [Row(f"{model}: `index --precision fp32` of {n} 2 MP JPEGs, wall (best)",
+                f"{n / ours:.2f} img/s", f"{n / naive:.2f} img/s", ratio(n / ours, n / naive),
+                f"{ours:.1f} s vs {naive:.1f} s")]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-B-16"])
+    ap.add_argument("--photos", type=int, default=8, help="12 MP (and 2 MP) photos to index")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    ap.add_argument("--batch", type=int, default=16, help="batch of the tower throughput")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/clipsearch-bench"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=["startup", "tower", "fp32"])
+    args = ap.parse_args()
+
+    print(f"machine: {machine()}")
+    photos = write_photos(args.work / "photos-12mp", args.photos)
+    rows: list[Row] = []
+    for model in args.models:
+        weights = save_weights(args.work, model)
+        cache = args.work / f"encode-cache-{model}"
+        with tempfile.TemporaryDirectory() as tmp:  # prime the cache: one load via open_clip
+            one = Path(tmp) / "one"
+            one.mkdir()
+            shutil.copy(photos[0], one / photos[0].name)
+            fresh_index_run(one, model, weights, cache)
+        if "startup" not in args.skip:
+            rows += startup_and_memory(args, model, weights, cache, photos)
+        if "tower" not in args.skip:
+            rows += tower_throughput(model, weights, args.batch, args.repeat)
+        if "fp32" not in args.skip:
+            rows += fp32_end_to_end(args, model, weights, cache, args.work)
+        print_table("The encode path: clipsearch against plain open_clip", rows)
+
+
+if __name__ == "__main__":
+    main()
