@@ -26,6 +26,7 @@ from clipsearch import ClusterUnavailableError, ImageIndex
 from clipsearch.cli.main import main
 from clipsearch.index.raycluster import RayOptions
 from clipsearch.progress import Progress
+from tests.helpers import ray_without_auth
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
@@ -207,13 +208,14 @@ def nodes():
     os.environ["RAY_TMPDIR"] = ray_dir
     client_port = free_port()
     head = {"num_cpus": 0, "include_dashboard": False, "ray_client_server_port": client_port}
-    cluster = Cluster(initialize_head=True, connect=True, head_node_args=head)
-    try:
-        yield Nodes(cluster, client_port)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(ray_dir, ignore_errors=True)
+    with ray_without_auth():
+        cluster = Cluster(initialize_head=True, connect=True, head_node_args=head)
+        try:
+            yield Nodes(cluster, client_port)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            shutil.rmtree(ray_dir, ignore_errors=True)
         if old is None:
             os.environ.pop("RAY_TMPDIR", None)
         else:
