@@ -136,6 +136,24 @@ def test_ctrl_c_while_connecting_ends_the_command(tmp_path, photo_dir, tiny_mode
     assert not (tmp_path / "idx").exists()
 
 
+def test_a_cluster_that_wants_a_token_says_where_to_get_it(
+    tmp_path, photo_dir, tiny_model, silent_listener
+):
+    """With token authentication on (as Ray 2.60 turns it on for clusters it starts) and no
+    token on this machine, Ray refuses before it connects; the line names the fix."""
+    address = f"127.0.0.1:{silent_listener.getsockname()[1]}"
+    args = ray_index(tmp_path, photo_dir, tiny_model, "--ray-address", address)
+    code, err = finish(cli([*args, "--ray-timeout", "5"], tmp_path, {"RAY_AUTH_MODE": "token"}))
+    assert code == 1
+    ours = [line for line in err if line.startswith("clipsearch:")]
+    assert ours == [
+        f"clipsearch: error: the Ray cluster at {address} uses Ray token authentication and "
+        "needs a token, and none was found here: copy ~/.ray/auth_token from its head node to "
+        "this machine, or set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
+    ], err
+    assert not (tmp_path / "idx").exists()
+
+
 @pytest.fixture
 def ray_tmp():
     """A RAY_TMPDIR of its own, short (Ray's socket paths below it must fit in 107 bytes,
