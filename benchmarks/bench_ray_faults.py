@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def main() -> None:
         mute, mute_err = cli_seconds(work, photos, address, args.timeout)
     assert not (work / "cli-idx").exists()
 
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cs-ray-")
+    ray_dir = tempfile.mkdtemp(prefix="cs-ray-")  # short: Ray's socket paths must fit 107 bytes
+    os.environ["RAY_TMPDIR"] = ray_dir
     from ray.cluster_utils import Cluster
 
     from clipsearch import ClusterUnavailableError, ImageIndex
@@ -136,6 +138,8 @@ def main() -> None:
 
     ray.shutdown()
     cluster.shutdown()
+    shutil.rmtree(ray_dir, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
     n = args.images
     print(f"machine: {machine()}")

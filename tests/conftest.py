@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import draw_image, save_tiny_hf_model, save_tiny_model
+from tests.helpers import RAY_AUTH_MODE, draw_image, save_tiny_hf_model, save_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +22,7 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))  # clipsearch's own cache too
+    monkeypatch.setenv(RAY_AUTH_MODE, "disabled")  # see tests.helpers.ray_without_auth
     import huggingface_hub.constants as hc
 
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)

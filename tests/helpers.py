@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -421,3 +422,25 @@ def make_video(
                 out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
+
+
+# Ray (2.60) turns token authentication on for every local instance it starts, by setting
+# RAY_AUTH_MODE=token in os.environ: from then on every Ray user of the test process, and every
+# CLI it starts, expects a token in ~/.ray, which the isolated HOME of each test does not have.
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
+
+
+@contextlib.contextmanager
+def ray_without_auth() -> Iterator[None]:
+    """Run the block's Ray instances without token authentication, and leave RAY_AUTH_MODE as
+    it was afterwards (for module-scoped fixtures, which the per-test monkeypatch of
+    ``isolated_env`` does not cover)."""
+    before = os.environ.get(RAY_AUTH_MODE)
+    os.environ[RAY_AUTH_MODE] = "disabled"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RAY_AUTH_MODE, None)
+        else:
+            os.environ[RAY_AUTH_MODE] = before

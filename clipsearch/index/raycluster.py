@@ -185,12 +185,25 @@ def _init_bounded(ray: Any, kwargs: dict[str, Any], address: str | None, timeout
                 abandoned.set()
     where = f"the Ray cluster at {address}" if address else "a local Ray instance"
     if "error" in box:
-        raise ClusterUnavailableError(f"cannot connect to {where}: {_brief(box['error'])}")
+        raise ClusterUnavailableError(_connect_error(where, box["error"]))
     if "ok" not in box:
         raise ClusterUnavailableError(
             f"{where} did not answer within {bound:g} s; check that it is a Ray head "
             "(`ray status` there) or raise --ray-timeout"
         )
+
+
+def _connect_error(where: str, e: BaseException) -> str:
+    """What a failed ``ray.init`` means, in one line; Ray's token errors name the fix."""
+    text = _brief(e)
+    if "Token authentication is enabled" not in text:
+        return f"cannot connect to {where}: {text}"
+    wrong = "invalid or incorrect" in text
+    cause = "rejected this machine's token" if wrong else "needs a token, and none was found here"
+    return (
+        f"{where} uses Ray token authentication and {cause}: copy ~/.ray/auth_token from its "
+        "head node to this machine, or set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
+    )
 
 
 def _brief(e: BaseException) -> str:

@@ -585,7 +585,10 @@ class Catalog:
         return [g for g in groups.values() if len(g) > 1]
 
     def style_counts(self) -> dict[str | None, int]:
-        return dict(self._rows("SELECT style, count(*) FROM images GROUP BY style"))
+        """Files per style label: an image by its own, a video once, by its first frame's."""
+        return dict(
+            self._rows(f"SELECT style, count(*) FROM images WHERE {_FILE_ROW} GROUP BY style")
+        )
 
     def errors(self) -> list[ErrorRecord]:
         rows = self._rows("SELECT path, reason, at FROM errors ORDER BY path")

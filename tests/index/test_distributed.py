@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from clipsearch import ImageIndex
 from clipsearch.cli.main import main
-from tests.helpers import draw_image
+from tests.helpers import draw_image, ray_without_auth
 
 
 def test_without_ray_the_message_says_how_to_install(tmp_path, photo_dir, monkeypatch):
@@ -28,9 +28,10 @@ def test_without_ray_the_message_says_how_to_install(tmp_path, photo_dir, monkey
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with ray_without_auth():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
 
 
 def vectors_by_path(index: ImageIndex) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from clipsearch import ClusterUnavailableError, ImageIndex
 from clipsearch.cli.main import main
 from clipsearch.index.raycluster import RayOptions
 from clipsearch.progress import Progress
+from tests.helpers import ray_without_auth
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
@@ -134,11 +136,37 @@ def test_ctrl_c_while_connecting_ends_the_command(tmp_path, photo_dir, tiny_mode
     assert not (tmp_path / "idx").exists()
 
 
-def test_auto_finds_a_stopped_cluster_and_says_so(tmp_path, photo_dir, tiny_model):
+def test_a_cluster_that_wants_a_token_says_where_to_get_it(
+    tmp_path, photo_dir, tiny_model, silent_listener
+):
+    """With token authentication on (as Ray 2.60 turns it on for clusters it starts) and no
+    token on this machine, Ray refuses before it connects; the line names the fix."""
+    address = f"127.0.0.1:{silent_listener.getsockname()[1]}"
+    args = ray_index(tmp_path, photo_dir, tiny_model, "--ray-address", address)
+    code, err = finish(cli([*args, "--ray-timeout", "5"], tmp_path, {"RAY_AUTH_MODE": "token"}))
+    assert code == 1
+    ours = [line for line in err if line.startswith("clipsearch:")]
+    assert ours == [
+        f"clipsearch: error: the Ray cluster at {address} uses Ray token authentication and "
+        "needs a token, and none was found here: copy ~/.ray/auth_token from its head node to "
+        "this machine, or set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
+    ], err
+    assert not (tmp_path / "idx").exists()
+
+
+@pytest.fixture
+def ray_tmp():
+    """A RAY_TMPDIR of its own, short (Ray's socket paths below it must fit in 107 bytes,
+    which pytest's tmp_path does not leave room for), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="cs-ray-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_auto_finds_a_stopped_cluster_and_says_so(tmp_path, photo_dir, tiny_model, ray_tmp):
     """`ray start` leaves the cluster's address behind; once it is stopped, `auto` finds it
     and nothing answers there."""
     port = free_port()
-    ray_tmp = Path(tempfile.mkdtemp(prefix="cs-ray-"))
     (ray_tmp / "ray").mkdir()
     (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
     args = ray_index(tmp_path, photo_dir, tiny_model, "--ray-address", "auto")
@@ -149,14 +177,14 @@ def test_auto_finds_a_stopped_cluster_and_says_so(tmp_path, photo_dir, tiny_mode
     assert not (tmp_path / "idx").exists()
 
 
-def test_auto_without_a_cluster_is_one_line(tmp_path, photo_dir, tiny_model):
+def test_auto_without_a_cluster_is_one_line(tmp_path, photo_dir, tiny_model, ray_tmp):
     from ray._private.services import find_gcs_addresses
 
     if find_gcs_addresses():
         pytest.skip("another Ray instance runs on this machine: `auto` would find it")
-    ray_tmp = tempfile.mkdtemp(prefix="cs-ray-")
     args = ray_index(tmp_path, photo_dir, tiny_model, "--ray-address", "auto")
-    code, err = finish(cli([*args, "--ray-timeout", "5"], tmp_path, {"RAY_TMPDIR": ray_tmp}))
+    env = {"RAY_TMPDIR": str(ray_tmp)}
+    code, err = finish(cli([*args, "--ray-timeout", "5"], tmp_path, env))
     assert code == 1
     assert err == [
         "clipsearch: error: --ray-address auto: no running Ray cluster found on this machine; "
@@ -194,15 +222,18 @@ def nodes():
         ray.shutdown()
     # Its own temp dir: the cluster's address file must not lead other Ray users here.
     old = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cs-ray-")
+    ray_dir = tempfile.mkdtemp(prefix="cs-ray-")  # short: see ray_tmp
+    os.environ["RAY_TMPDIR"] = ray_dir
     client_port = free_port()
     head = {"num_cpus": 0, "include_dashboard": False, "ray_client_server_port": client_port}
-    cluster = Cluster(initialize_head=True, connect=True, head_node_args=head)
-    try:
-        yield Nodes(cluster, client_port)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with ray_without_auth():
+        cluster = Cluster(initialize_head=True, connect=True, head_node_args=head)
+        try:
+            yield Nodes(cluster, client_port)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            shutil.rmtree(ray_dir, ignore_errors=True)
         if old is None:
             os.environ.pop("RAY_TMPDIR", None)
         else:

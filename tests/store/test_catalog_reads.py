@@ -113,7 +113,7 @@ def assert_reads_agree(catalog: Catalog) -> dict[int, StoredImage]:
         assert catalog.frames(i) == [(f, t) for t, f in frames]
         assert sorted(catalog.with_frames([i])) == sorted([i] + [f for _, f in frames if f != i])
     styles: dict[str | None, int] = {}
-    for image in expected.values():
+    for image in files.values():
         styles[image.style] = styles.get(image.style, 0) + 1
     assert catalog.style_counts() == styles
     by_sha: dict[str, list[int]] = {}
