@@ -10,6 +10,12 @@ depend on the weights), with clipsearch's cache primed by one earlier load:
 * **peak memory** while indexing 12 MP JPEGs at default settings (peak RSS of the process),
   against a naive open_clip loop (PIL, open_clip's preprocess, ``encode_image`` per image,
   fp32: what a simple tool does) and against clipsearch with an empty cache;
+* **the NumPy path** (#18): ``clipsearch index`` when one new photo joined an indexed folder,
+  which the defaults encode with the NumPy image tower (no torch import), against the torch
+  path in the same run (``--precision bf16``, what ``auto`` gives on a bf16 CPU; interleaved):
+  the wall time from the command to the first image encoded and to the end, and the peak
+  RSS; the NumPy tower's fp32 rate against the torch tower's (bf16 and fp32) on batches, and
+  from these the run size up to which NumPy finishes first (``NUMPY_MAX_GFLOP``);
 * **fp32 throughput** of the image tower on preprocessed batches, ours against open_clip's
   ``encode_image`` (the same weights, interleaved rounds), int8 dynamic quantisation of the
   MLP's linear layers beside it with its cosine to fp32; and end to end, ``clipsearch index
@@ -34,7 +40,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from _common import Row, machine, print_table, ratio, run_child, write_photos  # noqa: E402
+from _common import (  # noqa: E402
+    Row,
+    compile_package,
+    machine,
+    print_table,
+    ratio,
+    run_child,
+    write_photos,
+)
 
 CLI = [sys.executable, "-m", "clipsearch.cli.main"]
 TORCH_ONLY = [sys.executable, "-c", "import torch"]
@@ -51,6 +65,30 @@ with torch.no_grad():
     for path in sys.argv[3:]:
         model.encode_image(preprocess(Image.open(path).convert("RGB")).unsqueeze(0))
 print(f"{len(sys.argv) - 3} {time.perf_counter() - t}")
+"""
+
+
+# The CLI, printing the moment (perf_counter: CLOCK_MONOTONIC, the same in every process)
+# its first batch of images is encoded, by either encoder.
+FIRST_ENCODED = """
+import sys, time
+from clipsearch.models import encoder, npimagetower
+
+def stamp(cls):
+    real = cls.encode_batch
+
+    def first(self, pixels):
+        out = real(self, pixels)
+        print(f"first-encoded {time.perf_counter()}", flush=True)
+        cls.encode_batch = real
+        return out
+
+    cls.encode_batch = first
+
+stamp(encoder.Encoder)
+stamp(npimagetower.NumpyImageEncoder)
+from clipsearch.cli.main import main
+main(sys.argv[1:])
 """
 
 
@@ -147,6 +185,108 @@ def startup_and_memory(args, model: str, weights: Path, cache: Path, photos: lis
     return rows
 
 
+def first_encoded_run(index: Path, folder: Path, model: str, weights: Path, cache: Path,
+                      *extra: str) -> tuple[float, float, float]:  # fmt: skip
+    """Seconds from the command to its first image encoded, to its end, and its peak RSS
+    (MiB), of one ``clipsearch index`` run (the launcher's own start counts in the first)."""
+    argv = index_cmd(index, folder, model, weights, *extra)
+    argv = [sys.executable, "-c", FIRST_ENCODED, *argv[3:]]  # the CLI, stamped
+    t0 = time.perf_counter()
+    wall, rss, out = run_child(argv, {"XDG_CACHE_HOME": str(cache)})
+    stamps = [float(line.split()[1]) for line in out.splitlines() if line.startswith("first-")]
+    return (stamps[0] - t0 if stamps else float("nan")), wall, rss
+
+
+def numpy_path(args, model: str, weights: Path, cache: Path, photos: list[Path]) -> dict:
+    """One new photo into an indexed folder, the NumPy path (defaults) and the torch path
+    (``--precision bf16``) interleaved; medians of first-encoded and end, peak RSS."""
+    runs: dict[str, list[tuple[float, float, float]]] = {"numpy": [], "torch": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, index = Path(tmp) / "growing", Path(tmp) / "growing-idx"
+        folder.mkdir()
+        shutil.copy(photos[0], folder / "first.jpg")
+        run_child(index_cmd(index, folder, model, weights), {"XDG_CACHE_HOME": str(cache)})
+        for i in range(args.repeat):
+            for j, (path, extra) in enumerate((("numpy", ()), ("torch", ("--precision", "bf16")))):
+                photo = photos[1 + (2 * i + j) % (len(photos) - 1)]
+                shutil.copy(photo, folder / f"new-{path}-{i}.jpg")
+                runs[path].append(first_encoded_run(index, folder, model, weights, cache, *extra))
+    return {
+        k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
+            max(r[2] for r in v))
+        for k, v in runs.items()
+    }  # fmt: skip
+
+
+def tower_rates(model: str, weights: Path, batch: int, rounds: int) -> dict:
+    """img/s of the NumPy tower (fp32) and of our torch tower (bf16, fp32) on one batch,
+    interleaved rounds, best of each; the NumPy vectors' max difference to torch fp32."""
+    import numpy as np
+    import open_clip
+    import torch
+
+    from clipsearch.models.imagetower import build_tower, describe
+    from clipsearch.models.npimagetower import NumpyImageTower
+
+    oc = open_clip.create_model(model, pretrained=str(weights)).eval()
+    config = describe(oc)
+    assert config is not None, model
+    state = {k: v.detach().clone() for k, v in oc.visual.state_dict().items()}
+    del oc
+    fp32 = build_tower(config, state)
+    bf16 = build_tower(config, {k: v.to(torch.bfloat16) for k, v in state.items()})
+    numpy_tower = NumpyImageTower(config, {k: v.numpy() for k, v in state.items()})
+    x = torch.randn(batch, 3, config.image_size, config.image_size, generator=torch.Generator())
+    xn = x.numpy()
+    variants = {
+        "numpy": lambda: numpy_tower(xn),
+        "torch bf16": lambda: bf16(x.to(torch.bfloat16)),
+        "torch fp32": lambda: fp32(x),
+    }
+    best = dict.fromkeys(variants, float("inf"))
+    with torch.inference_mode():
+        want = torch.nn.functional.normalize(fp32(x), dim=-1).numpy()
+        got = numpy_tower(xn)
+        got = got / np.linalg.norm(got, axis=-1, keepdims=True)
+        for _ in range(rounds):
+            for name, f in variants.items():
+                t = time.perf_counter()
+                f()
+                best[name] = min(best[name], time.perf_counter() - t)
+    rates = {k: batch / v for k, v in best.items()}
+    return {"rates": rates, "diff": float(np.abs(got - want).max()), "gflop": config.gflop}
+
+
+def numpy_rows(model: str, path: dict, tower: dict | None, batch: int) -> list[Row]:
+    (nf, ne, nrss), (tf, te, trss) = path["numpy"], path["torch"]
+    rows = [
+        Row(f"{model}: one more photo, command to first encoded, NumPy (defaults) vs torch bf16",
+            f"{nf:.2f} s", f"{tf:.2f} s", ratio(nf, tf, higher_is_better=False),
+            f"{nrss:.0f} MiB vs {trss:.0f} MiB"),
+        Row(f"{model}: the same, command to end", f"{ne:.2f} s", f"{te:.2f} s",
+            ratio(ne, te, higher_is_better=False), "-"),
+    ]  # fmt: skip
+    if tower is None:
+        return rows
+    r = tower["rates"]
+    rows += [
+        Row(f"{model}: NumPy tower fp32, batch {batch}, vs torch tower bf16",
+            f"{r['numpy']:.2f} img/s", f"{r['torch bf16']:.2f} img/s",
+            ratio(r["numpy"], r["torch bf16"]), f"max diff to torch fp32 {tower['diff']:.1e}"),
+        Row(f"{model}: NumPy tower fp32, batch {batch}, vs torch tower fp32",
+            f"{r['numpy']:.2f} img/s", f"{r['torch fp32']:.2f} img/s",
+            ratio(r["numpy"], r["torch fp32"]), "-"),
+    ]  # fmt: skip
+    per_image = 1 / r["numpy"] - 1 / r["torch bf16"]  # what NumPy loses on each image
+    saved = tf - nf  # what it saves once: torch's import and load
+    if per_image > 0:
+        n = saved / per_image
+        note = f"{saved:.2f} s saved, {per_image * 1000:.0f} ms lost per image"
+        rows.append(Row(f"{model}: images up to which NumPy finishes first (GFLOP of work)",
+                        f"{n:.0f} ({n * tower['gflop']:.0f} GFLOP)", "-", "-", note))  # fmt: skip
+    return rows
+
+
 def tower_throughput(model: str, weights: Path, batch: int, rounds: int) -> list[Row]:
     """fp32 img/s of our tower and of open_clip's encode_image, interleaved; int8 beside."""
     import open_clip
@@ -210,10 +350,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     ap.add_argument("--batch", type=int, default=16, help="batch of the tower throughput")
     ap.add_argument("--work", type=Path, default=Path("/tmp/clipsearch-bench"))
-    ap.add_argument("--skip", nargs="*", default=[], choices=["startup", "tower", "fp32"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["startup", "numpy", "tower", "fp32"])
     args = ap.parse_args()
 
     print(f"machine: {machine()}")
+    compile_package()  # children import the bytecode, as from an installed package
     photos = write_photos(args.work / "photos-12mp", args.photos)
     rows: list[Row] = []
     for model in args.models:
@@ -226,6 +367,10 @@ def main() -> None:
             fresh_index_run(one, model, weights, cache)
         if "startup" not in args.skip:
             rows += startup_and_memory(args, model, weights, cache, photos)
+        if "numpy" not in args.skip:
+            path = numpy_path(args, model, weights, cache, photos)
+            tower = tower_rates(model, weights, args.batch, max(2, args.repeat))
+            rows += numpy_rows(model, path, tower, args.batch)
         if "tower" not in args.skip:
             rows += tower_throughput(model, weights, args.batch, args.repeat)
         if "fp32" not in args.skip:

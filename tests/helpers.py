@@ -23,6 +23,43 @@ TINY_CFG = {
 }
 
 
+def vision_cfg(quick_gelu: bool = False, **vision) -> dict:
+    """TINY_CFG with its image tower changed (``vision_cfg`` keys of open_clip)."""
+    import copy
+
+    cfg = copy.deepcopy(TINY_CFG)
+    cfg["vision_cfg"].update(vision)
+    if quick_gelu:
+        cfg["quick_gelu"] = True
+    return cfg
+
+
+def random_clip(cfg: dict, seed: int = 0):  # noqa: ANN201 - an open_clip.CLIP
+    """An open_clip ``CLIP`` of a config in eval mode, every image tower weight perturbed
+    (LayerNorms start as ones and zeros: make every weight count)."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**cfg).eval()
+    with torch.no_grad():
+        for p in model.visual.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+# The image towers models/imagetower.py covers, as vision_cfg keyword arguments.
+VISION_VARIANTS = {
+    "class-token": {},
+    "quick-gelu": {"quick_gelu": True},
+    "avg-pool": {"pool_type": "avg"},
+    "avg-pool-ln-after": {"pool_type": "avg", "final_ln_after_pool": True},
+    "no-ln-pre": {"no_ln_pre": True},
+    "sincos-pos": {"pos_embed_type": "sin_cos_2d"},
+    "two-layers-64px": {"layers": 2, "image_size": 64, "patch_size": 8},
+}
+
+
 PREPROCESS_CFG = {
     "size": 32,
     "mean": [0.48145466, 0.4578275, 0.40821073],

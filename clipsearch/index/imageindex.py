@@ -56,7 +56,8 @@ from clipsearch.media.photometa import PhotoMeta
 from clipsearch.media.video import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES, VideoOptions
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.imagetower import cached_identity
-from clipsearch.models.loading import load_spec
+from clipsearch.models.loading import load_image_encoder, load_spec
+from clipsearch.models.npimagetower import NumpyImageEncoder
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
 from clipsearch.store.migrations import SCHEMA_VERSION
@@ -337,14 +338,31 @@ class ImageIndex:
             self._image_encoder = encoder
         return self._image_encoder
 
-    def _indexing_encoder(self) -> Encoder:
-        """The image tower for :meth:`add`. New images get style labels, so the labeller is
-        made first: a zero-shot labeller's text vectors come from the text tower, whose
-        weights are let go before the image tower loads, so that the two are never in memory
-        together (a later text query maps them again)."""
+    def _indexing_encoder(self, images: int | None = None) -> Encoder | NumpyImageEncoder:
+        """The image tower for :meth:`add`, a run that encodes at most ``images`` pictures
+        (None: many, or unknown): the model already loaded, else the NumPy tower for a small
+        run once the model has been loaded before (no torch import; see
+        :func:`~clipsearch.models.loading.load_image_encoder`), else the torch tower.
+
+        New images get style labels, so the labeller is made first: a zero-shot labeller's
+        text vectors come from the text tower, whose weights are let go before the image
+        tower loads, so that the two are never in memory together (a later text query maps
+        them again)."""
         self.styles.prepare()
         self._numpy_text, self._text_encoder = None, None
-        return self.image_encoder
+        if self._encoder is not None or self._image_encoder is not None:
+            return self.image_encoder  # loaded already: no start-up left to save
+        encoder = load_image_encoder(
+            self.spec, self.identity, images=images, device=self.device, precision=self.precision
+        )
+        self._check_identity(encoder)
+        if encoder.towers == "both":  # no image tower of its own: the whole model
+            self._encoder = encoder
+        elif isinstance(encoder, NumpyImageEncoder):
+            return encoder  # mapped, not read: nothing worth keeping for the next run
+        else:
+            self._image_encoder = encoder
+        return encoder
 
     def _check_identity(self, encoder: Encoder) -> None:
         if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:

@@ -57,6 +57,7 @@ from clipsearch.store.catalog import Catalog, NewImage
 
 if TYPE_CHECKING:
     from clipsearch.models.encoder import Encoder
+    from clipsearch.models.npimagetower import NumpyImageEncoder
     from clipsearch.store.vectors import VectorIndex
 
 
@@ -102,6 +103,12 @@ class IndexOptions:
     video: VideoOptions = VideoOptions()
     decode: str = "auto"
     devices: tuple[str, ...] = ()
+
+    @property
+    def torch_only(self) -> bool:
+        """Whether these options ask for what only the torch encoder does: compiling,
+        decoding on the device, several devices."""
+        return self.compile or bool(self.devices) or self.decode == "device"
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -170,14 +177,14 @@ class Prepared:
 
     cand: Candidate
     sha256: str = ""
-    pixels: Any = None  # a preprocessed tensor, or None when the content is already known
+    pixels: Any = None  # preprocessed (the encoder's kind), or None when the content is known
     width: int = 0
     height: int = 0
     error: str | None = None
     vector: np.ndarray | None = None  # set when a remote executor already encoded it
     meta: PhotoMeta | None = None  # date, camera and place, from the header only
     frame_time: float | None = None  # a video's: the time of the frame in ``pixels``/``vector``
-    # A video's later frames: (seconds, preprocessed tensor, or its vector once encoded).
+    # A video's later frames: (seconds, preprocessed pixels, or its vector once encoded).
     frames: list[tuple[float, Any]] = field(default_factory=list)
     raw: RawJpeg | None = None  # a JPEG to decode in a batch on the device (index.devices)
 
@@ -295,7 +302,8 @@ class BatchPlan:
         image = NewImage(root_id, f.rel, f.size, f.mtime_ns, p.sha256, p.width, p.height, p.meta)
         self.new.append(replace(image, frame_time=p.frame_time))
         for seconds, frame in p.frames:  # a video's later frames, tied to its file row
-            into = self.vectors if isinstance(frame, np.ndarray) else self.pixels
+            # a vector (encoded remotely) is one row; pixels (array or tensor) are an image
+            into = self.vectors if getattr(frame, "ndim", 0) == 1 else self.pixels
             into.append((len(self.new), frame))
             self.new.append(replace(image, frame_time=seconds, frame_of=row))
         if old is None:
@@ -316,16 +324,18 @@ class _Scope(NamedTuple):
 class Indexer:
     """Runs one incremental indexing pass over some folders into a catalog and vector index.
 
-    The model (torch, open_clip) loads only when a file must be encoded, and the vector index
-    (FAISS) only when ids are added or removed: a run over unchanged or moved files needs
-    neither.
+    The model loads only when a file must be encoded, and the vector index (FAISS) only when
+    ids are added or removed: a run over unchanged or moved files needs neither. ``encoder``
+    is told at most how many pictures the run will encode (None: it cannot tell, or the
+    options need torch), so that a small run can take the NumPy image tower and never import
+    torch (:func:`clipsearch.models.loading.load_image_encoder`).
     """
 
     def __init__(
         self,
         catalog: Catalog,
         vectors: Callable[[], VectorIndex],
-        encoder: Callable[[], Encoder],
+        encoder: Callable[[int | None], Encoder | NumpyImageEncoder],
         options: IndexOptions,
         progress: Progress | None = None,
         save: Callable[[], None] | None = None,
@@ -336,7 +346,8 @@ class Indexer:
         self._vectors_factory = vectors
         self._vectors: VectorIndex | None = None
         self._encoder_factory = encoder
-        self._encoder: Encoder | None = None
+        self._encoder: Encoder | NumpyImageEncoder | None = None
+        self._pictures: int | None = None  # at most how many this run encodes, once known
         self._encoder_error: Exception | None = None
         self._encoder_lock = threading.Lock()
         self.options = options
@@ -347,14 +358,14 @@ class Indexer:
         self._stage: DeviceStage | None = None  # built once the model has loaded, if used
 
     @property
-    def encoder(self) -> Encoder:
+    def encoder(self) -> Encoder | NumpyImageEncoder:
         """The model, loaded by the first decoding worker that needs it (once, under a lock)."""
         with self._encoder_lock:
             if self._encoder_error is not None:  # failed once: the other workers fail at once
                 raise self._encoder_error
             if self._encoder is None:
                 try:
-                    encoder = self._encoder_factory()
+                    encoder = self._encoder_factory(self._pictures)
                     if self.options.compile:
                         encoder.compile_image_tower()
                 except Exception as e:
@@ -388,6 +399,7 @@ class Indexer:
         report = IndexReport()
         scopes = [self._scope(root) for root in roots]
         candidates, gone = self._diff(scopes, report)
+        self._pictures = self._pictures_at_most(candidates)
         self.progress.start(len(candidates))
         try:
             self._process(candidates, GoneFiles(gone), report)
@@ -398,6 +410,14 @@ class Indexer:
         self._clear_stale_errors([scope.walk for scope in scopes], report)
         report.seconds = time.monotonic() - started
         return report
+
+    def _pictures_at_most(self, candidates: Sequence[Candidate]) -> int | None:
+        """At most how many pictures the run encodes (a video: its most frames; a moved file
+        is only hashed, but counts until then); None where the options need torch anyway."""
+        if self.options.torch_only:
+            return None
+        frames = self.options.video.max_frames
+        return sum(frames if is_video(c.found.rel) else 1 for c in candidates)
 
     def _diff(
         self, scopes: Sequence[_Scope], report: IndexReport
@@ -662,11 +682,9 @@ class Indexer:
         matrix = np.zeros((len(plan.new), self.vectors.dim), dtype=np.float32)
         step = self.batch_size
         for start in range(0, len(plan.pixels), step):  # a video's frames may be many
-            import torch
-
             part = plan.pixels[start : start + step]
             rows = [row for row, _ in part]
-            matrix[rows] = self.encoder.encode_pixels(torch.stack([px for _, px in part]))
+            matrix[rows] = self.encoder.encode_batch([px for _, px in part])
         for row, vec in plan.vectors:
             matrix[row] = vec
         for row, donor in plan.copies:
@@ -678,7 +696,7 @@ class Indexer:
 
 def prepare_candidate(
     cand: Candidate,
-    encoder: Callable[[], Encoder],
+    encoder: Callable[[], Encoder | NumpyImageEncoder],
     draft: bool,
     gone_shas: Container[str],
     video: VideoOptions | None = None,
@@ -723,7 +741,10 @@ def prepare_candidate(
 
 
 def _prepare_video(
-    cand: Candidate, encoder: Callable[[], Encoder], gone_shas: Container[str], video: VideoOptions
+    cand: Candidate,
+    encoder: Callable[[], Encoder | NumpyImageEncoder],
+    gone_shas: Container[str],
+    video: VideoOptions,
 ) -> Prepared:
     """A video's hash (read in chunks, never held whole) and its frames, preprocessed."""
     path = cand.found.path

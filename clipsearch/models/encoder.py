@@ -90,6 +90,12 @@ class Encoder:
             features = self.model.encode_image(x)
             return normalize(features)
 
+    def encode_batch(self, pixels: Sequence[Any]) -> np.ndarray:
+        """Encode preprocessed images, each what :attr:`preprocess` gave (a (3, H, W) tensor)."""
+        import torch
+
+        return self.encode_pixels(torch.stack(list(pixels)))
+
     @property
     def compiled(self) -> bool:
         """Whether the image tower runs compiled (see :meth:`compile_image_tower`)."""

@@ -38,7 +38,12 @@ import numpy as np
 
 from clipsearch.models.encoder import Encoder
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
-from clipsearch.models.npmath import read_safetensors, safetensors_header, save_safetensors
+from clipsearch.models.npmath import (
+    block_shapes,
+    read_safetensors,
+    safetensors_header,
+    save_safetensors,
+)
 from clipsearch.models.preprocess import ImagePreprocess
 from clipsearch.models.towercache import read_record, record_path, write_record
 from clipsearch.threads import TORCH, limit_threads
@@ -88,6 +93,31 @@ class ImageTowerConfig:
     @property
     def tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2 + 1
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor of the tower, by its state-dict name inside open_clip's ``visual``."""
+        w, p = self.width, self.patch_size
+        shapes: dict[str, tuple[int, ...]] = {
+            "conv1.weight": (w, 3, p, p),
+            "class_embedding": (w,),
+            "positional_embedding": (self.tokens, w),
+        }
+        if self.ln_pre:
+            shapes.update({"ln_pre.weight": (w,), "ln_pre.bias": (w,)})
+        for i in range(self.layers):
+            shapes.update(block_shapes(f"transformer.resblocks.{i}.", w, self.mlp_width))
+        shapes.update({"ln_post.weight": (w,), "ln_post.bias": (w,)})
+        if self.proj:
+            shapes["proj"] = (w, self.output_dim)
+        return shapes
+
+    @property
+    def gflop(self) -> float:
+        """The floating-point work of one image, in billions (a multiply-add counts 2)."""
+        t, w, m, p = self.tokens, self.width, self.mlp_width, self.patch_size
+        layer = 2 * t * (4 * w * w + 2 * w * m) + 4 * t * t * w  # projections, MLP, attention
+        embed = 2 * (t - 1) * 3 * p * p * w
+        return (embed + self.layers * layer + 2 * w * self.output_dim) / 1e9
 
 
 def _modules():  # noqa: ANN202 - torch classes, made on first use so that import stays light
@@ -259,6 +289,53 @@ def _read_record(spec: ModelSpec, key: str, cache_dir: str | None = None) -> dic
     return read_record(spec, key, CACHE_SUBDIR, RECORD_VERSION, cache_dir)
 
 
+@dataclass(frozen=True)
+class ImageRecord:
+    """What a valid image tower record says: the identity the vectors get (the index's when
+    one was given), the preprocessing, the tower's shape, and where its weights lie."""
+
+    identity: ModelIdentity
+    preprocess: ImagePreprocess
+    config: ImageTowerConfig
+    weights: str  # a float32 safetensors file
+    prefix: str  # of the tower's tensors in it
+
+
+def read_image_record(
+    spec: ModelSpec, identity: ModelIdentity | None = None, cache_dir: str | None = None
+) -> ImageRecord | None:
+    """The image tower record of a model if it is valid now (see :mod:`towercache`), without
+    reading any weights; None where the tower must come through open_clip.
+
+    Args:
+        spec: the model.
+        identity: the identity it must have (an index's); by default what the spec names now.
+        cache_dir: the Hugging Face cache the model loads through (None: the default).
+    """
+    try:
+        key = identity.key if identity is not None else spec_key(spec)
+    except OSError:
+        return None
+    record = _read_record(spec, key, cache_dir)
+    if record is None:
+        return None
+    try:
+        recorded = ModelIdentity.from_dict(record["identity"])
+        preprocess = ImagePreprocess.from_config(recorded.preprocess)
+        config = ImageTowerConfig.from_dict(record["config"])
+        weights, prefix = str(record["weights"]), str(record["prefix"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        log.debug("image tower record of %s is unusable: %s", spec, e)
+        return None
+    if (
+        preprocess is None
+        or config.output_dim != recorded.dim
+        or (identity is not None and recorded.dim != identity.dim)
+    ):
+        return None
+    return ImageRecord(identity or recorded, preprocess, config, weights, prefix)
+
+
 def cached_image_encoder(
     spec: ModelSpec,
     identity: ModelIdentity | None = None,
@@ -280,48 +357,24 @@ def cached_image_encoder(
         An :class:`Encoder` with ``towers="image"``, or None (load through open_clip) when
         there is no record, the identity or weights changed, or anything cannot be read.
     """
-    try:
-        key = identity.key if identity is not None else spec_key(spec)
-    except OSError:
-        return None
-    record = _read_record(spec, key, cache_dir)
-    if record is None:
+    found = read_image_record(spec, identity, cache_dir)
+    if found is None:
         return None
     try:
-        recorded = ModelIdentity.from_dict(record["identity"])
-        if identity is not None and recorded.dim != identity.dim:
-            return None
-        preprocess = ImagePreprocess.from_config(recorded.preprocess)
-        config = ImageTowerConfig.from_dict(record["config"])
-        if preprocess is None or config.output_dim != recorded.dim:
-            return None
-        tower = load_tower(
-            config, record["weights"], record["prefix"], device=device, precision=precision
-        )
+        c, weights, prefix = found.config, found.weights, found.prefix
+        tower = load_tower(c, weights, prefix, device=device, precision=precision)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-        log.debug("image tower record %s is unusable: %s", record.get("weights"), e)
+        log.debug("image tower record %s is unusable: %s", found.weights, e)
         return None
-    return Encoder(tower, preprocess, None, identity or recorded, device, precision, "image")
+    return Encoder(tower, found.preprocess, None, found.identity, device, precision, "image")
 
 
 def cached_identity(spec: ModelSpec, cache_dir: str | None = None) -> ModelIdentity | None:
     """The identity of a model as its valid image tower record holds it, without reading any
     weights (what a new index records); None where :func:`cached_image_encoder` would not
     apply."""
-    try:
-        record = _read_record(spec, spec_key(spec), cache_dir)
-        if record is None:
-            return None
-        identity = ModelIdentity.from_dict(record["identity"])
-        config = ImageTowerConfig.from_dict(record["config"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if (
-        ImagePreprocess.from_config(identity.preprocess) is None
-        or config.output_dim != identity.dim
-    ):
-        return None
-    return identity
+    found = read_image_record(spec, None, cache_dir)
+    return found.identity if found is not None else None
 
 
 def remember(

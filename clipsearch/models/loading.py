@@ -41,6 +41,11 @@ from clipsearch.models.identity import (
 )
 from clipsearch.models.imagetower import cached_image_encoder
 from clipsearch.models.imagetower import remember as remember_image_tower
+from clipsearch.models.npimagetower import (
+    NumpyImageEncoder,
+    cached_numpy_image_encoder,
+    prefers_numpy,
+)
 from clipsearch.models.openclip_private import hf_hub_model_config, safe_weight_names
 from clipsearch.models.preprocess import ImagePreprocess
 from clipsearch.models.runtime import encode_text, pick_device, pick_precision
@@ -113,6 +118,33 @@ def load_text_encoder(
         if fast is not None:
             return fast
     return load_spec(spec, device=device, precision=precision, towers="text")
+
+
+def load_image_encoder(
+    spec: ModelSpec,
+    identity: ModelIdentity | None = None,
+    *,
+    images: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+) -> Encoder | NumpyImageEncoder:
+    """The quickest encoder for a run of ``images`` images: the image tower in NumPy, without
+    importing torch, when the run is small enough for it (``prefers_numpy`` of
+    :mod:`clipsearch.models.npimagetower`) and the model has a valid image tower record (it
+    was loaded before); else the image tower in torch (:func:`load_spec`, ``towers="image"``).
+
+    Args:
+        spec: the model.
+        identity: the identity it must have (an index's); by default what the spec names now.
+        images: at most how many images will be encoded; None: many, or unknown.
+        device, precision, cache_dir: as for :func:`load_encoder`.
+    """
+    if images is not None:
+        fast = cached_numpy_image_encoder(spec, identity, cache_dir)
+        if fast is not None and prefers_numpy(images, fast.tower.config, device, precision):
+            return fast
+    return load_spec(spec, device=device, precision=precision, cache_dir=cache_dir, towers="image")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""NumPy building blocks of the torch-free text towers (:mod:`clipsearch.models.texttower`,
-:mod:`clipsearch.models.hftower`): thin matrix products, LayerNorm, exact GELU, and
-memory-mapped safetensors."""
+"""NumPy building blocks of the torch-free towers (:mod:`clipsearch.models.texttower`,
+:mod:`clipsearch.models.hftower`, :mod:`clipsearch.models.npimagetower`): thin matrix products,
+LayerNorm, the GELUs, open_clip's residual attention block (causal for text, not for images),
+and memory-mapped safetensors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,23 +58,108 @@ _ERF_P = 0.3275911
 _ERF_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
 
 
-def _erfc_abs(z: np.ndarray) -> np.ndarray:
-    """erfc(|z|) in float64."""
-    z = np.abs(z)
-    t = 1.0 / (1.0 + _ERF_P * z)
-    poly = np.zeros_like(t)
-    for a in _ERF_A:  # Horner, highest power first
-        poly = (poly + a) * t
-    return poly * np.exp(-z * z)
-
-
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU, x * Phi(x) = x/2 * (1 + erf(x / sqrt 2)), as ``torch.nn.GELU()``; numpy has no
-    erf, and the tanh approximation differs by up to 4.7e-4."""
-    z = x.astype(np.float64) * (1.0 / math.sqrt(2.0))
-    tail = _erfc_abs(z)  # erfc(|z|): for z < 0, Phi = tail / 2 without cancellation
-    phi = np.where(z >= 0, 1.0 - 0.5 * tail, 0.5 * tail)
-    return (x * phi).astype(np.float32)
+    erf, and the tanh approximation differs by up to 4.7e-4.
+
+    In float32 throughout (a float64 pass cost several times as much on an image tower's
+    activations): the tail ``t = erfc(|x| / sqrt 2) / 2`` is small where x is large, so
+    ``x - x t`` (x >= 0) and ``x t`` (x < 0) round like the result itself."""
+    x = np.asarray(x, dtype=np.float32)
+    z = np.abs(x) * np.float32(1.0 / math.sqrt(2.0))
+    t = np.float32(1.0) / (np.float32(1.0) + np.float32(_ERF_P) * z)
+    poly = np.zeros_like(t)
+    for a in _ERF_A:  # Horner, highest power first
+        poly += np.float32(a)
+        poly *= t
+    np.square(z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    poly *= z
+    poly *= np.float32(0.5)  # the tail: erfc(|x| / sqrt 2) / 2
+    poly *= x
+    return np.where(x >= 0, x - poly, poly).astype(np.float32, copy=False)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU's tanh approximation, as ``torch.nn.GELU(approximate="tanh")``."""
+    inner = np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)
+    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
+
+
+# The MLP activations by the names the towers' configs use (torch's ``approximate``, and
+# ``quick`` for open_clip's QuickGELU).
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "quick": quick_gelu,
+    "none": gelu,
+    "tanh": gelu_tanh,
+}
+
+
+def block_shapes(prefix: str, width: int, mlp_width: int) -> dict[str, tuple[int, ...]]:
+    """The tensors of one open_clip ``ResidualAttentionBlock`` (``prefix`` + state-dict name)."""
+    w, m = width, mlp_width
+    shapes = {
+        "ln_1.weight": (w,),
+        "ln_1.bias": (w,),
+        "attn.in_proj_weight": (3 * w, w),
+        "attn.in_proj_bias": (3 * w,),
+        "attn.out_proj.weight": (w, w),
+        "attn.out_proj.bias": (w,),
+        "ln_2.weight": (w,),
+        "ln_2.bias": (w,),
+        "mlp.c_fc.weight": (m, w),
+        "mlp.c_fc.bias": (m,),
+        "mlp.c_proj.weight": (w, m),
+        "mlp.c_proj.bias": (w,),
+    }
+    return {prefix + k: v for k, v in shapes.items()}
+
+
+def residual_block(
+    x: np.ndarray,
+    t: Mapping[str, np.ndarray],
+    prefix: str,
+    *,
+    n: int,
+    heads: int,
+    eps: float,
+    activation: str,
+    causal: bool = False,
+    pool: np.ndarray | None = None,
+) -> np.ndarray:
+    """open_clip's ``ResidualAttentionBlock`` (pre-LayerNorm, multi-head attention, MLP) over
+    ``x``: sequences of ``n`` positions, one row each (sequences * n, width), its tensors
+    ``t[prefix + name]`` (see :func:`block_shapes`).
+
+    With ``pool`` (one position per sequence), only those rows come out: when nothing after
+    this block reads another position (the last block), the other rows' output projection
+    and MLP are skipped; exact, since a row's result does not depend on them.
+    """
+    p = prefix
+    rows, width = len(x) // n, x.shape[1]
+    hd = width // heads
+    h = layer_norm(x, t[p + "ln_1.weight"], t[p + "ln_1.bias"], eps)
+    qkv = linear(h, t[p + "attn.in_proj_weight"], t[p + "attn.in_proj_bias"])
+    # (rows, n, 3, heads, hd) -> three (rows, heads, n, hd)
+    q, k, v = qkv.reshape(rows, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
+    mask = np.triu(np.full((n, n), -np.inf, dtype=np.float32), 1) if causal else None
+    if pool is not None:
+        q = q[np.arange(rows), :, pool][:, :, None, :]  # (rows, heads, 1, hd)
+        mask = mask[pool][:, None, None, :] if mask is not None else None
+        x = x[np.arange(rows) * n + pool]
+    scores = (q * np.float32(hd**-0.5)) @ k.transpose(0, 1, 3, 2)
+    if mask is not None:
+        scores += mask
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    attn = (scores @ v).transpose(0, 2, 1, 3).reshape(len(x), width)
+    x = x + linear(attn, t[p + "attn.out_proj.weight"], t[p + "attn.out_proj.bias"])
+    h = layer_norm(x, t[p + "ln_2.weight"], t[p + "ln_2.bias"], eps)
+    h = linear(h, t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"])
+    h = ACTIVATIONS[activation](h)
+    return x + linear(h, t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"])
 
 
 # --- safetensors, memory-mapped ------------------------------------------------------------

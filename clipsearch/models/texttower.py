@@ -52,11 +52,11 @@ from clipsearch.models.hftower import (
 )
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.npmath import (
-    gelu,
+    block_shapes,
     layer_norm,
     linear,
-    quick_gelu,
     read_safetensors,
+    residual_block,
     save_safetensors,
 )
 from clipsearch.models.openclip_private import default_text_cleaner
@@ -118,7 +118,7 @@ class TextTowerConfig:
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor the forward reads, by its open_clip ``CLIP`` state-dict name."""
-        w, m = self.width, self.mlp_width
+        w = self.width
         shapes: dict[str, tuple[int, ...]] = {
             "token_embedding.weight": (self.vocab_size, w),
             "positional_embedding": (self.context_length, w),
@@ -126,23 +126,7 @@ class TextTowerConfig:
             "ln_final.bias": (w,),
         }
         for i in range(self.layers):
-            p = f"transformer.resblocks.{i}."
-            shapes.update(
-                {
-                    p + "ln_1.weight": (w,),
-                    p + "ln_1.bias": (w,),
-                    p + "attn.in_proj_weight": (3 * w, w),
-                    p + "attn.in_proj_bias": (3 * w,),
-                    p + "attn.out_proj.weight": (w, w),
-                    p + "attn.out_proj.bias": (w,),
-                    p + "ln_2.weight": (w,),
-                    p + "ln_2.bias": (w,),
-                    p + "mlp.c_fc.weight": (m, w),
-                    p + "mlp.c_fc.bias": (m,),
-                    p + "mlp.c_proj.weight": (w, m),
-                    p + "mlp.c_proj.bias": (w,),
-                }
-            )
+            shapes.update(block_shapes(f"transformer.resblocks.{i}.", w, self.mlp_width))
         return shapes
 
 
@@ -205,32 +189,21 @@ class TextTower:
         return (x / norms).astype(np.float32, copy=False)
 
     def _block(self, i: int, x: np.ndarray, n: int, pool: np.ndarray | None) -> np.ndarray:
-        """Residual block ``i`` over ``x`` (texts * n positions, width). With ``pool`` (each
-        text's pooled position; the last block), only those rows come out: the attention is
-        causal and nothing after this block reads another position, so the other rows' output
-        projection and MLP are skipped (exact: a row's result does not depend on them)."""
-        c, t = self.config, self.tensors
-        p = f"transformer.resblocks.{i}."
-        rows, heads, hd = len(x) // n, c.heads, c.width // c.heads
-        h = layer_norm(x, t[p + "ln_1.weight"], t[p + "ln_1.bias"], c.ln_eps)
-        qkv = linear(h, t[p + "attn.in_proj_weight"], t[p + "attn.in_proj_bias"])
-        # (rows, n, 3, heads, hd) -> three (rows, heads, n, hd)
-        q, k, v = qkv.reshape(rows, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
-        mask = np.triu(np.full((n, n), -np.inf, dtype=np.float32), 1)
-        if pool is not None:
-            q = q[np.arange(rows), :, pool][:, :, None, :]  # (rows, heads, 1, hd)
-            mask = mask[pool][:, None, None, :]
-            x = x[np.arange(rows) * n + pool]
-        scores = (q * np.float32(hd**-0.5)) @ k.transpose(0, 1, 3, 2) + mask
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        attn = (scores @ v).transpose(0, 2, 1, 3).reshape(len(x), c.width)
-        x = x + linear(attn, t[p + "attn.out_proj.weight"], t[p + "attn.out_proj.bias"])
-        h = layer_norm(x, t[p + "ln_2.weight"], t[p + "ln_2.bias"], c.ln_eps)
-        h = linear(h, t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"])
-        h = quick_gelu(h) if c.quick_gelu else gelu(h)
-        return x + linear(h, t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"])
+        """Residual block ``i`` over ``x`` (texts * n positions, width), causal. With ``pool``
+        (each text's pooled position; the last block), only those rows come out: nothing
+        after this block reads another position."""
+        c = self.config
+        return residual_block(
+            x,
+            self.tensors,
+            f"transformer.resblocks.{i}.",
+            n=n,
+            heads=c.heads,
+            eps=c.ln_eps,
+            activation="quick" if c.quick_gelu else "none",
+            causal=True,
+            pool=pool,
+        )
 
 
 def _projection_names(config: TextTowerConfig) -> tuple[str, ...]:

@@ -398,6 +398,7 @@ def test_a_model_that_fails_to_load_stops_the_run_only_when_a_file_needs_it(
         raise RuntimeError("the model cannot load")
 
     monkeypatch.setattr(imageindex_mod, "load_spec", broken)
+    monkeypatch.setattr(imageindex_mod, "load_image_encoder", broken)  # NumPy's way in too
     (photo_dir / "shapes" / "red_square.png").rename(photo_dir / "red_square.png")
     with ImageIndex.open(tmp_path / "idx") as idx:
         report = idx.add([photo_dir])  # a move: hashed only, no model

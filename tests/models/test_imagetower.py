@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -22,26 +21,7 @@ from clipsearch.models.imagetower import (
     probe_images,
 )
 from clipsearch.models.loading import load_encoder
-from tests.helpers import TINY_CFG, save_tiny_model
-
-
-def _cfg(quick_gelu: bool = False, **vision) -> dict:
-    cfg = copy.deepcopy(TINY_CFG)
-    cfg["vision_cfg"].update(vision)
-    if quick_gelu:
-        cfg["quick_gelu"] = True
-    return cfg
-
-
-def _model(cfg: dict, seed: int = 0):
-    import open_clip
-
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(**cfg).eval()
-    with torch.no_grad():  # LayerNorms start as ones and zeros: make every weight count
-        for p in model.visual.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+from tests.helpers import VISION_VARIANTS, random_clip, save_tiny_model, vision_cfg
 
 
 def _pixels(size: int) -> torch.Tensor:
@@ -55,20 +35,9 @@ def _unit(x: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(x.float(), dim=-1).numpy()
 
 
-VARIANTS = {
-    "class-token": {},
-    "quick-gelu": {"quick_gelu": True},
-    "avg-pool": {"pool_type": "avg"},
-    "avg-pool-ln-after": {"pool_type": "avg", "final_ln_after_pool": True},
-    "no-ln-pre": {"no_ln_pre": True},
-    "sincos-pos": {"pos_embed_type": "sin_cos_2d"},
-    "two-layers-64px": {"layers": 2, "image_size": 64, "patch_size": 8},
-}
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", list(VISION_VARIANTS))
 def test_tower_matches_open_clip_encode_image(variant):
-    model = _model(_cfg(**VARIANTS[variant]))
+    model = random_clip(vision_cfg(**VISION_VARIANTS[variant]))
     config = describe(model)
     assert config is not None
     tower = build_tower(config, dict(model.visual.state_dict()))
@@ -83,7 +52,7 @@ def test_tower_matches_open_clip_encode_image(variant):
 
 
 def test_tower_without_projection():
-    model = _model(_cfg())
+    model = random_clip(vision_cfg())
     model.visual.proj = None  # as open_clip's prune_intermediate_layers(prune_head) leaves it
     config = describe(model)
     assert config is not None and not config.proj and config.output_dim == 64
@@ -103,7 +72,7 @@ def test_tower_without_projection():
     ids=["attentional-pool", "layer-scale", "modified-resnet"],
 )
 def test_towers_it_does_not_cover_are_not_described(vision):
-    assert describe(_model(_cfg(**vision))) is None
+    assert describe(random_clip(vision_cfg(**vision))) is None
 
 
 def _save(tmp_path, name: str, cfg: dict | None = None, seed: int = 0) -> str:
@@ -185,7 +154,7 @@ def test_towers_it_does_not_cover_fall_back_to_open_clip(tmp_path, photo_dir):
     from PIL import Image
 
     resnet = {"layers": [1, 1, 1, 1], "width": 16, "image_size": 64, "head_width": 16}
-    name = _save(tmp_path, "resnet", _cfg(**resnet))
+    name = _save(tmp_path, "resnet", vision_cfg(**resnet))
     encoder = load_encoder(name, device="cpu", towers="image")
     assert encoder.towers == "both"  # the whole open_clip model, as before
     assert cached_image_encoder(ModelSpec.from_user(name, None)) is None
@@ -212,6 +181,8 @@ def test_indexing_in_a_fresh_process_does_not_import_open_clip(tmp_path, photo_d
         """
         import json, sys
         from clipsearch import ImageIndex
+        from clipsearch.models import npimagetower
+        npimagetower.NUMPY_MAX_GFLOP = 0.0  # the torch tower, however few the images
         with ImageIndex.open(sys.argv[1], device="cpu") as index:
             report = index.add([sys.argv[2]])
             hits = {h.path: h.score for h in index.search("a red circle", k=20)}
@@ -234,8 +205,9 @@ def test_indexing_in_a_fresh_process_does_not_import_open_clip(tmp_path, photo_d
 
 def test_a_new_index_of_a_recorded_model_reads_no_weights(tmp_path, photo_dir, monkeypatch):
     from clipsearch import ImageIndex
-    from clipsearch.models import imagetower
+    from clipsearch.models import imagetower, npimagetower
 
+    monkeypatch.setattr(npimagetower, "NUMPY_MAX_GFLOP", 0.0)  # the torch tower: no small runs
     name = _save(tmp_path, "tiny")
     first = load_encoder(name, device="cpu")  # writes the record
     loads = []

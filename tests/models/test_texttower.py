@@ -26,14 +26,13 @@ from clipsearch import ImageIndex, IndexMismatchError, ModelLoadError
 from clipsearch.cli.main import main
 from clipsearch.models.identity import DEMO_DIR, ModelSpec, checkpoint_in_folder, file_sha256
 from clipsearch.models.loading import load_encoder, load_text_encoder
+from clipsearch.models.npmath import gelu, quick_gelu
 from clipsearch.models.texttower import (
     NumpyTextEncoder,
     TextTowerConfig,
     cache_root,
     cached_text_encoder,
     describe,
-    gelu,
-    quick_gelu,
 )
 from clipsearch.models.tokenizer import ClipTokenizer, clean, plain_ascii
 from tests.helpers import PREPROCESS_CFG, TINY_CFG, put_in_hf_cache, save_tiny_model

@@ -181,7 +181,7 @@ def _no_decoding(monkeypatch):
 
     from clipsearch.index import pipeline as indexer
     from clipsearch.media import files as images
-    from clipsearch.models import encoder
+    from clipsearch.models import encoder, npimagetower
     from clipsearch.style import training as styletrain
 
     for module, name in [
@@ -191,8 +191,9 @@ def _no_decoding(monkeypatch):
         (styletrain, "decode_image"),
     ]:
         monkeypatch.setattr(module, name, refuse)
-    monkeypatch.setattr(encoder.Encoder, "encode_pixels", refuse)
-    monkeypatch.setattr(encoder.Encoder, "encode_images", refuse)
+    for cls in (encoder.Encoder, npimagetower.NumpyImageEncoder):
+        monkeypatch.setattr(cls, "encode_pixels", refuse)
+        monkeypatch.setattr(cls, "encode_images", refuse)
 
 
 def test_style_apply_relabels_from_stored_vectors(index_dir, training_dir, monkeypatch):
