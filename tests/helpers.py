@@ -108,18 +108,7 @@ def draw_image(
     background=(255, 255, 255),
     fmt: str | None = None,
 ) -> Path:
-    img = Image.new("RGB", (size, size), background)
-    d = ImageDraw.Draw(img)
-    box = (size // 5, size // 5, size * 4 // 5, size * 4 // 5)
-    if shape == "circle":
-        d.ellipse(box, fill=COLORS[color])
-    elif shape == "square":
-        d.rectangle(box, fill=COLORS[color])
-    else:
-        d.polygon(
-            [(size // 2, size // 6), (size // 6, size * 5 // 6), (size * 5 // 6, size * 5 // 6)],
-            fill=COLORS[color],
-        )
+    img = shape_image(color, shape, size, background)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format=fmt)
     return path
@@ -379,9 +368,9 @@ def save_photo(
     return path
 
 
-def shape_image(color: str, shape: str, size: int = 64) -> Image.Image:
+def shape_image(color: str, shape: str, size: int = 64, background=(255, 255, 255)) -> Image.Image:
     """The picture :func:`draw_image` saves, in memory."""
-    img = Image.new("RGB", (size, size), (255, 255, 255))
+    img = Image.new("RGB", (size, size), background)
     d = ImageDraw.Draw(img)
     box = (size // 5, size // 5, size * 4 // 5, size * 4 // 5)
     if shape == "circle":
