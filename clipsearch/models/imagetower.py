@@ -553,35 +553,12 @@ def describe(model: Any) -> ImageTowerConfig | None:
 
 
 def _activation(block: Any) -> str | None:
-    """The activation (see :data:`ACTIVATIONS`) of a standard residual attention block: no
-    layer scale, no cross-attention, biased projections, a c_fc/gelu/c_proj MLP; else None."""
-    import torch
-    from open_clip import transformer as oc
+    """The activation (see :data:`ACTIVATIONS`) of a standard residual attention block that
+    takes its batch first; else None."""
+    from clipsearch.models.texttower import block_activation  # record writing only
 
-    attn = block.attn
-    if (
-        type(block) is not oc.ResidualAttentionBlock
-        or hasattr(block, "ln_1_kv")
-        or type(block.ls_1) is not torch.nn.Identity
-        or type(block.ls_2) is not torch.nn.Identity
-        or type(attn) is not torch.nn.MultiheadAttention
-        or not attn.batch_first
-        or attn.in_proj_weight is None
-        or attn.in_proj_bias is None
-        or attn.out_proj.bias is None
-        or attn.bias_k is not None
-        or attn.add_zero_attn
-        or [name for name, _ in block.mlp.named_children()] != ["c_fc", "gelu", "c_proj"]
-        or block.mlp.c_fc.bias is None
-        or block.mlp.c_proj.bias is None
-    ):
-        return None
-    gelu = block.mlp.gelu
-    if type(gelu) is oc.QuickGELU:
-        return "quick"
-    if type(gelu) is torch.nn.GELU:
-        return gelu.approximate
-    return None
+    act = block_activation(block)  # None for anything but a standard block
+    return act if act is not None and block.attn.batch_first else None
 
 
 def _eps(norms: list[Any]) -> float | None:

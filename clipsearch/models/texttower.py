@@ -377,7 +377,7 @@ def describe(model: Any, tokenizer: Any) -> TextTowerConfig | None:
     if not _standard_text_model(model) or not _standard_tokenizer(tokenizer):
         return None
     blocks = list(model.transformer.resblocks)
-    acts = {_block_activation(b) for b in blocks}
+    acts = {_TEXT_ACTIVATIONS.get(block_activation(b)) for b in blocks}
     if not blocks or None in acts or len(acts) != 1:
         return None
     eps = _layer_norm_eps([model.ln_final, *(ln for b in blocks for ln in (b.ln_1, b.ln_2))])
@@ -425,9 +425,15 @@ def _standard_tokenizer(tokenizer: Any) -> bool:
     )
 
 
-def _block_activation(block: Any) -> str | None:
-    """``quick`` or ``exact`` (the GELU) for a standard residual attention block: no layer
-    scale, no cross-attention, biased projections, a c_fc/gelu/c_proj MLP; else None."""
+# block_activation's names -> the text tower's: QuickGELU, or exact GELU
+_TEXT_ACTIVATIONS = {"quick": "quick", "none": "exact"}
+
+
+def block_activation(block: Any) -> str | None:
+    """The activation of a standard open_clip residual attention block: ``quick``
+    (QuickGELU), ``none`` (exact GELU) or ``tanh`` (GELU's tanh approximation); None for any
+    other block (layer scale, cross-attention, unbiased projections, another MLP, ...). The
+    one check both NumPy towers and the image tower rely on."""
     import torch
     from open_clip import transformer as oc
 
@@ -451,8 +457,8 @@ def _block_activation(block: Any) -> str | None:
     gelu = block.mlp.gelu
     if type(gelu) is oc.QuickGELU:
         return "quick"
-    if type(gelu) is torch.nn.GELU and gelu.approximate == "none":
-        return "exact"
+    if type(gelu) is torch.nn.GELU:
+        return gelu.approximate
     return None
 
 
