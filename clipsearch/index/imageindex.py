@@ -54,10 +54,10 @@ from clipsearch.index.query import (
 )
 from clipsearch.media.photometa import PhotoMeta
 from clipsearch.media.video import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES, VideoOptions
+from clipsearch.models.cpuencoder import CpuImageEncoder
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.imagetower import cached_identity
 from clipsearch.models.loading import load_image_encoder, load_spec
-from clipsearch.models.npimagetower import NumpyImageEncoder
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
 from clipsearch.store.migrations import SCHEMA_VERSION
@@ -338,11 +338,12 @@ class ImageIndex:
             self._image_encoder = encoder
         return self._image_encoder
 
-    def _indexing_encoder(self, images: int | None = None) -> Encoder | NumpyImageEncoder:
+    def _indexing_encoder(self, images: int | None = None) -> Encoder | CpuImageEncoder:
         """The image tower for :meth:`add`, a run that encodes at most ``images`` pictures
-        (None: many, or unknown): the model already loaded, else the NumPy tower for a small
-        run once the model has been loaded before (no torch import; see
-        :func:`~clipsearch.models.loading.load_image_encoder`), else the torch tower.
+        (None: many, or unknown): the model already loaded, else, once the model has been
+        loaded before, the NumPy tower for a small run or the ONNX Runtime one for a larger
+        fp32 run (no torch import; see :func:`~clipsearch.models.loading.load_image_encoder`),
+        else the torch tower.
 
         New images get style labels, so the labeller is made first: a zero-shot labeller's
         text vectors come from the text tower, whose weights are let go before the image
@@ -358,7 +359,7 @@ class ImageIndex:
         self._check_identity(encoder)
         if encoder.towers == "both":  # no image tower of its own: the whole model
             self._encoder = encoder
-        elif isinstance(encoder, NumpyImageEncoder):
+        elif isinstance(encoder, CpuImageEncoder):
             return encoder  # mapped, not read: nothing worth keeping for the next run
         else:
             self._image_encoder = encoder
