@@ -7,15 +7,17 @@ slower than ONNX Runtime's (benchmarks/RESULTS.md). :func:`tower_graph` writes t
 :class:`~clipsearch.models.npimagetower.NumpyImageTower`: the patch embedding as a
 convolution, the class token, the positional embedding, ``ln_pre``, the residual attention
 blocks, the pooling, ``ln_post`` and the projection) with standard operators of opset
-:data:`OPSET` (LayerNormalization, Gelu), so that ONNX Runtime's optimizer fuses and packs
-them. The weights are inputs of the graph, not initializers: :class:`OnnxImageTower` feeds the
-cache record's memory-mapped safetensors arrays to every run as ``OrtValue`` objects over
-their pages, so nothing is copied, into a model file or into ONNX Runtime's memory. (Weights
-as initializers given at session creation were tried: ``add_initializer`` refuses an
-initializer declared without data, and ``add_external_initializers`` copies every weight into
-ONNX Runtime's own buffers, +363 MiB and 0.5 s more to start for ViT-B/32, for no speed
-gained; benchmarks/RESULTS.md.) Its vectors equal the torch tower's in fp32 (within
-:data:`PARITY_TOLERANCE`), so vectors of every engine mix in one index.
+:data:`OPSET` (LayerNormalization and Gelu each one kernel; Gemm on the torch-layout weights
+as they are stored). The weights are inputs of the graph, not initializers:
+:class:`OnnxImageTower` feeds the cache record's memory-mapped safetensors arrays to every run
+as ``OrtValue`` objects over their pages, so nothing is copied, into a model file or into ONNX
+Runtime's memory. (Weights as initializers given at session creation were tried:
+``add_initializer`` refuses an initializer declared without data, and
+``add_external_initializers`` copies every weight into ONNX Runtime's own buffers, +363 MiB
+and 0.5 s more to start for ViT-B/32, for no speed gained; benchmarks/RESULTS.md.)
+
+Its vectors equal the torch tower's in fp32 (within :data:`PARITY_TOLERANCE`), so vectors of
+every engine mix in one index.
 
 :func:`clipsearch.models.engines.image_engine` says when it runs.
 """
