@@ -225,11 +225,12 @@ def test_the_policy_by_work_precision_and_cpu(monkeypatch, cpu_only, bf16):
 
 def test_the_policy_leaves_auto_to_torch_where_a_gpu_may_be(monkeypatch):
     monkeypatch.setattr(engines, "may_have_gpu", lambda: True)
+    monkeypatch.setattr(engines, "cpu_flags_have_bf16", lambda: False)
     b32 = _b32()
     assert image_engine(1, b32) == "numpy"  # done before torch would have found the GPU
     assert image_engine(100, b32) == "torch"
-    assert image_engine(100, b32, "cpu") in ("onnx", "torch")  # the CPU asked: no GPU
-    assert image_engine(100, b32, "cpu", "fp32") == "onnx"
+    assert image_engine(100, b32, "auto", "fp32") == "torch"
+    assert image_engine(100, b32, "cpu") == "onnx"  # the CPU asked for: no GPU to find
 
 
 def test_the_cpu_flags_check_needs_no_torch():
