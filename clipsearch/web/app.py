@@ -25,6 +25,7 @@ committed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -684,6 +685,13 @@ def _add_docs(app: FastAPI, access: Access) -> None:
     app.mount(doc.SWAGGER_PATH, StaticFiles(directory=swagger), name="swagger-ui")
 
 
+def _prepare_quietly(index: ImageIndex) -> None:
+    """:meth:`ImageIndex.prepare_text_queries`; a failure only means that queries make what
+    they need themselves, as they would without it."""
+    with contextlib.suppress(ClipsearchError, OSError):
+        index.prepare_text_queries()
+
+
 def create_app(
     index: ImageIndex | str | os.PathLike[str],
     *,
@@ -732,6 +740,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if watcher is not None:
             watcher.start()
+        # Quick text queries from the first one on, without delaying the server's start.
+        threading.Thread(target=_prepare_quietly, args=(opened,), daemon=True).start()
         try:
             yield
         finally:
