@@ -17,14 +17,11 @@ NumPy tower's within :data:`PARITY_TOLERANCE`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from clipsearch.models.onnxgraph import GraphBuilder, SessionError, available, tower_session
-
-if TYPE_CHECKING:
-    from clipsearch.models.texttower import TextTower
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +34,8 @@ class OnnxTextTower:
     same (memory-mapped) weights.
 
     Args:
-        tower: the NumPy tower; its embeddings are looked up from it.
+        tower: the NumPy :class:`~clipsearch.models.texttower.TextTower` (which imports
+            this module, hence no annotation); its embeddings are looked up from it.
         threads: ONNX Runtime's threads.
 
     Raises:
@@ -45,7 +43,7 @@ class OnnxTextTower:
         SessionError: ONNX Runtime refused the graph or a weight.
     """
 
-    def __init__(self, tower: TextTower, threads: int = 1):
+    def __init__(self, tower: Any, threads: int = 1):
         self.tower = tower
         self.config = tower.config
         shapes = {n: tuple(a.shape) for n, a in tower.tensors.items() if n not in _LOOKED_UP}
@@ -71,7 +69,7 @@ class OnnxTextTower:
         return out / norms
 
 
-def _text_graph(tower: TextTower, shapes: dict[str, tuple[int, ...]]) -> bytes:
+def _text_graph(tower: Any, shapes: dict[str, tuple[int, ...]]) -> bytes:
     """The graph: embedded rows ``x`` (n, width) and the causal ``mask`` (n, n) in, the
     pooled (last) row after ``ln_final`` and the projection out (1, dim), not normalized."""
     c = tower.config

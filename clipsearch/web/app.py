@@ -685,11 +685,16 @@ def _add_docs(app: FastAPI, access: Access) -> None:
     app.mount(doc.SWAGGER_PATH, StaticFiles(directory=swagger), name="swagger-ui")
 
 
-def _prepare_quietly(index: ImageIndex) -> None:
-    """:meth:`ImageIndex.prepare_text_queries`; a failure only means that queries make what
+def _prepare_in_background(index: ImageIndex) -> None:
+    """:meth:`ImageIndex.prepare_text_queries` in a thread: quick text queries from the first
+    one on, without delaying the server's start. A failure only means that queries make what
     they need themselves, as they would without it."""
-    with contextlib.suppress(ClipsearchError, OSError):
-        index.prepare_text_queries()
+
+    def prepare() -> None:
+        with contextlib.suppress(ClipsearchError, OSError):
+            index.prepare_text_queries()
+
+    threading.Thread(target=prepare, name="prepare-text-queries", daemon=True).start()
 
 
 def create_app(
@@ -740,8 +745,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if watcher is not None:
             watcher.start()
-        # Quick text queries from the first one on, without delaying the server's start.
-        threading.Thread(target=_prepare_quietly, args=(opened,), daemon=True).start()
+        _prepare_in_background(opened)
         try:
             yield
         finally:
