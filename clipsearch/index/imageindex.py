@@ -372,6 +372,26 @@ class ImageIndex:
                 f"{encoder.identity.describe()}); restore them or index into a new folder"
             )
 
+    def prepare_text_queries(self) -> None:
+        """Make ahead of time what quick text queries need: the ONNX Runtime twin of the
+        NumPy text tower (:mod:`clipsearch.models.onnxtext`), which a process otherwise makes
+        at its second query. For long-lived front ends (``serve``), in a background thread."""
+        encoder = self._torch_free_text()
+        if encoder is not None:
+            encoder.warm()
+
+    def _torch_free_text(self) -> NumpyTextEncoder | None:
+        """The text tower without torch, where the options and the model's record allow it
+        (looked up once)."""
+        if self._numpy_text is None:
+            from clipsearch.models.texttower import applies, cached_text_encoder
+
+            found = None
+            if applies(self.device, self.precision):
+                found = cached_text_encoder(self.spec, self.identity)
+            self._numpy_text = found if found is not None else False
+        return self._numpy_text or None
+
     @property
     def text_encoder(self) -> Encoder | NumpyTextEncoder:
         """The model for text queries. On the CPU in fp32 (or ``auto``), the text tower in
@@ -379,15 +399,9 @@ class ImageIndex:
         whatever else this process loaded: see :mod:`clipsearch.models.texttower`); else the full
         model when it is loaded; else only its text tower in torch (a third of the weights
         to read, for a fast first search)."""
-        if self._numpy_text is None:
-            from clipsearch.models.texttower import applies, cached_text_encoder
-
-            found = None
-            if applies(self.device, self.precision):
-                found = cached_text_encoder(self.spec, self.identity)
-            self._numpy_text = found if found is not None else False  # looked once
-        if self._numpy_text:
-            return self._numpy_text
+        found = self._torch_free_text()
+        if found is not None:
+            return found
         if self._encoder is not None:
             return self._encoder
         if self._text_encoder is None:
