@@ -364,6 +364,29 @@ def test_labels_in_other_languages_are_their_own_prompts(tiny_hf_model):
     np.testing.assert_allclose(vectors, encoder.encode_texts(labels), atol=1e-6)
 
 
+def test_a_new_index_of_a_model_used_before_labels_without_its_text_tower(
+    index_dir, tiny_model, textures, tmp_path, monkeypatch
+):
+    from clipsearch.index.styles import VECTORS_META_KEY
+
+    with ImageIndex.open(index_dir) as index:
+        first = {s.path: s.style for s in all_stored(index)}
+        kept = index.catalog.get_meta(VECTORS_META_KEY)
+
+    def no_text_tower(self):
+        raise AssertionError("a model's label vectors are in the user's cache")
+
+    monkeypatch.setattr(ImageIndex, "text_encoder", property(no_text_tower))
+    with ImageIndex.create(tmp_path / "second", tiny_model, device="cpu") as index:
+        index.add([textures])
+        assert {s.path: s.style for s in all_stored(index)} == first
+        assert index.catalog.get_meta(VECTORS_META_KEY) == kept  # and its catalog keeps them
+        # other labels: other prompts, which this model has not encoded yet
+        index.catalog.set_meta(style_labels=["sketch", "photo"])
+        with pytest.raises(AssertionError, match="user's cache"):
+            index.styles._zero_shot()
+
+
 def test_zero_shot_text_vectors_are_kept_for_later_runs(index_dir, textures, monkeypatch):
     from clipsearch.index.styles import VECTORS_META_KEY
 
