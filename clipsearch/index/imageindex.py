@@ -181,6 +181,7 @@ class ImageIndex:
         self.precision = precision
         self._encoder: Encoder | None = None
         self._image_encoder: Encoder | None = None  # the image tower alone, for indexing
+        self._query_images: NumpyImageEncoder | None = None  # for query images, without torch
         self.created = False
         """True when this object created the index (:meth:`create`, or :meth:`open_or_create`
         of a folder that held none)."""
@@ -352,17 +353,35 @@ class ImageIndex:
         self._numpy_text, self._text_encoder = None, None
         if self._encoder is not None or self._image_encoder is not None:
             return self.image_encoder  # loaded already: no start-up left to save
+        return self._quickest_image_encoder(images)
+
+    def _quickest_image_encoder(self, images: int | None) -> Encoder | NumpyImageEncoder:
+        """:func:`~clipsearch.models.loading.load_image_encoder` for ``images`` pictures,
+        checked; a torch encoder is kept as the index's (a NumPy one is not: it is mapped,
+        not read, so there is nothing worth keeping for an indexing run)."""
         encoder = load_image_encoder(
             self.spec, self.identity, images=images, device=self.device, precision=self.precision
         )
         self._check_identity(encoder)
         if encoder.towers == "both":  # no image tower of its own: the whole model
             self._encoder = encoder
-        elif isinstance(encoder, NumpyImageEncoder):
-            return encoder  # mapped, not read: nothing worth keeping for the next run
-        else:
+        elif not isinstance(encoder, NumpyImageEncoder):
             self._image_encoder = encoder
         return encoder
+
+    def _query_image_encoder(self) -> Encoder | NumpyImageEncoder:
+        """The image tower for a query image that is not indexed: the torch one when it is
+        loaded, else the quickest to start for one image (no torch import once the model was
+        loaded before, see :func:`~clipsearch.models.loading.load_image_encoder`), kept for
+        the next query image."""
+        if self._encoder is not None or self._image_encoder is not None:
+            return self.image_encoder
+        if self._query_images is None:
+            encoder = self._quickest_image_encoder(1)
+            if not isinstance(encoder, NumpyImageEncoder):
+                return encoder
+            self._query_images = encoder
+        return self._query_images
 
     def _check_identity(self, encoder: Encoder) -> None:
         if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
@@ -745,7 +764,7 @@ class ImageIndex:
                 img = load_image(p)
         except ImageReadError as e:
             raise QueryError(f"query image {path}: {e.reason}") from e
-        return self.image_encoder.encode_images([img])[0], []
+        return self._query_image_encoder().encode_images([img])[0], []
 
     def search(
         self,

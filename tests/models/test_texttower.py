@@ -275,11 +275,13 @@ def test_cli_text_search_does_not_import_torch(cli, tiny_model, photo_dir, tmp_p
     assert report["loaded"] == []
     report, _ = run("--help")
     assert report == {"code": 0, "loaded": []}
-    # An image that is not indexed needs the image tower: torch, as before.
+    # An image that is not indexed needs the image tower: NumPy's, still without torch.
     outside = tmp_path / "outside.png"
     (photo_dir / "shapes" / "green_circle.png").rename(outside)
     report, _ = run("search", "a red circle", "--plus", f"@{outside}")
-    assert report["code"] == 0 and "torch" in report["loaded"]
+    assert report == {"code": 0, "loaded": []}
+    report, out = run("similar", outside, "-k", "2")
+    assert report == {"code": 0, "loaded": []} and len(out.strip().splitlines()) == 3
 
 
 def test_embed_uses_the_numpy_path_with_or_without_an_index(cli, tiny_model, photo_dir):
