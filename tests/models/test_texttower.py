@@ -258,7 +258,7 @@ def test_cli_text_search_does_not_import_torch(cli, tiny_model, photo_dir, tmp_p
             main(sys.argv[1:])
         except SystemExit as e:
             code = e.code
-        heavy = ["torch", "open_clip", "torchvision", "sqlalchemy"]
+        heavy = ["torch", "open_clip", "torchvision", "sqlalchemy", "onnxruntime", "onnx"]
         print(json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}))
         """
     )
