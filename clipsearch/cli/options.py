@@ -129,6 +129,18 @@ def device_options(f: F) -> F:
     return f
 
 
+def walk_options(f: F) -> F:
+    """Which files a run looks at: ``--exclude`` and ``--hidden`` (index and watch)."""
+    f = click.option("--hidden", is_flag=True, help="Also index dot-files and dot-folders.")(f)
+    return click.option(
+        "--exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Skip files or folders matching this glob, e.g. '*.tmp' or 'raw/*' (repeatable). "
+        "Replaces the config file's exclude list.",
+    )(f)
+
+
 def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
 
