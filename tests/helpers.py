@@ -433,3 +433,44 @@ def ray_without_auth() -> Iterator[None]:
             os.environ.pop(RAY_AUTH_MODE, None)
         else:
             os.environ[RAY_AUTH_MODE] = before
+
+
+@contextlib.contextmanager
+def serving(index_dir: Path, *args: str, address: str = r"at (http://127\.0\.0\.1:\d+/)"):
+    """`clipsearch --index DIR serve --port 0 ARGS` in a subprocess for the block: yields the
+    match of ``address`` in the first line it prints (its address, and what else the pattern
+    captures); stopped afterwards. Fails the test when it does not start within a minute."""
+    import queue
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    import pytest
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipsearch", "--index", str(index_dir), "serve", "--port", "0"]
+        + list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        try:
+            line = lines.get(timeout=60)
+        except queue.Empty:
+            line = ""
+        match = re.search(address, line)
+        if not match:
+            proc.kill()
+            pytest.fail(f"serve did not start: {line!r} {proc.communicate()[1]!r}")
+        yield match
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -18,6 +18,7 @@ from clipsearch.cli.options import (
     open_or_create_index,
     settings,
     video_options,
+    walk_options,
 )
 from clipsearch.cli.output import TqdmProgress, echo_json, echo_path_line
 from clipsearch.index.raycluster import RayOptions, ray_session, require_ray
@@ -30,14 +31,7 @@ if TYPE_CHECKING:
 
 def pipeline_options(f: F) -> F:
     """How the local pipeline reads, decodes and encodes."""
-    f = click.option("--hidden", is_flag=True, help="Also index dot-files and dot-folders.")(f)
-    f = click.option(
-        "--exclude",
-        multiple=True,
-        metavar="GLOB",
-        help="Skip files or folders matching this glob, e.g. '*.tmp' or 'raw/*' (repeatable). "
-        "Replaces the config file's exclude list.",
-    )(f)
+    f = walk_options(f)
     f = click.option(
         "--workers",
         type=click.IntRange(min=1),

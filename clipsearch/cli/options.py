@@ -116,9 +116,9 @@ def device_options(f: F) -> F:
         show_default=True,
         help="Numeric precision of the model (auto: fp16 on GPUs, bf16 on CPUs with native "
         "bf16 such as AVX512-BF16 or AMX, else fp32). With auto or fp32, for a model loaded "
-        "once before, text queries and index runs of a few images run on the CPU in NumPy "
-        "fp32, and larger fp32 index runs on ONNX Runtime, without torch. Vectors of any "
-        "precision mix in one index.",
+        "once before, text queries and fp32 index runs on the CPU need no torch (NumPy or "
+        "ONNX Runtime, fp32); with auto on a bf16 CPU, index runs too short to repay torch's "
+        "start-up do too. Vectors of any precision mix in one index.",
     )(f)
     f = click.option(
         "--device",
@@ -128,6 +128,18 @@ def device_options(f: F) -> F:
         help="Where the model runs.",
     )(f)
     return f
+
+
+def walk_options(f: F) -> F:
+    """Which files a run looks at: ``--exclude`` and ``--hidden`` (index and watch)."""
+    f = click.option("--hidden", is_flag=True, help="Also index dot-files and dot-folders.")(f)
+    return click.option(
+        "--exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Skip files or folders matching this glob, e.g. '*.tmp' or 'raw/*' (repeatable). "
+        "Replaces the config file's exclude list.",
+    )(f)
 
 
 def json_option(f: F) -> F:

@@ -16,6 +16,7 @@ from clipsearch.cli.options import (
     open_or_create_index,
     settings,
     video_options,
+    walk_options,
 )
 from clipsearch.media.video import VideoOptions
 
@@ -63,14 +64,7 @@ def batch_printer() -> Callable[[IndexReport], None]:
 )
 @model_options
 @device_options
-@click.option(
-    "--exclude",
-    multiple=True,
-    metavar="GLOB",
-    help="Skip files or folders matching this glob (repeatable). Replaces the config file's "
-    "exclude list.",
-)
-@click.option("--hidden", is_flag=True, help="Also index dot-files and dot-folders.")
+@walk_options
 @settle_option
 @video_options
 @click.pass_context

@@ -181,6 +181,7 @@ class ImageIndex:
         self.precision = precision
         self._encoder: Encoder | None = None
         self._image_encoder: Encoder | None = None  # the image tower alone, for indexing
+        self._query_images: CpuImageEncoder | None = None  # for query images, without torch
         self.created = False
         """True when this object created the index (:meth:`create`, or :meth:`open_or_create`
         of a folder that held none)."""
@@ -353,17 +354,35 @@ class ImageIndex:
         self._numpy_text, self._text_encoder = None, None
         if self._encoder is not None or self._image_encoder is not None:
             return self.image_encoder  # loaded already: no start-up left to save
+        return self._quickest_image_encoder(images)
+
+    def _quickest_image_encoder(self, images: int | None) -> Encoder | CpuImageEncoder:
+        """:func:`~clipsearch.models.loading.load_image_encoder` for ``images`` pictures,
+        checked; a torch encoder is kept as the index's (a NumPy or ONNX Runtime one is not: it
+        is mapped, not read, so there is nothing worth keeping for an indexing run)."""
         encoder = load_image_encoder(
             self.spec, self.identity, images=images, device=self.device, precision=self.precision
         )
         self._check_identity(encoder)
         if encoder.towers == "both":  # no image tower of its own: the whole model
             self._encoder = encoder
-        elif isinstance(encoder, CpuImageEncoder):
-            return encoder  # mapped, not read: nothing worth keeping for the next run
-        else:
+        elif not isinstance(encoder, CpuImageEncoder):
             self._image_encoder = encoder
         return encoder
+
+    def _query_image_encoder(self) -> Encoder | CpuImageEncoder:
+        """The image tower for a query image that is not indexed: the torch one when it is
+        loaded, else the quickest to start for one image (no torch import once the model was
+        loaded before, see :func:`~clipsearch.models.loading.load_image_encoder`), kept for
+        the next query image."""
+        if self._encoder is not None or self._image_encoder is not None:
+            return self.image_encoder
+        if self._query_images is None:
+            encoder = self._quickest_image_encoder(1)
+            if not isinstance(encoder, CpuImageEncoder):
+                return encoder
+            self._query_images = encoder
+        return self._query_images
 
     def _check_identity(self, encoder: Encoder) -> None:
         if encoder.identity.key != self.identity.key or encoder.dim != self.identity.dim:
@@ -373,6 +392,26 @@ class ImageIndex:
                 f"{encoder.identity.describe()}); restore them or index into a new folder"
             )
 
+    def prepare_text_queries(self) -> None:
+        """Make ahead of time what quick text queries need: the ONNX Runtime twin of the
+        NumPy text tower (:mod:`clipsearch.models.onnxtext`), which a process otherwise makes
+        at its second query. For long-lived front ends (``serve``), in a background thread."""
+        encoder = self._torch_free_text()
+        if encoder is not None:
+            encoder.warm()
+
+    def _torch_free_text(self) -> NumpyTextEncoder | None:
+        """The text tower without torch, where the options and the model's record allow it
+        (looked up once)."""
+        if self._numpy_text is None:
+            from clipsearch.models.texttower import applies, cached_text_encoder
+
+            found = None
+            if applies(self.device, self.precision):
+                found = cached_text_encoder(self.spec, self.identity)
+            self._numpy_text = found if found is not None else False
+        return self._numpy_text or None
+
     @property
     def text_encoder(self) -> Encoder | NumpyTextEncoder:
         """The model for text queries. On the CPU in fp32 (or ``auto``), the text tower in
@@ -380,15 +419,9 @@ class ImageIndex:
         whatever else this process loaded: see :mod:`clipsearch.models.texttower`); else the full
         model when it is loaded; else only its text tower in torch (a third of the weights
         to read, for a fast first search)."""
-        if self._numpy_text is None:
-            from clipsearch.models.texttower import applies, cached_text_encoder
-
-            found = None
-            if applies(self.device, self.precision):
-                found = cached_text_encoder(self.spec, self.identity)
-            self._numpy_text = found if found is not None else False  # looked once
-        if self._numpy_text:
-            return self._numpy_text
+        found = self._torch_free_text()
+        if found is not None:
+            return found
         if self._encoder is not None:
             return self._encoder
         if self._text_encoder is None:
@@ -732,7 +765,7 @@ class ImageIndex:
                 img = load_image(p)
         except ImageReadError as e:
             raise QueryError(f"query image {path}: {e.reason}") from e
-        return self.image_encoder.encode_images([img])[0], []
+        return self._query_image_encoder().encode_images([img])[0], []
 
     def search(
         self,

@@ -16,7 +16,8 @@ import numpy as np
 
 from clipsearch.index.imageindex import ImageIndex
 from clipsearch.index.query import Query, combine
-from clipsearch.models.loading import load_encoder, load_text_encoder
+from clipsearch.models.identity import ModelSpec
+from clipsearch.models.loading import load_encoder, load_image_encoder, load_text_encoder
 from clipsearch.store.catalog import CATALOG_FILE
 from clipsearch.style.labels import classify_image, parse_labels
 
@@ -53,7 +54,8 @@ def embed_query(
     With ``model_is_default`` (a config file's model) the index's model wins where it exists.
 
     Text terms go through :func:`load_text_encoder` (the NumPy text tower where it applies),
-    image terms through the full model, loaded only when there is one.
+    image terms through :func:`load_image_encoder` (the NumPy image tower where it applies),
+    each loaded only when the query has such terms.
 
     Raises:
         IndexNotFoundError, ModelLoadError, QueryError, ImageReadError: as their names say.
@@ -69,7 +71,10 @@ def embed_query(
         for i, vector in zip(texts, encoded, strict=True):
             vectors[i] = vector
     if query.images:
-        image_encoder = load_encoder(model, pretrained, device=device, precision=precision)
+        spec = ModelSpec.from_user(model, pretrained)
+        image_encoder = load_image_encoder(
+            spec, images=len(query.images), device=device, precision=precision
+        )
         for i, term in enumerate(query.terms):
             if term.kind == "image":
                 vectors[i] = image_encoder.encode_file(term.value)

@@ -4,6 +4,7 @@ the stored vectors."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -16,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from clipsearch.errors import QueryError, StyleHeadError
+from clipsearch.models.towercache import cache_root
 from clipsearch.progress import Progress
+from clipsearch.store.fileio import atomic_write
 from clipsearch.style.head import (
     HEAD_META,
     HEAD_WEIGHTS,
@@ -182,20 +185,31 @@ class IndexStyles:
 
     def _zero_shot(self, keep: bool = False) -> ZeroShotLabeller:
         """Zero-shot over :meth:`zero_shot_labels`, with the text vectors the catalog keeps for
-        this model and these prompts; else made with the text encoder (the NumPy text tower
-        where it applies), and kept in the catalog if ``keep`` (the caller holds the write
-        lock)."""
+        this model and these prompts; else those the user's cache keeps from another index of
+        the model; else made with the text encoder (the NumPy text tower where it applies)
+        and kept in the user's cache. Kept in the catalog if ``keep`` (the caller holds the
+        write lock)."""
         labels = parse_labels(self.zero_shot_labels())
         made_for = {"model": self.index.identity.key, "prompts": [style_prompts(x) for x in labels]}
-        stored = self.index.catalog.get_meta(VECTORS_META_KEY)
-        if isinstance(stored, dict) and stored.get("for") == made_for:
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                vectors = np.asarray(stored["vectors"], dtype=np.float32)
-                if vectors.shape == (len(labels), self.index.identity.dim):
-                    return ZeroShotLabeller(labels, vectors)
-        labeller = ZeroShotLabeller.for_styles(self.index.text_encoder, labels)
+        shape = (len(labels), self.index.identity.dim)
+        vectors = _kept_vectors(self.index.catalog.get_meta(VECTORS_META_KEY), made_for, shape)
+        if vectors is not None:
+            return ZeroShotLabeller(labels, vectors)
+        # Another index of this model made them before: the user's cache has them (never for
+        # random weights, which differ at every load).
+        cached = None if self.index.spec.random_weights else _label_cache_path(made_for)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            vectors = _kept_vectors(json.loads(cached.read_text()), made_for, shape)
+        if vectors is not None:
+            labeller = ZeroShotLabeller(labels, vectors)
+        else:
+            labeller = ZeroShotLabeller.for_styles(self.index.text_encoder, labels)
+        kept = {"for": made_for, "vectors": labeller.text_vectors.tolist()}
+        if vectors is None and cached is not None:
+            with contextlib.suppress(OSError):
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(cached, json.dumps(kept).encode(), durable=False)
         if keep:
-            kept = {"for": made_for, "vectors": labeller.text_vectors.tolist()}
             self.index.catalog.set_meta(**{VECTORS_META_KEY: kept})
         return labeller
 
@@ -359,3 +373,24 @@ class IndexStyles:
                 has = f"known labels: {', '.join(known)}" if known else "no image has one yet"
                 raise QueryError(f"unknown style {name!r}; {has}")
         return list(dict.fromkeys(names))
+
+
+def _label_cache_path(made_for: dict[str, Any]) -> Path:
+    """Where the user's cache keeps zero-shot label vectors of one model and prompt set
+    (``$XDG_CACHE_HOME/clipsearch/label-vectors``): a new index of a model used before
+    labels without encoding its prompts again (seconds of text encoding)."""
+    digest = hashlib.sha256(json.dumps(made_for, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_root("label-vectors") / f"{digest}.json"
+
+
+def _kept_vectors(
+    stored: object, made_for: dict[str, Any], shape: tuple[int, int]
+) -> np.ndarray | None:
+    """Label vectors kept as ``{"for": made_for, "vectors": [...]}``, if they are these."""
+    if not isinstance(stored, dict) or stored.get("for") != made_for:
+        return None
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        vectors = np.asarray(stored["vectors"], dtype=np.float32)
+        if vectors.shape == shape and np.isfinite(vectors).all():
+            return vectors
+    return None

@@ -44,7 +44,8 @@ from clipsearch.models.identity import (
 from clipsearch.models.imagetower import cached_image_encoder, read_image_record
 from clipsearch.models.imagetower import remember as remember_image_tower
 from clipsearch.models.npimagetower import numpy_image_encoder
-from clipsearch.models.onnxtower import onnx_image_encoder, onnxruntime_available
+from clipsearch.models.onnxgraph import available as onnxruntime_available
+from clipsearch.models.onnxtower import onnx_image_encoder
 from clipsearch.models.openclip_private import hf_hub_model_config, safe_weight_names
 from clipsearch.models.preprocess import ImagePreprocess
 from clipsearch.models.runtime import encode_text, pick_device, pick_precision

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -79,6 +80,8 @@ PROBES = (
     " ".join(f"word{i}" for i in range(120)),
 )
 PARITY_TOLERANCE = 1e-4  # max abs difference of unit vectors, NumPy fp32 vs torch fp32
+FEW_TEXTS = 4  # a chunk this small is a query: thin products (one BLAS thread, ONNX Runtime)
+ONNX_THREADS = 2  # ONNX Runtime's threads for a query (benchmarks/RESULTS.md)
 
 
 @dataclass(frozen=True)
@@ -167,13 +170,9 @@ class TextTower:
         """Unit vectors (N, dim) float32 of token rows (N, context_length)."""
         c, t = self.config, self.tensors
         tokens = np.asarray(tokens, dtype=np.int64)
-        # argmax: the end-of-text token has the highest id; eos: the first eos_id (else 0)
-        ends = (tokens if c.pool == "argmax" else tokens == c.eos_id).argmax(axis=1)
+        ends = self.pooled_positions(tokens)
         n = int(ends.max()) + 1 if len(tokens) else 1
-        ids = tokens[:, :n]
-        if ids.size and (ids.min() < 0 or ids.max() >= c.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {c.vocab_size})")
-        x = t["token_embedding.weight"][ids] + t["positional_embedding"][:n]
+        x = self.embed(tokens[:, :n])
         x = x.reshape(len(x) * n, c.width)  # every position of every text, one row each
         for i in range(c.layers):
             x = self._block(i, x, n, ends if i == c.layers - 1 else None)
@@ -187,6 +186,24 @@ class TextTower:
             x = linear(x, t["text_projection.weight"], t.get("text_projection.bias"))
         norms = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
         return (x / norms).astype(np.float32, copy=False)
+
+    def pooled_positions(self, tokens: np.ndarray) -> np.ndarray:
+        """Each token row's pooled position. ``argmax``: the end-of-text token, which has the
+        highest id; ``eos``: the first ``eos_id`` (else 0). The causal mask keeps later
+        positions from reaching it, so a row may be cut after it."""
+        c = self.config
+        return (tokens if c.pool == "argmax" else tokens == c.eos_id).argmax(axis=1)
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        """Token and positional embeddings (N, n, width) of token rows (N, n).
+
+        Raises:
+            ValueError: an id is outside the vocabulary.
+        """
+        c, t = self.config, self.tensors
+        if ids.size and (ids.min() < 0 or ids.max() >= c.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {c.vocab_size})")
+        return t["token_embedding.weight"][ids] + t["positional_embedding"][: ids.shape[1]]
 
     def _block(self, i: int, x: np.ndarray, n: int, pool: np.ndarray | None) -> np.ndarray:
         """Residual block ``i`` over ``x`` (texts * n positions, width), causal. With ``pool``
@@ -258,6 +275,9 @@ class NumpyTextEncoder:
         self.tokenizer = tokenizer
         self.tower = tower
         self.identity = identity
+        self._queries = 0
+        self._onnx: Any = None  # the ONNX Runtime twin of the tower, once made; False: none
+        self._making = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -268,11 +288,34 @@ class NumpyTextEncoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
+            few = len(chunk) <= FEW_TEXTS
+            tower = self._query_tower() if few else self.tower
             # A query or two is a few thin matrix products: a second BLAS thread only waits,
             # and on a busy machine makes the forward many times slower.
-            with limit_threads(1 if len(chunk) <= 4 else None, BLAS):
-                out[start : start + len(chunk)] = self.tower(self.tokenizer(chunk))
+            with limit_threads(1 if few else None, BLAS):
+                out[start : start + len(chunk)] = tower(self.tokenizer(chunk))
         return out
+
+    def warm(self) -> bool:
+        """Make the ONNX Runtime twin of the tower now (a second or so for ViT-B/32), so that
+        queries after this one are quick; True if there is one. A long-lived front end calls
+        it when it starts; otherwise a process's second query does."""
+        if self._onnx is None:
+            with self._making:
+                if self._onnx is None:
+                    from clipsearch.models.onnxtext import onnx_text_tower
+
+                    self._onnx = onnx_text_tower(self.tower, ONNX_THREADS) or False
+        return bool(self._onnx)
+
+    def _query_tower(self) -> Any:
+        """The tower for a few texts: NumPy for a process's first query (a session costs more
+        than a query), ONNX Runtime from the second on (much quicker warm, see
+        :mod:`clipsearch.models.onnxtext`), unless another thread is making it right now."""
+        self._queries += 1
+        if self._onnx is None and self._queries > 1 and not self._making.locked():
+            self.warm()
+        return self._onnx or self.tower
 
 
 def cache_root() -> Path:

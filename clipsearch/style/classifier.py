@@ -1,4 +1,5 @@
-"""The style head's torch module; imported only where a head is trained or run."""
+"""The style head's torch module; imported only where a head is trained (a trained head
+labels in NumPy: :class:`clipsearch.style.head.StyleHead`)."""
 
 from __future__ import annotations
 

@@ -32,12 +32,15 @@ from typing import Any
 import numpy as np
 
 from clipsearch.errors import StyleHeadError
+from clipsearch.models.npmath import gelu
 from clipsearch.store.fileio import atomic_write
 from clipsearch.style.labels import Labeller
 
 STYLE_DIR = "style"
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_META = "head.json"
+# The tensors of a head, by their StyleClassifier state-dict names.
+WEIGHT_NAMES = ("center", "scale", "net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias")
 HEAD_FORMAT = 1
 
 
@@ -125,45 +128,78 @@ class TrainOptions:
 
 class StyleHead(Labeller):
     """A trained :class:`~clipsearch.style.classifier.StyleClassifier` with its labels and the
-    backbone it belongs to.
+    backbone it belongs to. It labels in NumPy (a few thin products), so labelling the photos
+    of an indexing run never imports torch; only training does.
 
     Args:
-        model: the classifier.
+        weights: the classifier's tensors by state-dict name (:data:`WEIGHT_NAMES`), as
+            float32 arrays; :meth:`from_module` takes them from a trained module.
         labels: class names, in output order.
         backbone: :attr:`ModelIdentity.key` of the CLIP model whose vectors it was trained on.
         metrics: validation metrics from training.
         options: the options it was trained with.
+
+    Raises:
+        ValueError: a tensor is missing or the shapes do not fit together and the labels.
     """
 
     source = "head"
 
     def __init__(
         self,
-        model: Any,
+        weights: Mapping[str, np.ndarray],
         labels: Sequence[str],
         backbone: str,
         metrics: StyleMetrics | None = None,
         options: TrainOptions | None = None,
     ):
-        self.model = model.eval()
+        self.weights = {k: np.asarray(weights[k], dtype=np.float32) for k in WEIGHT_NAMES}
+        if self.weights["scale"].size == 1:  # a scalar (safetensors' NumPy reader gives (1,))
+            self.weights["scale"] = self.weights["scale"].reshape(())
         self.labels = tuple(labels)
         self.backbone = backbone
         self.metrics = metrics
         self.options = options or TrainOptions()
+        w = self.weights
+        dim, hidden = len(w["center"]), len(w["net.0.bias"])
+        want = {
+            "center": (dim,),
+            "scale": (),
+            "net.0.weight": (hidden, dim),
+            "net.0.bias": (hidden,),
+            "net.3.weight": (len(self.labels), hidden),
+            "net.3.bias": (len(self.labels),),
+        }
+        for name, shape in want.items():
+            if w[name].shape != shape:
+                raise ValueError(f"style head tensor {name}: shape {w[name].shape}, not {shape}")
+
+    @classmethod
+    def from_module(cls, model: Any, *args: Any, **kwargs: Any) -> StyleHead:
+        """The head of a trained :class:`~clipsearch.style.classifier.StyleClassifier`; the
+        other arguments are the constructor's."""
+        state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+        return cls(state, *args, **kwargs)
 
     @property
     def dim(self) -> int:
-        return int(self.model.center.shape[0])
+        return len(self.weights["center"])
+
+    @property
+    def hidden(self) -> int:
+        return len(self.weights["net.0.bias"])
 
     def predict_proba(self, vectors: np.ndarray, batch: int = 8192) -> np.ndarray:
-        import torch
-
-        x = np.array(vectors, dtype=np.float32)  # a writable copy: stored vectors are read-only
+        w = self.weights
+        x = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         out = np.empty((len(x), len(self.labels)), dtype=np.float32)
-        with torch.inference_mode():
-            for s in range(0, len(x), batch):
-                logits = self.model(torch.from_numpy(x[s : s + batch]))
-                out[s : s + batch] = torch.softmax(logits, dim=1).numpy()
+        for s in range(0, len(x), batch):
+            h = ((x[s : s + batch] - w["center"]) * w["scale"]) @ w["net.0.weight"].T
+            h = gelu(h + w["net.0.bias"])  # dropout is the identity when labelling
+            logits = h @ w["net.3.weight"].T + w["net.3.bias"]
+            logits -= logits.max(axis=1, keepdims=True)
+            np.exp(logits, out=logits)
+            out[s : s + batch] = logits / logits.sum(axis=1, keepdims=True)
         return out
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -173,12 +209,11 @@ class StyleHead(Labeller):
         checksum, so a crash between the two leaves a pair that :meth:`load` refuses, never a
         silent mix. Both are readable by all, like the index files next to them.
         """
-        from safetensors.torch import save
+        from safetensors.numpy import save
 
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        weights = save(state)
+        weights = save({k: np.ascontiguousarray(v) for k, v in self.weights.items()})
         digest = hashlib.sha256(weights).hexdigest()
         atomic_write(out / HEAD_WEIGHTS, weights)
         meta = {
@@ -186,8 +221,8 @@ class StyleHead(Labeller):
             "labels": list(self.labels),
             "backbone": self.backbone,
             "dim": self.dim,
-            "hidden": int(self.model.net[0].out_features),
-            "dropout": float(self.model.net[2].p),
+            "hidden": self.hidden,
+            "dropout": float(self.options.dropout),
             "weights_sha256": digest,
             "options": asdict(self.options),
             "metrics": self.metrics.to_dict() if self.metrics else None,
@@ -198,7 +233,7 @@ class StyleHead(Labeller):
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], backbone: str | None = None) -> StyleHead:
-        """Load a saved head, refusing one trained on another backbone.
+        """Load a saved head, refusing one trained on another backbone. Torch-free.
 
         Args:
             folder: the folder :meth:`save` wrote.
@@ -209,14 +244,11 @@ class StyleHead(Labeller):
             StyleHeadError: no head there, its files are unreadable or do not belong together,
                 or it was trained on another backbone.
         """
-        from safetensors.torch import load_file
-
-        from clipsearch.style.classifier import StyleClassifier
+        from safetensors.numpy import load
 
         folder = Path(folder)
         meta_path, weights_path = folder / HEAD_META, folder / HEAD_WEIGHTS
         meta = read_head_meta(folder, backbone)
-        labels, key, dim = meta["labels"], meta["backbone"], meta["dim"]
         fix = _retrain(folder)
         try:
             data = weights_path.read_bytes()
@@ -228,18 +260,19 @@ class StyleHead(Labeller):
                     f"style head {weights_path} does not match {meta_path} (an interrupted "
                     f"save?); {fix}"
                 )
-            state = load_file(str(weights_path))
-            hidden = int(meta.get("hidden", TrainOptions.hidden))
-            model = StyleClassifier(dim, len(labels), hidden, float(meta.get("dropout", 0.0)))
-            model.load_state_dict(state)
+            metrics = StyleMetrics.from_dict(meta["metrics"]) if meta.get("metrics") else None
+            known = TrainOptions.__dataclass_fields__
+            options = TrainOptions(
+                **{k: v for k, v in meta.get("options", {}).items() if k in known}
+            )
+            head = cls(load(data), meta["labels"], meta["backbone"], metrics, options)
+            if head.dim != meta["dim"]:
+                raise ValueError(f"a head of {head.dim} dimensions, {meta_path} says {meta['dim']}")
         except StyleHeadError:
             raise
-        except Exception as e:  # safetensors and torch raise many types for a bad file
+        except Exception as e:  # safetensors raises many types for a bad file
             raise StyleHeadError(f"style head {weights_path} is unreadable ({e}); {fix}") from e
-        metrics = StyleMetrics.from_dict(meta["metrics"]) if meta.get("metrics") else None
-        known = TrainOptions.__dataclass_fields__
-        options = TrainOptions(**{k: v for k, v in meta.get("options", {}).items() if k in known})
-        return cls(model, labels, key, metrics, options)
+        return head
 
 
 def read_head_meta(folder: str | os.PathLike[str], backbone: str | None = None) -> dict[str, Any]:

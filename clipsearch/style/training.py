@@ -314,7 +314,7 @@ def train_head(data: TrainingSet, backbone: str, options: TrainOptions | None = 
         best_epoch=best_epoch,
         val_loss=best_loss,
     )
-    return StyleHead(model, data.labels, backbone, metrics, opts)
+    return StyleHead.from_module(model, data.labels, backbone, metrics, opts)
 
 
 @contextlib.contextmanager

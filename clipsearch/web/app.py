@@ -25,6 +25,7 @@ committed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -684,6 +685,18 @@ def _add_docs(app: FastAPI, access: Access) -> None:
     app.mount(doc.SWAGGER_PATH, StaticFiles(directory=swagger), name="swagger-ui")
 
 
+def _prepare_in_background(index: ImageIndex) -> None:
+    """:meth:`ImageIndex.prepare_text_queries` in a thread: quick text queries from the first
+    one on, without delaying the server's start. A failure only means that queries make what
+    they need themselves, as they would without it."""
+
+    def prepare() -> None:
+        with contextlib.suppress(ClipsearchError, OSError):
+            index.prepare_text_queries()
+
+    threading.Thread(target=prepare, name="prepare-text-queries", daemon=True).start()
+
+
 def create_app(
     index: ImageIndex | str | os.PathLike[str],
     *,
@@ -732,6 +745,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if watcher is not None:
             watcher.start()
+        _prepare_in_background(opened)
         try:
             yield
         finally:

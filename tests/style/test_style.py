@@ -262,6 +262,61 @@ def test_training_is_deterministic():
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_a_head_labels_in_numpy_as_its_torch_module_does(tmp_path):
+    import torch
+
+    from clipsearch.style.classifier import StyleClassifier
+
+    torch.manual_seed(5)
+    module = StyleClassifier(512, 4, 256, dropout=0.2).eval()
+    with torch.no_grad():
+        module.center.normal_(0, 0.05)
+        module.scale.fill_(3.5)
+    head = StyleHead.from_module(module, ("a", "b", "c", "d"), "k")
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with torch.no_grad():
+        want = torch.softmax(module(torch.from_numpy(vectors)), dim=1).numpy()
+    got = head.predict_proba(vectors)
+    assert np.abs(got - want).max() < 1e-6
+    assert [label for label, _ in head.predict(vectors)] == ["abcd"[j] for j in want.argmax(axis=1)]
+    head.save(tmp_path / "style")  # and back, without torch's safetensors
+    again = StyleHead.load(tmp_path / "style", backbone="k")
+    assert np.array_equal(again.predict_proba(vectors), got)
+    with pytest.raises(ValueError, match="net.3.weight"):
+        StyleHead(head.weights, ("a", "b", "c"), "k")  # one label short of the outputs
+
+
+def test_adding_a_photo_to_an_index_with_a_head_imports_no_torch(tmp_path, photo_dir):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import draw_image
+    from tests.models.test_npimagetower import _REPORT_IMPORTS
+
+    argv = ["--index", str(tmp_path / "idx"), "index", str(photo_dir), "--model", "demo"]
+    assert run(*argv)[0] == 0  # the first run: open_clip, the records, the demo's head
+    draw_image(photo_dir / "new" / "purple_circle.png", "purple", "circle")
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _REPORT_IMPORTS, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == {"code": 0, "loaded": []}, proc.stdout + proc.stderr
+    assert lines[0].startswith("added 1,")
+    with ImageIndex.open(tmp_path / "idx") as index:
+        assert index.styles.has_head()
+        new = next(s for s in all_stored(index) if s.path.endswith("purple_circle.png"))
+        assert new.style in index.styles.labels()
+
+
 def test_training_folder_problems(tmp_path, index_dir):
     one_label = tmp_path / "one"
     write_textures(one_label, 2, seed=0, nested=True)
@@ -362,6 +417,29 @@ def test_labels_in_other_languages_are_their_own_prompts(tiny_hf_model):
     labels = ["고양이", "кошка"]
     vectors = label_embeddings(encoder, [classify_prompts(label) for label in labels])
     np.testing.assert_allclose(vectors, encoder.encode_texts(labels), atol=1e-6)
+
+
+def test_a_new_index_of_a_model_used_before_labels_without_its_text_tower(
+    index_dir, tiny_model, textures, tmp_path, monkeypatch
+):
+    from clipsearch.index.styles import VECTORS_META_KEY
+
+    with ImageIndex.open(index_dir) as index:
+        first = {s.path: s.style for s in all_stored(index)}
+        kept = index.catalog.get_meta(VECTORS_META_KEY)
+
+    def no_text_tower(self):
+        raise AssertionError("a model's label vectors are in the user's cache")
+
+    monkeypatch.setattr(ImageIndex, "text_encoder", property(no_text_tower))
+    with ImageIndex.create(tmp_path / "second", tiny_model, device="cpu") as index:
+        index.add([textures])
+        assert {s.path: s.style for s in all_stored(index)} == first
+        assert index.catalog.get_meta(VECTORS_META_KEY) == kept  # and its catalog keeps them
+        # other labels: other prompts, which this model has not encoded yet
+        index.catalog.set_meta(style_labels=["sketch", "photo"])
+        with pytest.raises(AssertionError, match="user's cache"):
+            index.styles._zero_shot()
 
 
 def test_zero_shot_text_vectors_are_kept_for_later_runs(index_dir, textures, monkeypatch):

@@ -7,18 +7,13 @@ Needs Debian's chromium and the playwright package, as tests/web/test_web_e2e.py
 
 from __future__ import annotations
 
-import queue
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from clipsearch import ImageIndex
-from tests.helpers import draw_image
+from tests.helpers import draw_image, serving
 from tests.web.test_web_e2e import ALL_LOADED, CHROMIUM, CHROMIUM_ARGS, sync_api, wait_until
 
 pytestmark = [
@@ -45,32 +40,9 @@ def index_dir(tmp_path_factory, tiny_model) -> Path:
 def lan_server(index_dir) -> Iterator[tuple[str, str]]:
     """`clipsearch serve --host 0.0.0.0 --port 0`: its address (reached through 127.0.0.1)
     and the token it made up and printed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clipsearch", "--index", str(index_dir), "serve"]
-        + ["--host", "0.0.0.0", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        try:
-            line = lines.get(timeout=60)
-        except queue.Empty:
-            line = ""
-        match = re.search(r"at (http://127\.0\.0\.1:\d+/)\?token=([\w-]+) ", line)
-        if not match:
-            proc.kill()
-            pytest.fail(f"serve did not start: {line!r} {proc.communicate()[1]!r}")
-        yield match.group(1), match.group(2)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    token = r"at (http://127\.0\.0\.1:\d+/)\?token=([\w-]+) "
+    with serving(index_dir, "--host", "0.0.0.0", address=token) as address:
+        yield address.group(1), address.group(2)
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,15 @@ skipped with the reason when either is missing. `playwright install` is never ne
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from clipsearch import ImageIndex
-from tests.helpers import draw_image
+from tests.helpers import draw_image, serving
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'"
@@ -78,31 +74,8 @@ def index_dir(tmp_path, tiny_model) -> Path:
 @pytest.fixture
 def server(index_dir):
     """The URL of `clipsearch serve --port 0` on the index; stopped afterwards."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clipsearch", "--index", str(index_dir), "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        try:
-            line = lines.get(timeout=60)
-        except queue.Empty:
-            line = ""
-        match = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-        if not match:
-            proc.kill()
-            pytest.fail(f"serve did not start: {line!r} {proc.communicate()[1]!r}")
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serving(index_dir) as address:
+        yield address.group(1)
 
 
 def test_search_open_and_find_similar_in_a_browser(server, index_dir, tmp_path):
