@@ -16,10 +16,15 @@ depend on the weights), with clipsearch's cache primed by one earlier load:
   the wall time from the command to the first image encoded and to the end, and the peak
   RSS; the NumPy tower's fp32 rate against the torch tower's (bf16 and fp32) on batches, and
   from these the run size up to which NumPy finishes first (``NUMPY_MAX_GFLOP``);
+* **the ONNX Runtime path** (#18): the same, for a run past NumPy's size (every run made so
+  with ``engines.NUMPY_MAX_GFLOP = 0`` in the child) that the defaults give to ONNX Runtime
+  fp32, against the torch path (``--precision bf16``) in the same run; ONNX Runtime's rate
+  against torch bf16's, and from these the run size up to which it finishes first on a bf16
+  CPU (``ONNX_MAX_GFLOP``);
 * **fp32 throughput** of the image tower on preprocessed batches, ours against open_clip's
-  ``encode_image`` (the same weights, interleaved rounds), int8 dynamic quantisation of the
-  MLP's linear layers beside it with its cosine to fp32; and end to end, ``clipsearch index
-  --precision fp32`` against the naive loop on 2 MP photos.
+  ``encode_image`` (the same weights, interleaved rounds), ONNX Runtime's tower and int8
+  dynamic quantisation of the MLP's linear layers beside it with their cosines; and end to
+  end, ``clipsearch index --precision fp32`` against the naive loop on 2 MP photos.
 
     python benchmarks/bench_encode.py                      # ViT-B-32 and ViT-B-16, 8 photos
     python benchmarks/bench_encode.py --models ViT-B-32 --photos 16 --repeat 5
@@ -71,8 +76,10 @@ print(f"{len(sys.argv) - 3} {time.perf_counter() - t}")
 # The CLI, printing the moment (perf_counter: CLOCK_MONOTONIC, the same in every process)
 # its first batch of images is encoded, by either encoder.
 FIRST_ENCODED = """
-import sys, time
-from clipsearch.models import encoder, npimagetower
+import os, sys, time
+from clipsearch.models import cpuencoder, encoder, engines
+if os.environ.get("BENCH_PAST_NUMPY"):  # any run is past NumPy's size: ONNX Runtime or torch
+    engines.NUMPY_MAX_GFLOP = 0.0
 
 def stamp(cls):
     real = cls.encode_batch
@@ -86,7 +93,7 @@ def stamp(cls):
     cls.encode_batch = first
 
 stamp(encoder.Encoder)
-stamp(npimagetower.NumpyImageEncoder)
+stamp(cpuencoder.CpuImageEncoder)  # NumPy and ONNX Runtime
 from clipsearch.cli.main import main
 main(sys.argv[1:])
 """
@@ -185,32 +192,44 @@ def startup_and_memory(args, model: str, weights: Path, cache: Path, photos: lis
     return rows
 
 
-def first_encoded_run(index: Path, folder: Path, model: str, weights: Path, cache: Path,
-                      *extra: str) -> tuple[float, float, float]:  # fmt: skip
+def first_encoded_run(
+    index: Path,
+    folder: Path,
+    model: str,
+    weights: Path,
+    cache: Path,
+    *extra: str,
+    past_numpy: bool = False,
+) -> tuple[float, float, float]:
     """Seconds from the command to its first image encoded, to its end, and its peak RSS
-    (MiB), of one ``clipsearch index`` run (the launcher's own start counts in the first)."""
+    (MiB), of one ``clipsearch index`` run (the launcher's own start counts in the first);
+    ``past_numpy``: as a run too large for the NumPy tower."""
     argv = index_cmd(index, folder, model, weights, *extra)
     argv = [sys.executable, "-c", FIRST_ENCODED, *argv[3:]]  # the CLI, stamped
+    env = {"XDG_CACHE_HOME": str(cache), **({"BENCH_PAST_NUMPY": "1"} if past_numpy else {})}
     t0 = time.perf_counter()
-    wall, rss, out = run_child(argv, {"XDG_CACHE_HOME": str(cache)})
+    wall, rss, out = run_child(argv, env)
     stamps = [float(line.split()[1]) for line in out.splitlines() if line.startswith("first-")]
     return (stamps[0] - t0 if stamps else float("nan")), wall, rss
 
 
-def numpy_path(args, model: str, weights: Path, cache: Path, photos: list[Path]) -> dict:
-    """One new photo into an indexed folder, the NumPy path (defaults) and the torch path
-    (``--precision bf16``) interleaved; medians of first-encoded and end, peak RSS."""
-    runs: dict[str, list[tuple[float, float, float]]] = {"numpy": [], "torch": []}
+def numpy_path(args, model: str, weights: Path, cache: Path, photos: list[Path],
+               past_numpy: bool = False) -> dict:  # fmt: skip
+    """One new photo into an indexed folder, the defaults (the NumPy path; ``past_numpy``:
+    ONNX Runtime) and the torch path (``--precision bf16``) interleaved; medians of
+    first-encoded and end, peak RSS."""
+    runs: dict[str, list[tuple[float, float, float]]] = {"fast": [], "torch": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder, index = Path(tmp) / "growing", Path(tmp) / "growing-idx"
         folder.mkdir()
         shutil.copy(photos[0], folder / "first.jpg")
         run_child(index_cmd(index, folder, model, weights), {"XDG_CACHE_HOME": str(cache)})
         for i in range(args.repeat):
-            for j, (path, extra) in enumerate((("numpy", ()), ("torch", ("--precision", "bf16")))):
+            for j, (path, extra) in enumerate((("fast", ()), ("torch", ("--precision", "bf16")))):
                 photo = photos[1 + (2 * i + j) % (len(photos) - 1)]
                 shutil.copy(photo, folder / f"new-{path}-{i}.jpg")
-                runs[path].append(first_encoded_run(index, folder, model, weights, cache, *extra))
+                runs[path].append(first_encoded_run(index, folder, model, weights, cache, *extra,
+                                                    past_numpy=past_numpy))  # fmt: skip
     return {
         k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
             max(r[2] for r in v))
@@ -227,6 +246,7 @@ def tower_rates(model: str, weights: Path, batch: int, rounds: int) -> dict:
 
     from clipsearch.models.imagetower import build_tower, describe
     from clipsearch.models.npimagetower import NumpyImageTower
+    from clipsearch.models.onnxtower import OnnxImageTower
 
     oc = open_clip.create_model(model, pretrained=str(weights)).eval()
     config = describe(oc)
@@ -236,10 +256,12 @@ def tower_rates(model: str, weights: Path, batch: int, rounds: int) -> dict:
     fp32 = build_tower(config, state)
     bf16 = build_tower(config, {k: v.to(torch.bfloat16) for k, v in state.items()})
     numpy_tower = NumpyImageTower(config, {k: v.numpy() for k, v in state.items()})
+    onnx_tower = OnnxImageTower(config, {k: v.numpy() for k, v in state.items()}, None)
     x = torch.randn(batch, 3, config.image_size, config.image_size, generator=torch.Generator())
     xn = x.numpy()
     variants = {
         "numpy": lambda: numpy_tower(xn),
+        "onnx": lambda: onnx_tower(xn),
         "torch bf16": lambda: bf16(x.to(torch.bfloat16)),
         "torch fp32": lambda: fp32(x),
     }
@@ -248,17 +270,20 @@ def tower_rates(model: str, weights: Path, batch: int, rounds: int) -> dict:
         want = torch.nn.functional.normalize(fp32(x), dim=-1).numpy()
         got = numpy_tower(xn)
         got = got / np.linalg.norm(got, axis=-1, keepdims=True)
+        onnx_got = onnx_tower(xn)
+        onnx_got = onnx_got / np.linalg.norm(onnx_got, axis=-1, keepdims=True)
         for _ in range(rounds):
             for name, f in variants.items():
                 t = time.perf_counter()
                 f()
                 best[name] = min(best[name], time.perf_counter() - t)
     rates = {k: batch / v for k, v in best.items()}
-    return {"rates": rates, "diff": float(np.abs(got - want).max()), "gflop": config.gflop}
+    return {"rates": rates, "diff": float(np.abs(got - want).max()), "gflop": config.gflop,
+            "onnx_diff": float(np.abs(onnx_got - want).max())}  # fmt: skip
 
 
 def numpy_rows(model: str, path: dict, tower: dict | None, batch: int) -> list[Row]:
-    (nf, ne, nrss), (tf, te, trss) = path["numpy"], path["torch"]
+    (nf, ne, nrss), (tf, te, trss) = path["fast"], path["torch"]
     rows = [
         Row(f"{model}: one more photo, command to first encoded, NumPy (defaults) vs torch bf16",
             f"{nf:.2f} s", f"{tf:.2f} s", ratio(nf, tf, higher_is_better=False),
@@ -287,12 +312,43 @@ def numpy_rows(model: str, path: dict, tower: dict | None, batch: int) -> list[R
     return rows
 
 
+def onnx_rows(model: str, path: dict, tower: dict, batch: int) -> list[Row]:
+    """The ONNX Runtime path against torch bf16: start-up, memory, rate, break-even."""
+    (of, oe, orss), (tf, te, trss) = path["fast"], path["torch"]
+    r = tower["rates"]
+    rows = [
+        Row(f"{model}: a run past NumPy's size, command to first encoded, ONNX Runtime "
+            "(defaults) vs torch bf16", f"{of:.2f} s", f"{tf:.2f} s",
+            ratio(of, tf, higher_is_better=False), f"{orss:.0f} MiB vs {trss:.0f} MiB"),
+        Row(f"{model}: the same, command to end (one photo)", f"{oe:.2f} s", f"{te:.2f} s",
+            ratio(oe, te, higher_is_better=False), "-"),
+        Row(f"{model}: ONNX Runtime tower fp32, batch {batch}, vs torch tower bf16",
+            f"{r['onnx']:.2f} img/s", f"{r['torch bf16']:.2f} img/s",
+            ratio(r["onnx"], r["torch bf16"]),
+            f"max diff to torch fp32 {tower['onnx_diff']:.1e}"),
+        Row(f"{model}: ONNX Runtime tower fp32, batch {batch}, vs torch tower fp32",
+            f"{r['onnx']:.2f} img/s", f"{r['torch fp32']:.2f} img/s",
+            ratio(r["onnx"], r["torch fp32"]), "-"),
+    ]  # fmt: skip
+    per_image = 1 / r["onnx"] - 1 / r["torch bf16"]  # what ORT loses on each image
+    saved = tf - of  # what it saves once: torch's import and load, less ORT's
+    if per_image > 0:
+        n = saved / per_image
+        note = f"{saved:.2f} s saved, {per_image * 1000:.0f} ms lost per image"
+        rows.append(Row(f"{model}: images up to which ONNX Runtime finishes first on a bf16 "
+                        "CPU (GFLOP of work)", f"{n:.0f} ({n * tower['gflop']:.0f} GFLOP)",
+                        "-", "-", note))  # fmt: skip
+    return rows
+
+
 def tower_throughput(model: str, weights: Path, batch: int, rounds: int) -> list[Row]:
-    """fp32 img/s of our tower and of open_clip's encode_image, interleaved; int8 beside."""
+    """fp32 img/s of our tower and of open_clip's encode_image, interleaved; ONNX Runtime's
+    tower and int8 beside."""
     import open_clip
     import torch
 
     from clipsearch.models.imagetower import build_tower, describe
+    from clipsearch.models.onnxtower import OnnxImageTower
 
     oc = open_clip.create_model(model, pretrained=str(weights)).eval()
     config = describe(oc)
@@ -301,7 +357,14 @@ def tower_throughput(model: str, weights: Path, batch: int, rounds: int) -> list
     with torch.inference_mode():
         int8 = torch.ao.quantization.quantize_dynamic(ours, {torch.nn.Linear}, dtype=torch.qint8)
     x = torch.randn(batch, 3, config.image_size, config.image_size, generator=torch.Generator())
-    variants = {"open_clip": oc.encode_image, "ours": ours, "int8": int8}
+    arrays = {k: v.detach().clone().numpy() for k, v in oc.visual.state_dict().items()}
+    onnx_tower = OnnxImageTower(config, arrays, None)
+    variants = {
+        "open_clip": oc.encode_image,
+        "ours": ours,
+        "onnx": lambda x: torch.from_numpy(onnx_tower(x.numpy())),
+        "int8": int8,
+    }
     best = dict.fromkeys(variants, float("inf"))
     out = {}
     with torch.inference_mode():
@@ -316,10 +379,17 @@ def tower_throughput(model: str, weights: Path, batch: int, rounds: int) -> list
     cos_ours = float((out["ours"] * out["open_clip"]).sum(-1).min())
     diff = float((out["ours"] - out["open_clip"]).abs().max())
     cos_int8 = float((out["int8"] * out["open_clip"]).sum(-1).min())
+    onnx_diff = float((out["onnx"] - out["open_clip"]).abs().max())
     return [
         Row(f"{model}: image tower fp32, batch {batch}, ours vs open_clip",
             f"{rate['ours']:.2f} img/s", f"{rate['open_clip']:.2f} img/s",
             ratio(rate["ours"], rate["open_clip"]), f"max diff {diff:.1e}, cos {cos_ours:.7f}"),
+        Row(f"{model}: image tower fp32, batch {batch}, ONNX Runtime vs open_clip",
+            f"{rate['onnx']:.2f} img/s", f"{rate['open_clip']:.2f} img/s",
+            ratio(rate["onnx"], rate["open_clip"]), f"max diff {onnx_diff:.1e}"),
+        Row(f"{model}: image tower fp32, batch {batch}, ONNX Runtime vs ours (torch)",
+            f"{rate['onnx']:.2f} img/s", f"{rate['ours']:.2f} img/s",
+            ratio(rate["onnx"], rate["ours"]), "-"),
         Row(f"{model}: the same, int8 dynamic (linear layers of the MLP)",
             f"{rate['int8']:.2f} img/s", f"{rate['open_clip']:.2f} img/s",
             ratio(rate["int8"], rate["open_clip"]), f"cos to fp32 (min) {cos_int8:.5f}"),
@@ -350,7 +420,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     ap.add_argument("--batch", type=int, default=16, help="batch of the tower throughput")
     ap.add_argument("--work", type=Path, default=Path("/tmp/clipsearch-bench"))
-    ap.add_argument("--skip", nargs="*", default=[], choices=["startup", "numpy", "tower", "fp32"])
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["startup", "numpy", "onnx", "tower", "fp32"]
+    )
     args = ap.parse_args()
 
     print(f"machine: {machine()}")
@@ -367,10 +439,15 @@ def main() -> None:
             fresh_index_run(one, model, weights, cache)
         if "startup" not in args.skip:
             rows += startup_and_memory(args, model, weights, cache, photos)
+        tower = None
+        if "numpy" not in args.skip or "onnx" not in args.skip:
+            tower = tower_rates(model, weights, args.batch, max(2, args.repeat))
         if "numpy" not in args.skip:
             path = numpy_path(args, model, weights, cache, photos)
-            tower = tower_rates(model, weights, args.batch, max(2, args.repeat))
             rows += numpy_rows(model, path, tower, args.batch)
+        if "onnx" not in args.skip:
+            path = numpy_path(args, model, weights, cache, photos, past_numpy=True)
+            rows += onnx_rows(model, path, tower, args.batch)
         if "tower" not in args.skip:
             rows += tower_throughput(model, weights, args.batch, args.repeat)
         if "fp32" not in args.skip:

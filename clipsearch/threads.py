@@ -18,6 +18,18 @@ BLAS = "blas"
 _Control = tuple[Callable[[], int], Callable[[int], object]]
 
 
+def default_threads() -> int | None:
+    """The intra-op threads a model run takes when nothing limits it: ``OMP_NUM_THREADS``
+    where it is set (torch and NumPy's OpenBLAS honour it), else None, each library's own
+    default (torch and ONNX Runtime: one per physical core). For a pool that is sized once,
+    when it is made (an ONNX Runtime session), so that it follows what torch would do."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
 @contextlib.contextmanager
 def limit_threads(n: int | None, *pools: str) -> Iterator[None]:
     """Run the block with ``n`` threads in each of ``pools`` (:data:`TORCH`, :data:`FAISS`,

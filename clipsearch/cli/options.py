@@ -115,9 +115,10 @@ def device_options(f: F) -> F:
         default="auto",
         show_default=True,
         help="Numeric precision of the model (auto: fp16 on GPUs, bf16 on CPUs with native "
-        "bf16 such as AVX512-BF16 or AMX, else fp32). With auto or fp32, text queries and "
-        "index runs of a few images run on the CPU in NumPy fp32, without torch, for a model "
-        "loaded once before. Vectors of any precision mix in one index.",
+        "bf16 such as AVX512-BF16 or AMX, else fp32). With auto or fp32, for a model loaded "
+        "once before, text queries and fp32 index runs on the CPU need no torch (NumPy or "
+        "ONNX Runtime, fp32); with auto on a bf16 CPU, index runs too short to repay torch's "
+        "start-up do too. Vectors of any precision mix in one index.",
     )(f)
     f = click.option(
         "--device",

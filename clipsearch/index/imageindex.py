@@ -54,10 +54,10 @@ from clipsearch.index.query import (
 )
 from clipsearch.media.photometa import PhotoMeta
 from clipsearch.media.video import DEFAULT_INTERVAL, DEFAULT_MAX_FRAMES, VideoOptions
+from clipsearch.models.cpuencoder import CpuImageEncoder
 from clipsearch.models.identity import ModelIdentity, ModelSpec, spec_key
 from clipsearch.models.imagetower import cached_identity
 from clipsearch.models.loading import load_image_encoder, load_spec
-from clipsearch.models.npimagetower import NumpyImageEncoder
 from clipsearch.progress import Progress
 from clipsearch.store.catalog import CATALOG_FILE, Catalog, ErrorRecord
 from clipsearch.store.migrations import SCHEMA_VERSION
@@ -181,7 +181,7 @@ class ImageIndex:
         self.precision = precision
         self._encoder: Encoder | None = None
         self._image_encoder: Encoder | None = None  # the image tower alone, for indexing
-        self._query_images: NumpyImageEncoder | None = None  # for query images, without torch
+        self._query_images: CpuImageEncoder | None = None  # for query images, without torch
         self.created = False
         """True when this object created the index (:meth:`create`, or :meth:`open_or_create`
         of a folder that held none)."""
@@ -339,11 +339,12 @@ class ImageIndex:
             self._image_encoder = encoder
         return self._image_encoder
 
-    def _indexing_encoder(self, images: int | None = None) -> Encoder | NumpyImageEncoder:
+    def _indexing_encoder(self, images: int | None = None) -> Encoder | CpuImageEncoder:
         """The image tower for :meth:`add`, a run that encodes at most ``images`` pictures
-        (None: many, or unknown): the model already loaded, else the NumPy tower for a small
-        run once the model has been loaded before (no torch import; see
-        :func:`~clipsearch.models.loading.load_image_encoder`), else the torch tower.
+        (None: many, or unknown): the model already loaded, else, once the model has been
+        loaded before, the NumPy tower for a small run or the ONNX Runtime one for a larger
+        fp32 run (no torch import; see :func:`~clipsearch.models.loading.load_image_encoder`),
+        else the torch tower.
 
         New images get style labels, so the labeller is made first: a zero-shot labeller's
         text vectors come from the text tower, whose weights are let go before the image
@@ -355,21 +356,21 @@ class ImageIndex:
             return self.image_encoder  # loaded already: no start-up left to save
         return self._quickest_image_encoder(images)
 
-    def _quickest_image_encoder(self, images: int | None) -> Encoder | NumpyImageEncoder:
+    def _quickest_image_encoder(self, images: int | None) -> Encoder | CpuImageEncoder:
         """:func:`~clipsearch.models.loading.load_image_encoder` for ``images`` pictures,
-        checked; a torch encoder is kept as the index's (a NumPy one is not: it is mapped,
-        not read, so there is nothing worth keeping for an indexing run)."""
+        checked; a torch encoder is kept as the index's (a NumPy or ONNX Runtime one is not: it
+        is mapped, not read, so there is nothing worth keeping for an indexing run)."""
         encoder = load_image_encoder(
             self.spec, self.identity, images=images, device=self.device, precision=self.precision
         )
         self._check_identity(encoder)
         if encoder.towers == "both":  # no image tower of its own: the whole model
             self._encoder = encoder
-        elif not isinstance(encoder, NumpyImageEncoder):
+        elif not isinstance(encoder, CpuImageEncoder):
             self._image_encoder = encoder
         return encoder
 
-    def _query_image_encoder(self) -> Encoder | NumpyImageEncoder:
+    def _query_image_encoder(self) -> Encoder | CpuImageEncoder:
         """The image tower for a query image that is not indexed: the torch one when it is
         loaded, else the quickest to start for one image (no torch import once the model was
         loaded before, see :func:`~clipsearch.models.loading.load_image_encoder`), kept for
@@ -378,7 +379,7 @@ class ImageIndex:
             return self.image_encoder
         if self._query_images is None:
             encoder = self._quickest_image_encoder(1)
-            if not isinstance(encoder, NumpyImageEncoder):
+            if not isinstance(encoder, CpuImageEncoder):
                 return encoder
             self._query_images = encoder
         return self._query_images

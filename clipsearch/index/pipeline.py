@@ -56,8 +56,8 @@ from clipsearch.progress import Progress
 from clipsearch.store.catalog import Catalog, NewImage
 
 if TYPE_CHECKING:
+    from clipsearch.models.cpuencoder import CpuImageEncoder
     from clipsearch.models.encoder import Encoder
-    from clipsearch.models.npimagetower import NumpyImageEncoder
     from clipsearch.store.vectors import VectorIndex
 
 
@@ -128,6 +128,8 @@ class IndexReport:
     failed: int = 0
     skipped_videos: int = 0  # videos left alone because PyAV is not installed
     seconds: float = 0.0
+    # what encoded the images: "numpy", "onnx" or "torch" (models.engines); None: nothing was
+    engine: str | None = None
     errors: list[tuple[str, str]] = field(default_factory=list)
 
     def include(self, other: IndexReport) -> None:
@@ -140,6 +142,7 @@ class IndexReport:
         self.failed += other.failed
         self.skipped_videos += other.skipped_videos
         self.errors.extend(other.errors)
+        self.engine = other.engine or self.engine
 
     @property
     def encoded(self) -> int:
@@ -160,6 +163,7 @@ class IndexReport:
             "failed": self.failed,
             "skipped_videos": self.skipped_videos,
             "seconds": round(self.seconds, 3),
+            "engine": self.engine,
         }
 
 
@@ -327,15 +331,15 @@ class Indexer:
     The model loads only when a file must be encoded, and the vector index (FAISS) only when
     ids are added or removed: a run over unchanged or moved files needs neither. ``encoder``
     is told at most how many pictures the run will encode (None: it cannot tell, or the
-    options need torch), so that a small run can take the NumPy image tower and never import
-    torch (:func:`clipsearch.models.loading.load_image_encoder`).
+    options need torch), so that a run can take the NumPy or ONNX Runtime image tower and
+    never import torch (:func:`clipsearch.models.loading.load_image_encoder`).
     """
 
     def __init__(
         self,
         catalog: Catalog,
         vectors: Callable[[], VectorIndex],
-        encoder: Callable[[int | None], Encoder | NumpyImageEncoder],
+        encoder: Callable[[int | None], Encoder | CpuImageEncoder],
         options: IndexOptions,
         progress: Progress | None = None,
         save: Callable[[], None] | None = None,
@@ -346,7 +350,7 @@ class Indexer:
         self._vectors_factory = vectors
         self._vectors: VectorIndex | None = None
         self._encoder_factory = encoder
-        self._encoder: Encoder | NumpyImageEncoder | None = None
+        self._encoder: Encoder | CpuImageEncoder | None = None
         self._pictures: int | None = None  # at most how many this run encodes, once known
         self._encoder_error: Exception | None = None
         self._encoder_lock = threading.Lock()
@@ -358,7 +362,7 @@ class Indexer:
         self._stage: DeviceStage | None = None  # built once the model has loaded, if used
 
     @property
-    def encoder(self) -> Encoder | NumpyImageEncoder:
+    def encoder(self) -> Encoder | CpuImageEncoder:
         """The model, loaded by the first decoding worker that needs it (once, under a lock)."""
         with self._encoder_lock:
             if self._encoder_error is not None:  # failed once: the other workers fail at once
@@ -409,6 +413,7 @@ class Indexer:
         self._backfill_meta()
         self._clear_stale_errors([scope.walk for scope in scopes], report)
         report.seconds = time.monotonic() - started
+        report.engine = self._encoder.engine if self._encoder is not None else None
         return report
 
     def _pictures_at_most(self, candidates: Sequence[Candidate]) -> int | None:
@@ -696,7 +701,7 @@ class Indexer:
 
 def prepare_candidate(
     cand: Candidate,
-    encoder: Callable[[], Encoder | NumpyImageEncoder],
+    encoder: Callable[[], Encoder | CpuImageEncoder],
     draft: bool,
     gone_shas: Container[str],
     video: VideoOptions | None = None,
@@ -742,7 +747,7 @@ def prepare_candidate(
 
 def _prepare_video(
     cand: Candidate,
-    encoder: Callable[[], Encoder | NumpyImageEncoder],
+    encoder: Callable[[], Encoder | CpuImageEncoder],
     gone_shas: Container[str],
     video: VideoOptions,
 ) -> Prepared:

@@ -34,6 +34,8 @@ class Encoder:
     ``model.encode_image(preprocess(img), normalize=True)``.
     """
 
+    engine = "torch"  # what runs the towers (see clipsearch.models.engines)
+
     def __init__(
         self,
         model: torch.nn.Module,

@@ -111,6 +111,22 @@ class ImageTowerConfig:
             shapes["proj"] = (w, self.output_dim)
         return shapes
 
+    def checked(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The tower's tensors of ``tensors`` (by state-dict name inside ``visual``), each
+        checked to be float32 of its shape.
+
+        Raises:
+            ValueError: a tensor is missing or has the wrong shape or dtype.
+        """
+        out = {}
+        for name, shape in self.tensor_shapes().items():
+            t = tensors.get(name)
+            if t is None or tuple(t.shape) != shape or t.dtype != np.float32:
+                got = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
+                raise ValueError(f"image tower tensor {name}: {got}, expected float32 {shape}")
+            out[name] = t
+        return out
+
     @property
     def gflop(self) -> float:
         """The floating-point work of one image, in billions (a multiply-add counts 2)."""

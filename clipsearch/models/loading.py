@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from clipsearch.errors import ModelLoadError, one_line
+from clipsearch.models.cpuencoder import CpuImageEncoder
 from clipsearch.models.encoder import Encoder
+from clipsearch.models.engines import NUMPY, ONNX, image_engine
 from clipsearch.models.hftext import (
     check_local_tokenizer,
     hub_files,
@@ -39,13 +41,11 @@ from clipsearch.models.identity import (
     hf_text_sha256,
     weights_file,
 )
-from clipsearch.models.imagetower import cached_image_encoder
+from clipsearch.models.imagetower import cached_image_encoder, read_image_record
 from clipsearch.models.imagetower import remember as remember_image_tower
-from clipsearch.models.npimagetower import (
-    NumpyImageEncoder,
-    cached_numpy_image_encoder,
-    prefers_numpy,
-)
+from clipsearch.models.npimagetower import numpy_image_encoder
+from clipsearch.models.onnxgraph import available as onnxruntime_available
+from clipsearch.models.onnxtower import onnx_image_encoder
 from clipsearch.models.openclip_private import hf_hub_model_config, safe_weight_names
 from clipsearch.models.preprocess import ImagePreprocess
 from clipsearch.models.runtime import encode_text, pick_device, pick_precision
@@ -128,11 +128,12 @@ def load_image_encoder(
     device: str = "auto",
     precision: str = "fp32",
     cache_dir: str | None = None,
-) -> Encoder | NumpyImageEncoder:
-    """The quickest encoder for a run of ``images`` images: the image tower in NumPy, without
-    importing torch, when the run is small enough for it (``prefers_numpy`` of
-    :mod:`clipsearch.models.npimagetower`) and the model has a valid image tower record (it
-    was loaded before); else the image tower in torch (:func:`load_spec`, ``towers="image"``).
+) -> Encoder | CpuImageEncoder:
+    """The quickest encoder for a run of ``images`` images, by
+    :func:`clipsearch.models.engines.image_engine`: once the model has a valid image tower
+    record (it was loaded before), the image tower in NumPy for a small run, or on ONNX
+    Runtime for a larger one in fp32, neither importing torch; else the image tower in torch
+    (:func:`load_spec`, ``towers="image"``).
 
     Args:
         spec: the model.
@@ -140,9 +141,16 @@ def load_image_encoder(
         images: at most how many images will be encoded; None: many, or unknown.
         device, precision, cache_dir: as for :func:`load_encoder`.
     """
-    if images is not None:
-        fast = cached_numpy_image_encoder(spec, identity, cache_dir)
-        if fast is not None and prefers_numpy(images, fast.tower.config, device, precision):
+    found = read_image_record(spec, identity, cache_dir) if images is not None else None
+    if found is not None:
+        onnx = onnxruntime_available()
+        engine = image_engine(images, found.config, device, precision, onnx=onnx)
+        fast = None
+        if engine == NUMPY:
+            fast = numpy_image_encoder(found)
+        elif engine == ONNX:
+            fast = onnx_image_encoder(found)
+        if fast is not None:
             return fast
     return load_spec(spec, device=device, precision=precision, cache_dir=cache_dir, towers="image")
 

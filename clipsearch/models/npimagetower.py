@@ -10,57 +10,26 @@ positional embedding, ``ln_pre``, the residual attention blocks of
 the pooling, ``ln_post`` and the projection. Its vectors equal the torch tower's in fp32
 (within :data:`PARITY_TOLERANCE`), so vectors of both paths mix in one index.
 
-:func:`prefers_numpy` is the one policy that chooses between the two: NumPy where the whole
-run's work is small enough that it is done before torch would have been imported, torch
-(bf16 where the CPU has it) for the rest.
+:func:`clipsearch.models.engines.image_engine` is the one policy that chooses between it,
+ONNX Runtime (:mod:`clipsearch.models.onnxtower`) and torch: NumPy where the whole run's work
+is small enough that it is done before torch would have been imported.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
 import numpy as np
 
-from clipsearch.errors import ModelLoadError
+from clipsearch.models.cpuencoder import CpuImageEncoder
 from clipsearch.models.identity import ModelIdentity, ModelSpec
-from clipsearch.models.imagetower import ImageTowerConfig, read_image_record
+from clipsearch.models.imagetower import ImageRecord, ImageTowerConfig, read_image_record
 from clipsearch.models.npmath import layer_norm, linear, read_safetensors, residual_block
-from clipsearch.models.preprocess import ImagePreprocess
-from clipsearch.models.runtime import BATCH_SIZES
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-5  # max abs difference of unit vectors, NumPy fp32 vs torch fp32
-
-# The most work (images x GFLOP per image) a run may ask for and still be encoded in NumPy:
-# where NumPy fp32 at its rate finishes no later than torch, counting the time torch takes to
-# import and load the tower. benchmarks/bench_encode.py measures that break-even for ViT-B/32
-# and B/16 (RESULTS.md); this is the lower of the two, rounded down.
-NUMPY_MAX_GFLOP = 175.0
-
-
-def prefers_numpy(
-    images: int | None, config: ImageTowerConfig, device: str = "auto", precision: str = "auto"
-) -> bool:
-    """Whether ``images`` images are best encoded by the NumPy tower.
-
-    Args:
-        images: at most how many the run encodes; None when unknown, or when the run asks for
-            what only torch does (compiling, decoding on the device, several devices).
-        config: the tower.
-        device: as the user gave it: NumPy runs on the CPU, so ``auto`` or ``cpu``.
-        precision: as the user gave it: NumPy computes in fp32, so ``auto`` or ``fp32``
-            (an explicit ``bf16`` or ``fp16`` is the torch path's).
-    """
-    if images is None or device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
-        return False
-    return images * config.gflop <= NUMPY_MAX_GFLOP
 
 
 class NumpyImageTower:
@@ -78,13 +47,7 @@ class NumpyImageTower:
 
     def __init__(self, config: ImageTowerConfig, tensors: Mapping[str, np.ndarray]):
         self.config = config
-        self.tensors: dict[str, np.ndarray] = {}
-        for name, shape in config.tensor_shapes().items():
-            t = tensors.get(name)
-            if t is None or tuple(t.shape) != shape or t.dtype != np.float32:
-                got = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
-                raise ValueError(f"image tower tensor {name}: {got}, expected float32 {shape}")
-            self.tensors[name] = t
+        self.tensors = config.checked(tensors)
         w, p = config.width, config.patch_size
         self._patch_weight = self.tensors["conv1.weight"].reshape(w, 3 * p * p)  # a view
 
@@ -137,70 +100,14 @@ class NumpyImageTower:
         return np.ascontiguousarray(x, dtype=np.float32).reshape(rows * c.tokens, c.width)
 
 
-class NumpyImageEncoder:
+class NumpyImageEncoder(CpuImageEncoder):
     """Encodes images like :class:`clipsearch.models.encoder.Encoder` with ``towers="image"``,
-    without torch: fp32 on the CPU, whatever precision the torch path would use.
+    in NumPy: fp32 on the CPU, without torch. Made by :func:`cached_numpy_image_encoder`."""
 
-    Made by :func:`cached_numpy_image_encoder`. ``preprocess`` gives NumPy arrays, which
-    :meth:`encode_batch` takes.
-    """
+    engine = "numpy"
 
-    device = "cpu"
-    precision = "fp32"
-    towers = "image"
-
-    def __init__(
-        self, tower: NumpyImageTower, preprocess: ImagePreprocess, identity: ModelIdentity
-    ):
-        self.tower = tower
-        self.identity = identity
-        self.preprocess = preprocess.pixels  # an RGB image -> a (3, size, size) float32 array
-
-    @property
-    def batch_size(self) -> int:
-        return BATCH_SIZES["cpu"]
-
-    @property
-    def dim(self) -> int:
-        return self.identity.dim
-
-    @property
-    def image_size(self) -> int:
-        return self.identity.image_size
-
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Unit vectors (N, dim) float32 of preprocessed pixels (N, 3, size, size)."""
-        x = self.tower(pixels)
-        norms = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
-        return (x / norms).astype(np.float32, copy=False)
-
-    def encode_batch(self, pixels: Sequence[Any]) -> np.ndarray:
-        """Unit vectors of preprocessed images, each what :attr:`preprocess` gave."""
-        return self.encode_pixels(np.stack([np.asarray(px, dtype=np.float32) for px in pixels]))
-
-    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
-        """Encode RGB PIL images; returns (N, dim) float32 unit vectors."""
-        out = np.empty((len(images), self.dim), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            out[start : start + len(chunk)] = self.encode_batch([self.preprocess(i) for i in chunk])
-        return out
-
-    def encode_file(self, path: str | os.PathLike[str]) -> np.ndarray:
-        """The unit vector of one image file (EXIF-upright, RGB).
-
-        Raises:
-            ImageReadError: the file is missing or not a readable image.
-        """
-        from clipsearch.media.files import load_image
-
-        return self.encode_images([load_image(path)])[0]
-
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        raise ModelLoadError(
-            f"model {self.identity.describe()} was loaded for images only; "
-            "load it with towers='both' to encode texts"
-        )
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        return self.tower(pixels)
 
 
 def cached_numpy_image_encoder(
@@ -210,8 +117,11 @@ def cached_numpy_image_encoder(
     (see :func:`clipsearch.models.imagetower.read_image_record`); its weights are mapped,
     not read. None (use torch) where there is none or anything cannot be read."""
     found = read_image_record(spec, identity, cache_dir)
-    if found is None:
-        return None
+    return numpy_image_encoder(found) if found is not None else None
+
+
+def numpy_image_encoder(found: ImageRecord) -> NumpyImageEncoder | None:
+    """The NumPy image encoder of a valid record; None where its weights cannot be read."""
     prefix = found.prefix
     try:
         arrays = read_safetensors(found.weights, [prefix + n for n in found.config.tensor_shapes()])

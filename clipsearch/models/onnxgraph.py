@@ -4,7 +4,9 @@ A tower's graph is built from its config alone with ``onnx.helper``: its weights
 placeholders (external data that is never read), and the weights we already hold (memory-
 mapped safetensors arrays, see :func:`clipsearch.models.npmath.read_safetensors`) are handed
 to ONNX Runtime when a session is made (``add_external_initializers``: one copy, into ORT's
-own buffers, which it then packs for its matrix kernels). A graph is a few kilobytes and
+own buffers, which it then packs for its matrix kernels); or, for a tower whose products
+have many rows (images), the weights are inputs of the graph, fed to every run from the
+mapped arrays themselves, never copied (:class:`FedSession`). A graph is a few kilobytes and
 depends on nothing but the config, so it is built once and kept under
 ``$XDG_CACHE_HOME/clipsearch/onnx-graphs``: ``import onnx`` takes most of a second, and a
 later process needs only ``onnxruntime``.
@@ -17,9 +19,11 @@ the same computation as :func:`clipsearch.models.npmath.residual_block`.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,12 +47,14 @@ class SessionError(RuntimeError):
 
 
 def available() -> bool:
-    """Whether ONNX Runtime can be imported here."""
+    """Whether ONNX Runtime is installed here, told without importing it (0.1 s): a policy
+    asks before it knows that a session will be made."""
+    if "onnxruntime" in sys.modules:  # imported, or blocked (None)
+        return sys.modules["onnxruntime"] is not None
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("onnxruntime") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 class GraphBuilder:
@@ -115,6 +121,7 @@ class GraphBuilder:
         eps: float,
         activation: str,
         mask: str | None = None,
+        first_only: bool = False,
     ) -> str:
         """open_clip's ``ResidualAttentionBlock`` over rows x (sequences * n, width), its
         weights ``prefix`` + state-dict name.
@@ -123,6 +130,9 @@ class GraphBuilder:
             seq: positions per sequence (any number of sequences); None for one sequence of
                 any length.
             mask: an additive (n, n) attention mask (the causal one of a text tower).
+            first_only: only each sequence's first row comes out (sequences, width), for a
+                last block whose first position alone is read (an image tower's class
+                token): the other rows' output projection and MLP are skipped (exact).
         """
         width = self.shapes[prefix + "attn.out_proj.weight"][0]
         hd = width // heads
@@ -132,6 +142,12 @@ class GraphBuilder:
         qkv = self.op("Reshape", qkv, self.const(split))
         qkv = self.op("Transpose", qkv, perm=[2, 0, 3, 1, 4])  # (3, seqs, heads, n, hd)
         q, k, v = (self.op("Gather", qkv, self.const(i), axis=0) for i in range(3))
+        if first_only:  # the first position's query alone, and its residual row
+            if seq is None:
+                raise ValueError("first_only needs sequences of a known length")
+            q = self.op("Slice", q, self.const([0]), self.const([1]), self.const([2]))
+            rows = self.op("Reshape", x, self.const([-1, seq, width]))
+            x = self.op("Gather", rows, self.const(0), axis=1)
         q = self.op("Mul", q, self.const(hd**-0.5, np.float32))
         scores = self.op("MatMul", q, self.op("Transpose", k, perm=[0, 1, 3, 2]))
         if mask is not None:
@@ -147,17 +163,29 @@ class GraphBuilder:
         h = self.linear(h, prefix + "mlp.c_proj.weight", prefix + "mlp.c_proj.bias")
         return self.op("Add", x, h)
 
-    def model(self, inputs: Mapping[str, list[Any]], output: str, name: str) -> bytes:
+    def model(
+        self,
+        inputs: Mapping[str, list[Any]],
+        output: str,
+        name: str,
+        *,
+        output_shape: list[Any] | None = None,
+        weights_as_inputs: bool = False,
+    ) -> bytes:
         """The serialized model: ``inputs`` (name -> shape, None or a name for a free
-        axis), all float32, and one float32 output."""
+        axis), all float32, and one float32 output (of ``output_shape``). The weights are
+        placeholders the session fills (see :func:`make_session`), or with
+        ``weights_as_inputs`` inputs of the graph, fed to every run."""
         from onnx import TensorProto, helper
 
+        if weights_as_inputs:
+            inputs = {**inputs, **{n: list(shape) for n, shape in self.shapes.items()}}
         values = [
             helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
             for n, shape in inputs.items()
         ]
-        result = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
-        weights = [_placeholder(n, shape) for n, shape in self.shapes.items()]
+        result = helper.make_tensor_value_info(output, TensorProto.FLOAT, output_shape)
+        weights = [] if weights_as_inputs else [_placeholder(n, s) for n, s in self.shapes.items()]
         graph = helper.make_graph(self.nodes, name, values, [result], self.consts + weights)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = min(model.ir_version, 10)  # what ORT releases since 1.20 read
@@ -184,6 +212,8 @@ def tower_session(
     build: Callable[[], bytes],
     tensors: Mapping[str, np.ndarray],
     threads: int,
+    *,
+    feed: bool = False,
 ) -> Any:
     """A session of the tower ``kind`` with this config (see :func:`make_session`), its graph
     built once by ``build`` and kept; a kept graph ONNX Runtime refuses is built again.
@@ -204,11 +234,11 @@ def tower_session(
         kept = None
     if kept is not None:
         try:
-            return make_session(kept, tensors, threads)
+            return make_session(kept, tensors, threads, feed=feed)
         except SessionError as e:  # damaged, or from another onnx: build it again
             log.debug("the kept graph %s is refused: %s", path, e)
     graph = build()
-    session = make_session(graph, tensors, threads)
+    session = make_session(graph, tensors, threads, feed=feed)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, graph, durable=False)
@@ -217,9 +247,19 @@ def tower_session(
     return session
 
 
-def make_session(graph: bytes, tensors: Mapping[str, np.ndarray], threads: int) -> Any:
+def make_session(
+    graph: bytes, tensors: Mapping[str, np.ndarray], threads: int, *, feed: bool = False
+) -> Any:
     """An ONNX Runtime CPU session of ``graph`` with its weights from ``tensors`` (float32,
-    each as the graph declares it), running on ``threads`` threads.
+    each as the graph declares it), running on ``threads`` threads (0: ORT's default).
+
+    The weights go in one of two ways. By default they fill the graph's placeholders: ORT
+    copies them into its own buffers and packs them for its kernels once, which makes thin
+    products (a text query's few rows) several times faster. With ``feed`` (a graph built
+    ``weights_as_inputs``) a :class:`FedSession` hands them to every run as ``OrtValue``
+    objects over the arrays' own buffers: nothing is copied, and a memory-mapped weight stays
+    the file's pages; for products of many rows (a batch of images) that runs as fast
+    (benchmarks/RESULTS.md, #18).
 
     Raises:
         ImportError: onnxruntime is not installed.
@@ -233,12 +273,31 @@ def make_session(graph: bytes, tensors: Mapping[str, np.ndarray], threads: int) 
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: its warnings are not the user's business
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        names = list(tensors)
-        values = [
-            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tensors[n], dtype=np.float32))
-            for n in names
-        ]
-        options.add_external_initializers(names, values)
-        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        arrays = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in tensors.items()}
+        values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
+        if not feed:
+            options.add_external_initializers(list(values), list(values.values()))
+        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT's errors share no narrower base
         raise SessionError(f"ONNX Runtime refused the graph: {e}") from e
+    return FedSession(session, arrays, values, ort) if feed else session
+
+
+class FedSession:
+    """A session whose weights are inputs, fed to every run from ``OrtValue`` objects over
+    the weight arrays' own buffers; it holds the arrays, which the values point into."""
+
+    def __init__(
+        self, session: Any, arrays: Mapping[str, np.ndarray], weights: Mapping[str, Any], ort: Any
+    ):
+        self.session = session
+        self.arrays = dict(arrays)
+        self._weights = dict(weights)
+        self._ort = ort
+
+    def run(self, outputs: list[str] | None, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+        """``InferenceSession.run``: ``inputs`` besides the weights; NumPy arrays out."""
+        feed = dict(self._weights)
+        for name, array in inputs.items():
+            feed[name] = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        return [v.numpy() for v in self.session.run_with_ort_values(outputs, feed)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,12 +69,33 @@ def cpu_has_native_bf16() -> bool:
         with contextlib.suppress(Exception):
             if check is not None and check():
                 return True
+    return cpu_flags_have_bf16()
+
+
+@functools.cache
+def cpu_flags_have_bf16() -> bool:
+    """The CPU flags' answer to :func:`cpu_has_native_bf16` (``avx512_bf16`` or ``amx_bf16``
+    in /proc/cpuinfo), without importing torch: what a choice made before torch is imported
+    goes by. False where there is no /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
         return False
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def may_have_gpu() -> bool:
+    """Whether ``auto`` might resolve to a GPU here, told without importing torch: an NVIDIA
+    or AMD driver's device files, or an Apple-silicon Mac. A false alarm only costs speed
+    (the caller leaves the choice to torch)."""
+    import glob
+    import platform
+    import sys
+
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
 
 
 def default_batch_size(device: str) -> int:

@@ -181,8 +181,9 @@ def test_indexing_in_a_fresh_process_does_not_import_open_clip(tmp_path, photo_d
         """
         import json, sys
         from clipsearch import ImageIndex
-        from clipsearch.models import npimagetower
-        npimagetower.NUMPY_MAX_GFLOP = 0.0  # the torch tower, however few the images
+        from clipsearch.models import engines
+        engines.NUMPY_MAX_GFLOP = 0.0  # the torch tower, however few the images,
+        sys.modules["onnxruntime"] = None  # and whatever the precision
         with ImageIndex.open(sys.argv[1], device="cpu") as index:
             report = index.add([sys.argv[2]])
             hits = {h.path: h.score for h in index.search("a red circle", k=20)}
@@ -205,9 +206,10 @@ def test_indexing_in_a_fresh_process_does_not_import_open_clip(tmp_path, photo_d
 
 def test_a_new_index_of_a_recorded_model_reads_no_weights(tmp_path, photo_dir, monkeypatch):
     from clipsearch import ImageIndex
-    from clipsearch.models import imagetower, npimagetower
+    from clipsearch.models import engines, imagetower
 
-    monkeypatch.setattr(npimagetower, "NUMPY_MAX_GFLOP", 0.0)  # the torch tower: no small runs
+    monkeypatch.setattr(engines, "NUMPY_MAX_GFLOP", 0.0)  # the torch tower: no small runs,
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # nor ONNX Runtime
     name = _save(tmp_path, "tiny")
     first = load_encoder(name, device="cpu")  # writes the record
     loads = []

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from clipsearch.models.engines import NUMPY_MAX_GFLOP, image_engine
 from clipsearch.models.identity import ModelSpec
 from clipsearch.models.imagetower import (
     ImageTowerConfig,
@@ -23,12 +24,10 @@ from clipsearch.models.imagetower import (
 )
 from clipsearch.models.loading import load_encoder, load_image_encoder
 from clipsearch.models.npimagetower import (
-    NUMPY_MAX_GFLOP,
     PARITY_TOLERANCE,
     NumpyImageEncoder,
     NumpyImageTower,
     cached_numpy_image_encoder,
-    prefers_numpy,
 )
 from clipsearch.models.preprocess import ImagePreprocess
 from tests.helpers import VISION_VARIANTS, random_clip, save_tiny_model, vision_cfg
@@ -107,6 +106,10 @@ def _b32() -> ImageTowerConfig:
     return ImageTowerConfig(
         224, 32, 768, 12, 12, 3072, 512, "quick", 1e-5, True, "tok", False, True
     )
+
+
+def prefers_numpy(*args: object) -> bool:
+    return image_engine(*args) == "numpy"  # type: ignore[arg-type]
 
 
 def test_the_policy_takes_numpy_for_few_images_on_the_cpu_in_fp32():

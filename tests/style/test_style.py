@@ -181,7 +181,7 @@ def _no_decoding(monkeypatch):
 
     from clipsearch.index import pipeline as indexer
     from clipsearch.media import files as images
-    from clipsearch.models import encoder, npimagetower
+    from clipsearch.models import cpuencoder, encoder
     from clipsearch.style import training as styletrain
 
     for module, name in [
@@ -191,7 +191,7 @@ def _no_decoding(monkeypatch):
         (styletrain, "decode_image"),
     ]:
         monkeypatch.setattr(module, name, refuse)
-    for cls in (encoder.Encoder, npimagetower.NumpyImageEncoder):
+    for cls in (encoder.Encoder, cpuencoder.CpuImageEncoder):  # every engine
         monkeypatch.setattr(cls, "encode_pixels", refuse)
         monkeypatch.setattr(cls, "encode_images", refuse)
 
