@@ -17,9 +17,9 @@ Then, interleaved (the order of the tools alternating), median of ``--repeat`` r
 into a new index / a new rclip database:
 
 * **index** ``--n`` 2 MP and ``--m`` 12 MP JPEGs: wall and peak RSS of ``clipsearch index`` at
-  defaults, of ``clipsearch index --precision fp32``, and of rclip indexing the same folder
-  (``rclip QUERY`` run in it, which indexes the current folder first and then searches: the
-  wall as a user sees it);
+  defaults, of ``clipsearch index --precision fp32`` and ``int8``, and of rclip indexing the
+  same folder (``rclip QUERY`` run in it, which indexes the current folder first and then
+  searches: the wall as a user sees it);
 * **again, nothing changed**: ``clipsearch index`` of the 2 MP folder once more, against
   ``rclip QUERY`` there once more (it walks the folder, then searches);
 * **cold text search** on the 2 MP index, a new process: ``clipsearch search QUERY`` against
@@ -171,7 +171,9 @@ def agreement(tools: Tools, photos: list[Path], tmp: Path) -> list[str]:
         )
 
     lines = []
-    for label, extra in (("defaults", ()), ("--precision bf16", ("--precision", "bf16"))):
+    variants = (("defaults", ()), ("--precision bf16", ("--precision", "bf16")),
+                ("--precision int8", ("--precision", "int8")))  # fmt: skip
+    for label, extra in variants:
         index = tmp / f"agree-{len(lines)}"
         tools.cs_index(index, folder, *extra)
         lines.append(f"agreement, stored image vectors, clipsearch {label} vs rclip: "
@@ -213,6 +215,8 @@ def measure(tools: Tools, sets: dict[str, Path], one: Path, repeat: int) -> dict
                     (f"cs {name}", partial(tools.cs_index, tmp / f"cs-{name}", folder)),
                     (f"cs32 {name}", partial(tools.cs_index, tmp / f"cs32-{name}", folder,
                                              "--precision", "fp32")),
+                    (f"cs8 {name}", partial(tools.cs_index, tmp / f"cs8-{name}", folder,
+                                            "--precision", "int8")),
                     (f"rc {name}", partial(tools.rclip_run, tmp / f"rc-{name}", folder)),
                 ]
                 for name, folder in sets.items()
@@ -265,6 +269,9 @@ def rows_of(runs: dict[str, list], sets: dict[str, Path], counts: dict[str, int]
             time_row(f"index {n} x {name}, --precision fp32, wall", f"cs32 {name}", f"rc {name}"),
             rss_row(f"index {n} x {name}, --precision fp32, peak RSS",
                     f"cs32 {name}", f"rc {name}"),
+            time_row(f"index {n} x {name}, --precision int8, wall", f"cs8 {name}", f"rc {name}"),
+            rss_row(f"index {n} x {name}, --precision int8, peak RSS",
+                    f"cs8 {name}", f"rc {name}"),
         ]  # fmt: skip
     first = next(iter(sets))
     n = counts[first]
@@ -314,6 +321,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         # The first load: clipsearch fills its cache, rclip's model files are read once.
         tools.cs_index(Path(t) / "prime-cs", one)
+        tools.cs_index(Path(t) / "prime-cs8", one, "--precision", "int8")  # its int8 model
         tools.rclip_run(Path(t) / "prime-rc", one)
         for line in agreement(tools, sets["2 MP"][:3], Path(t)):
             print(line)

@@ -52,9 +52,12 @@ def image_engine(
         device: as the user gave it: NumPy and ONNX Runtime run on the CPU, so ``auto`` or
             ``cpu`` (``auto`` goes to torch for a run past NumPy's where a GPU may be here).
         precision: as the user gave it: NumPy and ONNX Runtime compute in fp32, so ``auto``
-            or ``fp32`` (an explicit ``bf16`` or ``fp16`` is torch's).
+            or ``fp32`` (an explicit ``bf16`` or ``fp16`` is torch's); ``int8`` is ONNX
+            Runtime's int8 tower (torch's fp32 where ONNX Runtime is missing).
         onnx: whether ONNX Runtime is installed.
     """
+    if precision == "int8":  # asked for: ONNX Runtime's int8 tower, whatever the run's size
+        return ONNX if onnx and device in ("auto", "cpu") else TORCH
     if images is None or device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
         return TORCH
     work = images * config.gflop

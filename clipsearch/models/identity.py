@@ -58,7 +58,9 @@ MAX_LOGIT_SCALE = 100.0
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# int8: the image tower of CPU index runs with int8 weights on ONNX Runtime, the rest fp32
+# (clipsearch/models/onnxint8.py).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 TOWERS = ("both", "text", "image")

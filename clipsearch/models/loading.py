@@ -149,7 +149,7 @@ def load_image_encoder(
         if engine == NUMPY:
             fast = numpy_image_encoder(found)
         elif engine == ONNX:
-            fast = onnx_image_encoder(found)
+            fast = onnx_image_encoder(found, int8=precision == "int8")
         if fast is not None:
             return fast
     return load_spec(spec, device=device, precision=precision, cache_dir=cache_dir, towers="image")

@@ -65,18 +65,20 @@ class GraphBuilder:
             its shape; the graph declares them as placeholders that the session fills.
     """
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]]):
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], *, matmul_linear: bool = False):
         self.shapes = dict(shapes)
         self.nodes: list[Any] = []
         self.consts: list[Any] = []
         self._count = 0
+        self.matmul_linear = matmul_linear
+        self.transposed: dict[str, str] = {}  # a transposed weight's name -> the weight's
 
     def op(self, op_type: str, *inputs: str, **attrs: Any) -> str:
         from onnx import helper
 
         self._count += 1
         out = f"{op_type.lower()}_{self._count}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
         return out
 
     def const(self, values: Any, dtype: Any = np.int64) -> str:
@@ -94,9 +96,16 @@ class GraphBuilder:
         return name
 
     def linear(self, x: str, weight: str, bias: str | None = None) -> str:
-        """``x @ weight.T + bias`` for rows x (R, in) and a torch-layout (out, in) weight."""
-        inputs = [x, self.weight(weight)] + ([self.weight(bias)] if bias else [])
-        return self.op("Gemm", *inputs, transB=1)
+        """``x @ weight.T + bias`` for rows x (R, in) and a torch-layout (out, in) weight:
+        one ``Gemm``, or with ``matmul_linear`` a ``MatMul`` on the transposed weight (named
+        ``weight + ".T"``, see :attr:`transposed`) and an ``Add``, the form ONNX Runtime's
+        int8 quantization takes."""
+        if not self.matmul_linear:
+            inputs = [x, self.weight(weight)] + ([self.weight(bias)] if bias else [])
+            return self.op("Gemm", *inputs, transB=1)
+        self.transposed[weight + ".T"] = self.weight(weight)
+        y = self.op("MatMul", x, weight + ".T")
+        return self.op("Add", y, self.weight(bias)) if bias else y
 
     def layer_norm(self, x: str, prefix: str, eps: float) -> str:
         w, b = self.weight(prefix + "weight"), self.weight(prefix + "bias")
@@ -185,7 +194,8 @@ class GraphBuilder:
             for n, shape in inputs.items()
         ]
         result = helper.make_tensor_value_info(output, TensorProto.FLOAT, output_shape)
-        weights = [] if weights_as_inputs else [_placeholder(n, s) for n, s in self.shapes.items()]
+        shapes = {**self.shapes, **{t: self.shapes[w][::-1] for t, w in self.transposed.items()}}
+        weights = [] if weights_as_inputs else [_placeholder(n, s) for n, s in shapes.items()]
         graph = helper.make_graph(self.nodes, name, values, [result], self.consts + weights)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = min(model.ir_version, 10)  # what ORT releases since 1.20 read

@@ -33,7 +33,14 @@ from clipsearch.models.cpuencoder import CpuImageEncoder
 from clipsearch.models.identity import ModelIdentity, ModelSpec
 from clipsearch.models.imagetower import ImageRecord, ImageTowerConfig, read_image_record
 from clipsearch.models.npmath import read_safetensors
-from clipsearch.models.onnxgraph import GraphBuilder, SessionError, available, tower_session
+from clipsearch.models.onnxgraph import (
+    GraphBuilder,
+    SessionError,
+    available,
+    make_session,
+    tower_session,
+)
+from clipsearch.models.onnxint8 import int8_tower_model
 from clipsearch.threads import default_threads
 
 log = logging.getLogger(__name__)
@@ -42,12 +49,14 @@ PARITY_TOLERANCE = 1e-5  # max abs difference of unit vectors, ONNX Runtime fp32
 INPUT = "pixels"
 
 
-def tower_graph(config: ImageTowerConfig) -> bytes:
+def tower_graph(config: ImageTowerConfig, *, int8_form: bool = False) -> bytes:
     """The serialized ONNX model of an image tower: inputs ``pixels`` (N, 3, size, size)
     float32 and every tensor of ``config.tensor_shapes()`` by its name (the weights), output
-    (N, output_dim), not normalized."""
+    (N, output_dim), not normalized. With ``int8_form``, the form int8 quantization takes
+    (:mod:`clipsearch.models.onnxint8`): the weights are placeholders, and each linear layer
+    a ``MatMul`` on its transposed weight."""
     c = config
-    g = GraphBuilder(c.tensor_shapes())
+    g = GraphBuilder(c.tensor_shapes(), matmul_linear=int8_form)
     x = _tokens(g, c)
     for i in range(c.layers):
         last = i == c.layers - 1
@@ -70,7 +79,7 @@ def tower_graph(config: ImageTowerConfig) -> bytes:
         x,
         "clipsearch-clip-image",
         output_shape=["batch", c.output_dim],
-        weights_as_inputs=True,
+        weights_as_inputs=not int8_form,
     )
 
 
@@ -115,10 +124,18 @@ class OnnxImageTower:
     """
 
     def __init__(
-        self, config: ImageTowerConfig, tensors: Mapping[str, np.ndarray], threads: int | None
+        self,
+        config: ImageTowerConfig,
+        tensors: Mapping[str, np.ndarray],
+        threads: int | None,
+        *,
+        int8_model: bytes | None = None,
     ):
         self.config = config
         self.tensors = config.checked(tensors)
+        if int8_model is not None:  # its own (int8) weights inside
+            self.session = make_session(int8_model, {}, threads or 0)
+            return
         build = lambda: tower_graph(config)  # noqa: E731
         self.session = tower_session(
             "clip-image", config.to_dict(), build, self.tensors, threads or 0, feed=True
@@ -158,9 +175,10 @@ def cached_onnx_image_encoder(
     return onnx_image_encoder(found)
 
 
-def onnx_image_encoder(found: ImageRecord) -> OnnxImageEncoder | None:
-    """The ONNX Runtime image encoder of a valid record; None (logged at debug level) where
-    onnxruntime is not installed, or the weights or the session fail."""
+def onnx_image_encoder(found: ImageRecord, *, int8: bool = False) -> OnnxImageEncoder | None:
+    """The ONNX Runtime image encoder of a valid record, in fp32 or, with ``int8``, with the
+    linear layers' weights quantized to int8 (:mod:`clipsearch.models.onnxint8`); None
+    (logged) where onnxruntime is not installed, or the weights or the session fail."""
     if not available():
         log.debug("onnxruntime is not installed")
         return None
@@ -168,8 +186,13 @@ def onnx_image_encoder(found: ImageRecord) -> OnnxImageEncoder | None:
     try:
         arrays = read_safetensors(found.weights, [prefix + n for n in found.config.tensor_shapes()])
         tensors = {n[len(prefix) :]: a for n, a in arrays.items()}
-        tower = OnnxImageTower(found.config, tensors, default_threads())
+        build = lambda: tower_graph(found.config, int8_form=True)  # noqa: E731
+        model = int8_tower_model(found, tensors, build) if int8 else None
+        tower = OnnxImageTower(found.config, tensors, default_threads(), int8_model=model)
     except (OSError, ValueError, ImportError, SessionError) as e:
-        log.debug("no ONNX Runtime session for %s: %s", found.weights, e)
+        log_ = log.warning if int8 else log.debug  # int8 was asked for: say why it is not
+        log_("no ONNX Runtime %ssession for %s: %s", "int8 " if int8 else "", found.weights, e)
         return None
-    return OnnxImageEncoder(tower, found.preprocess, found.identity)
+    encoder = OnnxImageEncoder(tower, found.preprocess, found.identity)
+    encoder.precision = "int8" if int8 else "fp32"
+    return encoder

@@ -41,10 +41,11 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_precision(precision: str, device: str) -> str:
-    """``auto`` means fp16 on CUDA/MPS, bf16 on CPUs with native bf16 arithmetic (AVX512-BF16
-    or AMX: faster than fp32, with embeddings close to fp32's; benchmarks/RESULTS.md), else
-    fp32. Explicit
-    values are checked."""
+    """The precision torch computes in. ``auto`` means fp16 on CUDA/MPS, bf16 on CPUs with
+    native bf16 arithmetic (AVX512-BF16 or AMX: faster than fp32, with embeddings close to
+    fp32's; benchmarks/RESULTS.md), else fp32. ``int8`` is the ONNX Runtime image tower's
+    (:mod:`clipsearch.models.onnxint8`), on the CPU only: what torch runs meanwhile (a text
+    tower, a first load) runs in fp32. Explicit values are checked."""
     if precision not in PRECISIONS:
         raise ModelLoadError(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
@@ -55,6 +56,13 @@ def pick_precision(precision: str, device: str) -> str:
         return "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and device == "cpu":
         raise ModelLoadError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+    if precision == "int8":  # the image tower's products on ONNX Runtime; torch runs fp32
+        if device != "cpu":
+            raise ModelLoadError(
+                f"int8 runs on the CPU (ONNX Runtime), not on {device}; add --device cpu, or "
+                "use --precision fp16 or auto on a GPU"
+            )
+        return "fp32"
     return precision
 
 

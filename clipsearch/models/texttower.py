@@ -338,7 +338,7 @@ def applies(device: str = "auto", precision: str = "auto") -> bool:
     included: for one query it starts faster than any GPU) in fp32 (``auto`` included). An
     explicit ``bf16`` is the torch path's: a little faster warm, much slower to start
     (benchmarks/RESULTS.md); an explicit GPU or ``fp16`` too."""
-    return device in ("auto", "cpu") and precision in ("auto", "fp32")
+    return device in ("auto", "cpu") and precision in ("auto", "fp32", "int8")
 
 
 def cached_text_encoder(

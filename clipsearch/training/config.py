@@ -112,9 +112,10 @@ class TrainConfig:
             problems.append("warmup_steps, checkpoint_every and eval_every must be >= 0")
         if self.keep_checkpoints < 1:
             problems.append(f"keep_checkpoints must be at least 1, not {self.keep_checkpoints}")
-        if self.precision not in PRECISIONS:
+        if self.precision not in PRECISIONS or self.precision == "int8":
             problems.append(
-                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+                f"precision must be one of {', '.join(p for p in PRECISIONS if p != 'int8')}, "
+                f"not {self.precision!r}"
             )
         if self.save_dtype not in SAVE_DTYPES:
             problems.append(f"save_dtype must be fp32 or fp16, not {self.save_dtype!r}")
