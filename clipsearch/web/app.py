@@ -685,16 +685,19 @@ def _add_docs(app: FastAPI, access: Access) -> None:
     app.mount(doc.SWAGGER_PATH, StaticFiles(directory=swagger), name="swagger-ui")
 
 
-def _prepare_in_background(index: ImageIndex) -> None:
+def _prepare_in_background(index: ImageIndex) -> threading.Thread:
     """:meth:`ImageIndex.prepare_text_queries` in a thread: quick text queries from the first
-    one on, without delaying the server's start. A failure only means that queries make what
-    they need themselves, as they would without it."""
+    one on, without delaying the server's start; the app joins it when it shuts down. A
+    failure only means that queries make what they need themselves, as they would without
+    it."""
 
     def prepare() -> None:
         with contextlib.suppress(ClipsearchError, OSError):
             index.prepare_text_queries()
 
-    threading.Thread(target=prepare, name="prepare-text-queries", daemon=True).start()
+    thread = threading.Thread(target=prepare, name="prepare-text-queries", daemon=True)
+    thread.start()
+    return thread
 
 
 def create_app(
@@ -737,20 +740,20 @@ def create_app(
             "--watch, or serve with --no-read-only on a trusted network"
         )
     owned = not isinstance(index, ImageIndex)
-    if not isinstance(index, ImageIndex):
-        index = ImageIndex.open(index, device=device, precision=precision)
-    opened = index
+    opened = ImageIndex.open(index, device=device, precision=precision) if owned else index
+    index = opened
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if watcher is not None:
             watcher.start()
-        _prepare_in_background(opened)
+        preparing = _prepare_in_background(opened)
         try:
             yield
         finally:
             if watcher is not None:
                 watcher.stop()
+            preparing.join()  # a session half made when the process exits aborts it
             if owned:
                 opened.close()
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
@@ -310,8 +311,12 @@ def test_web_text_search_does_not_import_torch(tmp_path, tiny_model, photo_dir):
                 styles=params.get("style"),
                 k=params.get("k", 24),
             )
-        assert [tuple(h) for h in report["hits"]] == pairs(expected)
-        assert expected
+        # serve may answer even its first query with the ONNX Runtime text tower, made as it
+        # starts; the library's first query here runs in NumPy: the same hits, scores within
+        # the two towers' difference
+        got, want = [tuple(h) for h in report["hits"]], pairs(expected)
+        assert [i for i, _ in got] == [i for i, _ in want] and expected
+        assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
 
 
 # --- limits ---------------------------------------------------------------------------------
