@@ -1,8 +1,9 @@
 """What the torch-free image encoders share: the interface of
 :class:`~clipsearch.models.encoder.Encoder` with ``towers="image"``, fp32 on the CPU, NumPy
 arrays in and out. :class:`~clipsearch.models.npimagetower.NumpyImageEncoder` and
-:class:`~clipsearch.models.onnxtower.OnnxImageEncoder` differ only in :meth:`features`, how
-preprocessed pixels become image features."""
+:class:`~clipsearch.models.onnxtower.OnnxImageEncoder` differ only in the tower they are
+given (a NumPy tower, an ONNX Runtime session), which turns preprocessed pixels into image
+features."""
 
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ class CpuImageEncoder:
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """The image features (N, dim) of preprocessed pixels (N, 3, size, size), not
-        normalized (as ``encode_image``)."""
-        raise NotImplementedError
+        normalized (as ``encode_image``): what the tower computes."""
+        return self.tower(pixels)
 
     @property
     def batch_size(self) -> int:

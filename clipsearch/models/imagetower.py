@@ -316,6 +316,17 @@ class ImageRecord:
     weights: str  # a float32 safetensors file
     prefix: str  # of the tower's tensors in it
 
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The tower's weights by their names inside ``visual``, float32, memory-mapped
+        (read when touched, never copied), for the torch-free engines.
+
+        Raises:
+            OSError, ValueError: the weights file cannot be read.
+        """
+        p = self.prefix
+        arrays = read_safetensors(self.weights, [p + n for n in self.config.tensor_shapes()])
+        return {n[len(p) :]: a for n, a in arrays.items()}
+
 
 def read_image_record(
     spec: ModelSpec, identity: ModelIdentity | None = None, cache_dir: str | None = None

@@ -25,7 +25,7 @@ import numpy as np
 from clipsearch.models.cpuencoder import CpuImageEncoder
 from clipsearch.models.identity import ModelIdentity, ModelSpec
 from clipsearch.models.imagetower import ImageRecord, ImageTowerConfig, read_image_record
-from clipsearch.models.npmath import layer_norm, linear, read_safetensors, residual_block
+from clipsearch.models.npmath import layer_norm, linear, residual_block
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,6 @@ class NumpyImageEncoder(CpuImageEncoder):
 
     engine = "numpy"
 
-    def features(self, pixels: np.ndarray) -> np.ndarray:
-        return self.tower(pixels)
-
 
 def cached_numpy_image_encoder(
     spec: ModelSpec, identity: ModelIdentity | None = None, cache_dir: str | None = None
@@ -122,10 +119,8 @@ def cached_numpy_image_encoder(
 
 def numpy_image_encoder(found: ImageRecord) -> NumpyImageEncoder | None:
     """The NumPy image encoder of a valid record; None where its weights cannot be read."""
-    prefix = found.prefix
     try:
-        arrays = read_safetensors(found.weights, [prefix + n for n in found.config.tensor_shapes()])
-        tower = NumpyImageTower(found.config, {n[len(prefix) :]: a for n, a in arrays.items()})
+        tower = NumpyImageTower(found.config, found.tensors())
     except (OSError, ValueError) as e:
         log.debug("image tower weights %s are unusable: %s", found.weights, e)
         return None

@@ -32,7 +32,6 @@ import numpy as np
 from clipsearch.models.cpuencoder import CpuImageEncoder
 from clipsearch.models.identity import ModelIdentity, ModelSpec
 from clipsearch.models.imagetower import ImageRecord, ImageTowerConfig, read_image_record
-from clipsearch.models.npmath import read_safetensors
 from clipsearch.models.onnxgraph import (
     GraphBuilder,
     SessionError,
@@ -153,12 +152,10 @@ class OnnxImageTower:
 
 class OnnxImageEncoder(CpuImageEncoder):
     """Encodes images like :class:`~clipsearch.models.npimagetower.NumpyImageEncoder`, on
-    ONNX Runtime: fp32 on the CPU, without torch. Made by :func:`cached_onnx_image_encoder`."""
+    ONNX Runtime: fp32 (or, for ``--precision int8``, int8 weights) on the CPU, without
+    torch. Made by :func:`cached_onnx_image_encoder` or :func:`onnx_image_encoder`."""
 
     engine = "onnx"
-
-    def features(self, pixels: np.ndarray) -> np.ndarray:
-        return self.tower(pixels)
 
 
 def cached_onnx_image_encoder(
@@ -182,10 +179,8 @@ def onnx_image_encoder(found: ImageRecord, *, int8: bool = False) -> OnnxImageEn
     if not available():
         log.debug("onnxruntime is not installed")
         return None
-    prefix = found.prefix
     try:
-        arrays = read_safetensors(found.weights, [prefix + n for n in found.config.tensor_shapes()])
-        tensors = {n[len(prefix) :]: a for n, a in arrays.items()}
+        tensors = found.tensors()
         build = lambda: tower_graph(found.config, int8_form=True)  # noqa: E731
         model = int8_tower_model(found, tensors, build) if int8 else None
         tower = OnnxImageTower(found.config, tensors, default_threads(), int8_model=model)
