@@ -234,6 +234,24 @@ def plant_default_model(cache: Path) -> dict[str, str]:
     return env
 
 
+def random_weights(work: Path, model: str) -> Path:
+    """The random weights of an open_clip architecture (``torch.manual_seed(0)``), saved once
+    as ``work/weights/<model>-random.safetensors`` (speed and memory do not depend on the
+    weights)."""
+    path = work / "weights" / f"{model}-random.safetensors"
+    if not path.exists():
+        import open_clip
+        import torch
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        net = open_clip.create_model(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path) + ".tmp")
+        os.replace(str(path) + ".tmp", path)
+    return path
+
+
 def compile_package() -> None:
     """Write the bytecode of the clipsearch package being measured, as an installed package
     has it. A checkout run with PYTHONDONTWRITEBYTECODE set would otherwise compile every

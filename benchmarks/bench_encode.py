@@ -35,7 +35,6 @@ The children run ``python -m clipsearch.cli.main`` from the current directory.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -50,6 +49,7 @@ from _common import (  # noqa: E402
     compile_package,
     machine,
     print_table,
+    random_weights,
     ratio,
     run_child,
     write_photos,
@@ -97,22 +97,6 @@ stamp(cpuencoder.CpuImageEncoder)  # NumPy and ONNX Runtime
 from clipsearch.cli.main import main
 main(sys.argv[1:])
 """
-
-
-def save_weights(work: Path, model: str) -> Path:
-    """Random weights of a model, saved once as a safetensors file."""
-    path = work / "weights" / f"{model}-random.safetensors"
-    if not path.exists():
-        import open_clip
-        import torch
-        from safetensors.torch import save_file
-
-        torch.manual_seed(0)
-        m = open_clip.create_model(model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path) + ".tmp")
-        os.replace(str(path) + ".tmp", path)
-    return path
 
 
 def index_cmd(index: Path, folder: Path, model: str, weights: Path, *extra: str) -> list[str]:
@@ -430,7 +414,7 @@ def main() -> None:
     photos = write_photos(args.work / "photos-12mp", args.photos)
     rows: list[Row] = []
     for model in args.models:
-        weights = save_weights(args.work, model)
+        weights = random_weights(args.work, model)
         cache = args.work / f"encode-cache-{model}"
         with tempfile.TemporaryDirectory() as tmp:  # prime the cache: one load via open_clip
             one = Path(tmp) / "one"

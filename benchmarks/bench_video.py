@@ -29,7 +29,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Row, machine, peak_rss_mib, print_table, ratio  # noqa: E402
+from _common import (  # noqa: E402
+    Row,
+    machine,
+    peak_rss_mib,
+    print_table,
+    random_weights,
+    ratio,
+)
 
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
 SCENE_SECONDS = 7  # between the interval's points, so that scene changes add frames
@@ -73,19 +80,6 @@ def make_clip(path: Path, seconds: int) -> Path:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         out.mux(stream.encode(None))
     tmp.rename(path)
-    return path
-
-
-def random_weights(work: Path, model: str) -> Path:
-    path = work / f"{model}-random.safetensors"
-    if not path.exists():
-        import open_clip
-        import torch
-        from safetensors.torch import save_file
-
-        torch.manual_seed(0)
-        net = open_clip.create_model(model)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     return path
 
 

@@ -27,25 +27,16 @@ import shutil
 import warnings
 from pathlib import Path
 
+from _common import random_weights  # benchmarks/ is on sys.path: bench_rclip.py runs this
+
 MODEL = "ViT-B-32-256"
 RCLIP_SUBDIR = "ViT-B-32-256-datacomp_s34b_b86k"
 RCLIP_VOCAB = "tokenizer/bpe_simple_vocab_16e6.txt.gz"
 
 
 def save_weights(work: Path) -> Path:
-    """The random weights (``torch.manual_seed(0)``) as a safetensors file, made once."""
-    path = work / "weights" / f"{MODEL}-random.safetensors"
-    if not path.exists():
-        import open_clip
-        import torch
-        from safetensors.torch import save_file
-
-        torch.manual_seed(0)
-        model = open_clip.create_model(MODEL)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path) + ".tmp")
-        os.replace(str(path) + ".tmp", path)
-    return path
+    """The random weights of :data:`MODEL` (``torch.manual_seed(0)``), made once."""
+    return random_weights(work, MODEL)
 
 
 def export_onnx(weights: Path, models: Path) -> Path:
