@@ -474,3 +474,77 @@ def serving(index_dir: Path, *args: str, address: str = r"at (http://127\.0\.0\.
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- the torch-free image towers' tests (tests/models, tests/style) -------------------------
+
+
+def probe_pixels(size: int):  # noqa: ANN201 - a float32 array (N, 3, size, size)
+    """The image towers' probe pictures, preprocessed as a model of that input size does."""
+    import numpy as np
+
+    from clipsearch.models.imagetower import probe_images
+    from clipsearch.models.preprocess import ImagePreprocess
+
+    pre = ImagePreprocess.from_config({"size": size})
+    return np.stack([pre.pixels(img) for img in probe_images(size)])
+
+
+def unit_rows(x):  # noqa: ANN001, ANN201 - a tensor or an array in, a float32 array out
+    """Each row scaled to length 1."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def vit_b32_config():  # noqa: ANN201 - an ImageTowerConfig
+    """The shape of open_clip's ViT-B/32 image tower (QuickGELU), for the engine policy."""
+    from clipsearch.models.imagetower import ImageTowerConfig
+
+    return ImageTowerConfig(
+        224, 32, 768, 12, 12, 3072, 512, "quick", 1e-5, True, "tok", False, True
+    )
+
+
+def local_dir_model(tmp_path: Path, name: str = "tiny") -> str:
+    """The ``local-dir:`` name of a tiny model saved under ``tmp_path / name``."""
+    return f"local-dir:{save_tiny_model(tmp_path / name)}"
+
+
+_CLI_REPORTING_IMPORTS = """
+import json, sys
+{setup}
+from clipsearch.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(json.dumps({{"code": code, "loaded": [m for m in {heavy!r} if m in sys.modules]}}))
+"""
+
+
+def cli_in_a_new_process(
+    argv: list[str], heavy: list[str], setup: str = ""
+) -> tuple[dict, list[str], str]:
+    """``clipsearch ARGV`` in a new Python process (the statements ``setup`` first, and one
+    OpenMP thread): ``{"code": exit code, "loaded": which of the heavy modules it imported}``,
+    the lines it printed before that, and all it printed (for assertion messages)."""
+    import subprocess
+    import sys
+
+    script = _CLI_REPORTING_IMPORTS.format(setup=setup, heavy=list(heavy))
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    lines = proc.stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        report = {}
+    return report, lines[:-1], proc.stdout + proc.stderr

@@ -4,10 +4,6 @@ run of a few photos that never imports torch."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +16,6 @@ from clipsearch.models.imagetower import (
     VisionTower,
     build_tower,
     describe,
-    probe_images,
 )
 from clipsearch.models.loading import load_encoder, load_image_encoder
 from clipsearch.models.npimagetower import (
@@ -29,28 +24,27 @@ from clipsearch.models.npimagetower import (
     NumpyImageTower,
     cached_numpy_image_encoder,
 )
-from clipsearch.models.preprocess import ImagePreprocess
-from tests.helpers import VISION_VARIANTS, random_clip, save_tiny_model, vision_cfg
-
-
-def _pixels(size: int) -> np.ndarray:
-    pre = ImagePreprocess.from_config({"size": size})
-    return np.stack([pre.pixels(img) for img in probe_images(size)])
-
-
-def _unit(x) -> np.ndarray:  # noqa: ANN001 - a tensor or an array
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+from tests.helpers import (
+    VISION_VARIANTS,
+    cli_in_a_new_process,
+    local_dir_model,
+    probe_pixels,
+    random_clip,
+    save_tiny_model,
+    unit_rows,
+    vision_cfg,
+    vit_b32_config,
+)
 
 
 def _both(config: ImageTowerConfig, state: dict) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors of the probe images from the torch tower and the NumPy tower."""
     tower = build_tower(config, state)
     numpy_tower = NumpyImageTower(config, {k: v.numpy() for k, v in state.items()})
-    pixels = _pixels(config.image_size)
+    pixels = probe_pixels(config.image_size)
     with torch.inference_mode():
-        want = _unit(tower(torch.from_numpy(pixels)).numpy())
-    return want, _unit(numpy_tower(pixels))
+        want = unit_rows(tower(torch.from_numpy(pixels)).numpy())
+    return want, unit_rows(numpy_tower(pixels))
 
 
 @pytest.mark.parametrize("variant", list(VISION_VARIANTS))
@@ -63,7 +57,9 @@ def test_numpy_tower_matches_the_torch_tower(variant):
     assert np.abs(got - want).max() <= PARITY_TOLERANCE
     assert np.abs(got[0] - got[1]).max() > 1e-3  # the probes give different vectors
     with torch.inference_mode():  # and so does open_clip itself
-        oc = _unit(model.encode_image(torch.from_numpy(_pixels(config.image_size))).numpy())
+        oc = unit_rows(
+            model.encode_image(torch.from_numpy(probe_pixels(config.image_size))).numpy()
+        )
     assert np.abs(got - oc).max() <= PARITY_TOLERANCE
 
 
@@ -102,18 +98,12 @@ def test_numpy_tower_matches_on_vit_b_32():
     assert np.abs(got - want).max() <= PARITY_TOLERANCE
 
 
-def _b32() -> ImageTowerConfig:
-    return ImageTowerConfig(
-        224, 32, 768, 12, 12, 3072, 512, "quick", 1e-5, True, "tok", False, True
-    )
-
-
 def prefers_numpy(*args: object) -> bool:
     return image_engine(*args) == "numpy"  # type: ignore[arg-type]
 
 
 def test_the_policy_takes_numpy_for_few_images_on_the_cpu_in_fp32():
-    b32 = _b32()
+    b32 = vit_b32_config()
     b16 = dataclasses.replace(b32, patch_size=16)
     assert 8.5 < b32.gflop < 9.0 and 34.5 < b16.gflop < 36.0  # 4.4 and 17.6 G multiply-adds
     assert prefers_numpy(1, b32) and prefers_numpy(1, b16)
@@ -124,14 +114,10 @@ def test_the_policy_takes_numpy_for_few_images_on_the_cpu_in_fp32():
     assert not prefers_numpy(1, b32, "cuda") and not prefers_numpy(1, b32, "auto", "bf16")
 
 
-def _save(tmp_path, name: str = "tiny") -> str:
-    return f"local-dir:{save_tiny_model(tmp_path / name)}"
-
-
 def test_load_image_encoder_takes_numpy_once_recorded(tmp_path, photo_dir):
     from PIL import Image
 
-    name = _save(tmp_path)
+    name = local_dir_model(tmp_path)
     spec = ModelSpec.from_user(name, None)
     first = load_image_encoder(spec, images=1, device="cpu")
     assert not isinstance(first, NumpyImageEncoder)  # no record yet: open_clip, which writes it
@@ -153,7 +139,7 @@ def test_load_image_encoder_takes_numpy_once_recorded(tmp_path, photo_dir):
 
 
 def test_a_changed_checkpoint_is_not_read_by_numpy(tmp_path):
-    name = _save(tmp_path)
+    name = local_dir_model(tmp_path)
     spec = ModelSpec.from_user(name, None)
     load_encoder(name, device="cpu")
     assert cached_numpy_image_encoder(spec) is not None
@@ -161,41 +147,20 @@ def test_a_changed_checkpoint_is_not_read_by_numpy(tmp_path):
     assert cached_numpy_image_encoder(spec) is None
 
 
-# `clipsearch index` in a fresh process: which heavy libraries it imported, and the report.
-_REPORT_IMPORTS = """
-import json, sys
-from clipsearch.cli.main import main
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    code = e.code
-heavy = ["torch", "open_clip", "torchvision"]
-print(json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}))
-"""
-
-
 def test_adding_a_photo_imports_no_torch_and_matches_the_torch_path(tmp_path, photo_dir):
     from clipsearch import ImageIndex
     from clipsearch.cli.main import main
     from tests.helpers import draw_image
 
-    name = _save(tmp_path)
+    name = local_dir_model(tmp_path)
     index_dir = tmp_path / "idx"
     argv = ["--index", str(index_dir), "index", str(photo_dir), "--model", name]
     with pytest.raises(SystemExit) as first:  # the first run: open_clip, and the records
         main(argv)
     assert first.value.code == 0
     new = draw_image(photo_dir / "new" / "purple_circle.png", "purple", "circle").resolve()
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _REPORT_IMPORTS, *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert json.loads(lines[-1]) == {"code": 0, "loaded": []}, proc.stdout + proc.stderr
+    report, lines, out = cli_in_a_new_process(argv, ["torch", "open_clip", "torchvision"])
+    assert report == {"code": 0, "loaded": []}, out
     assert lines[0].startswith("added 1, updated 0, moved 0, removed 0, unchanged 12")
     with ImageIndex.open(index_dir, device="cpu") as index:
         stored = index.catalog.vector(index.catalog.find_path(str(new)).id)
@@ -207,7 +172,7 @@ def test_adding_a_photo_imports_no_torch_and_matches_the_torch_path(tmp_path, ph
 def test_a_run_that_asks_for_torch_gets_torch(tmp_path, photo_dir):
     from clipsearch import ImageIndex
 
-    name = _save(tmp_path)
+    name = local_dir_model(tmp_path)
     load_encoder(name, device="cpu")  # the record
     with ImageIndex.create(tmp_path / "idx", name, device="cpu") as index:
         used = []

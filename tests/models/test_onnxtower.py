@@ -26,29 +26,28 @@ from clipsearch.models.onnxtower import (
     OnnxImageTower,
     cached_onnx_image_encoder,
 )
-from clipsearch.models.preprocess import ImagePreprocess
-from tests.helpers import VISION_VARIANTS, random_clip, save_tiny_model, vision_cfg
-
-
-def _pixels(size: int) -> np.ndarray:
-    pre = ImagePreprocess.from_config({"size": size})
-    return np.stack([pre.pixels(img) for img in probe_images(size)])
-
-
-def _unit(x) -> np.ndarray:  # noqa: ANN001 - a tensor or an array
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+from tests.helpers import (
+    VISION_VARIANTS,
+    cli_in_a_new_process,
+    local_dir_model,
+    probe_pixels,
+    random_clip,
+    save_tiny_model,
+    unit_rows,
+    vision_cfg,
+    vit_b32_config,
+)
 
 
 def _three(config: ImageTowerConfig, state: dict) -> tuple[np.ndarray, ...]:
     """Unit vectors of the probe images: the torch tower, the NumPy tower, ONNX Runtime."""
     arrays = {k: v.numpy() for k, v in state.items()}
-    pixels = _pixels(config.image_size)
+    pixels = probe_pixels(config.image_size)
     with torch.inference_mode():
-        want = _unit(build_tower(config, state)(torch.from_numpy(pixels)).numpy())
+        want = unit_rows(build_tower(config, state)(torch.from_numpy(pixels)).numpy())
     numpy_tower = NumpyImageTower(config, arrays)
     onnx_tower = OnnxImageTower(config, arrays, threads=1)
-    return want, _unit(numpy_tower(pixels)), _unit(onnx_tower(pixels))
+    return want, unit_rows(numpy_tower(pixels)), unit_rows(onnx_tower(pixels))
 
 
 # --- the graph --------------------------------------------------------------------------------
@@ -78,7 +77,9 @@ def test_onnx_tower_matches_torch_numpy_and_open_clip(variant):
     assert np.abs(got - numpy_vectors).max() <= PARITY_TOLERANCE
     assert np.abs(got[0] - got[1]).max() > 1e-3  # the probes give different vectors
     with torch.inference_mode():
-        oc = _unit(model.encode_image(torch.from_numpy(_pixels(config.image_size))).numpy())
+        oc = unit_rows(
+            model.encode_image(torch.from_numpy(probe_pixels(config.image_size))).numpy()
+        )
     assert np.abs(got - oc).max() <= PARITY_TOLERANCE
 
 
@@ -101,7 +102,7 @@ def test_onnx_tower_without_projection_and_with_each_gelu():
 
 
 def test_batches_of_one_and_past_the_batch_size_give_the_same_rows(tmp_path):
-    name = _save(tmp_path)
+    name = local_dir_model(tmp_path)
     spec = ModelSpec.from_user(name, None)
     load_encoder(name, device="cpu")  # the record
     encoder = cached_onnx_image_encoder(spec)
@@ -147,12 +148,6 @@ def test_onnx_tower_matches_on_vit_b_32_from_a_checkpoint(tmp_path, model_name):
 # --- the policy --------------------------------------------------------------------------------
 
 
-def _b32() -> ImageTowerConfig:
-    return ImageTowerConfig(
-        224, 32, 768, 12, 12, 3072, 512, "quick", 1e-5, True, "tok", False, True
-    )
-
-
 @pytest.fixture
 def cpu_only(monkeypatch):
     monkeypatch.setattr(engines, "may_have_gpu", lambda: False)
@@ -161,7 +156,7 @@ def cpu_only(monkeypatch):
 @pytest.mark.parametrize("bf16", [True, False])
 def test_the_policy_by_work_precision_and_cpu(monkeypatch, cpu_only, bf16):
     monkeypatch.setattr(engines, "cpu_flags_have_bf16", lambda: bf16)
-    b32 = _b32()
+    b32 = vit_b32_config()
     small = int(NUMPY_MAX_GFLOP / b32.gflop)
     mid = int(ONNX_MAX_GFLOP / b32.gflop)
     assert image_engine(small, b32) == "numpy"
@@ -182,7 +177,7 @@ def test_the_policy_by_work_precision_and_cpu(monkeypatch, cpu_only, bf16):
 def test_the_policy_leaves_auto_to_torch_where_a_gpu_may_be(monkeypatch):
     monkeypatch.setattr(engines, "may_have_gpu", lambda: True)
     monkeypatch.setattr(engines, "cpu_flags_have_bf16", lambda: False)
-    b32 = _b32()
+    b32 = vit_b32_config()
     assert image_engine(1, b32) == "numpy"  # done before torch would have found the GPU
     assert image_engine(100, b32) == "torch"
     assert image_engine(100, b32, "auto", "fp32") == "torch"
@@ -200,12 +195,8 @@ def test_the_cpu_flags_check_needs_no_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
-def _save(tmp_path, name: str = "tiny") -> str:
-    return f"local-dir:{save_tiny_model(tmp_path / name)}"
-
-
 def test_load_image_encoder_takes_onnx_for_a_mid_size_run(tmp_path, monkeypatch, cpu_only):
-    name = _save(tmp_path)
+    name = local_dir_model(tmp_path)
     spec = ModelSpec.from_user(name, None)
     first = load_image_encoder(spec, images=1, device="cpu")
     assert first.engine == "torch"  # no record yet: open_clip, which writes it
@@ -221,7 +212,7 @@ def test_load_image_encoder_takes_onnx_for_a_mid_size_run(tmp_path, monkeypatch,
 
 
 def test_without_onnxruntime_the_other_engines_run(tmp_path, monkeypatch, cpu_only):
-    name = _save(tmp_path)
+    name = local_dir_model(tmp_path)
     spec = ModelSpec.from_user(name, None)
     load_encoder(name, device="cpu")  # the record
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
@@ -232,7 +223,7 @@ def test_without_onnxruntime_the_other_engines_run(tmp_path, monkeypatch, cpu_on
 
 
 def test_an_invalid_record_is_not_read_by_onnx(tmp_path, monkeypatch, cpu_only):
-    name = _save(tmp_path)
+    name = local_dir_model(tmp_path)
     spec = ModelSpec.from_user(name, None)
     load_encoder(name, device="cpu")
     assert cached_onnx_image_encoder(spec) is not None
@@ -244,27 +235,14 @@ def test_an_invalid_record_is_not_read_by_onnx(tmp_path, monkeypatch, cpu_only):
 
 # --- index runs ------------------------------------------------------------------------------
 
+
 # `clipsearch index` in a fresh process, every run past NumPy's size: what it imported (the
 # graph was kept by an earlier session: onnx builds it once per tower shape).
-_INDEX_PAST_NUMPY = """
-import json, sys
-from clipsearch.models import engines
-engines.NUMPY_MAX_GFLOP = 0.0
-from clipsearch.cli.main import main
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    code = e.code
-heavy = ["torch", "open_clip", "torchvision", "onnx"]
-print(json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}))
-"""
-
-
 def test_a_mid_size_run_imports_no_torch_and_matches_the_torch_path(tmp_path, photo_dir):
     from clipsearch import ImageIndex
     from clipsearch.cli.main import main
 
-    name = _save(tmp_path)
+    name = local_dir_model(tmp_path)
     index_dir = tmp_path / "idx"
     argv = ["--index", str(index_dir), "index", "--model", name]
     load_encoder(name, device="cpu")  # the record,
@@ -273,16 +251,10 @@ def test_a_mid_size_run_imports_no_torch_and_matches_the_torch_path(tmp_path, ph
     with pytest.raises(SystemExit) as first:  # the first run: open_clip, and the records
         main([*argv, str(photo_dir / "shapes")])
     assert first.value.code == 0
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _INDEX_PAST_NUMPY, *argv, "--json", str(photo_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert json.loads(lines[-1]) == {"code": 0, "loaded": []}, proc.stdout + proc.stderr
+    past_numpy = "from clipsearch.models import engines; engines.NUMPY_MAX_GFLOP = 0.0"
+    heavy = ["torch", "open_clip", "torchvision", "onnx"]
+    report, lines, out = cli_in_a_new_process([*argv, "--json", photo_dir], heavy, past_numpy)
+    assert report == {"code": 0, "loaded": []}, out
     report = json.loads(lines[0])
     assert report["added"] == 6 and report["engine"] == "onnx"
     # half the index by torch, half by ONNX Runtime: one space

@@ -289,27 +289,13 @@ def test_a_head_labels_in_numpy_as_its_torch_module_does(tmp_path):
 
 
 def test_adding_a_photo_to_an_index_with_a_head_imports_no_torch(tmp_path, photo_dir):
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from tests.helpers import draw_image
-    from tests.models.test_npimagetower import _REPORT_IMPORTS
+    from tests.helpers import cli_in_a_new_process, draw_image
 
     argv = ["--index", str(tmp_path / "idx"), "index", str(photo_dir), "--model", "demo"]
     assert run(*argv)[0] == 0  # the first run: open_clip, the records, the demo's head
     draw_image(photo_dir / "new" / "purple_circle.png", "purple", "circle")
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _REPORT_IMPORTS, *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert json.loads(lines[-1]) == {"code": 0, "loaded": []}, proc.stdout + proc.stderr
+    report, lines, out = cli_in_a_new_process(argv, ["torch", "open_clip", "torchvision"])
+    assert report == {"code": 0, "loaded": []}, out
     assert lines[0].startswith("added 1,")
     with ImageIndex.open(tmp_path / "idx") as index:
         assert index.styles.has_head()
