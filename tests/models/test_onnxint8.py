@@ -21,7 +21,7 @@ from clipsearch.models.loading import load_encoder, load_image_encoder
 from clipsearch.models.onnxtower import OnnxImageEncoder
 from clipsearch.models.runtime import pick_precision
 from clipsearch.training.config import TrainConfig
-from tests.helpers import save_tiny_model
+from tests.helpers import save_tiny_model, vit_b32_config
 
 COSINE = 0.995  # the least cosine an int8 vector may have to its fp32 one
 
@@ -35,11 +35,12 @@ def recorded(tmp_path) -> str:
 
 
 def test_int8_is_onnx_runtimes_on_the_cpu_whatever_the_run():
+    b32 = vit_b32_config()
     for images in (1, 10_000, None):
-        assert image_engine(images, None, "cpu", "int8") == ONNX  # type: ignore[arg-type]
-        assert image_engine(images, None, "auto", "int8") == ONNX  # type: ignore[arg-type]
-    assert image_engine(5, None, "cuda", "int8") == TORCH  # type: ignore[arg-type]
-    assert image_engine(5, None, "cpu", "int8", onnx=False) == TORCH  # type: ignore[arg-type]
+        assert image_engine(images, b32, "cpu", "int8") == ONNX
+        assert image_engine(images, b32, "auto", "int8") == ONNX
+    assert image_engine(5, b32, "cuda", "int8") == TORCH
+    assert image_engine(5, b32, "cpu", "int8", onnx=False) == TORCH
     assert pick_precision("int8", "cpu") == "fp32"  # what torch runs meanwhile
     with pytest.raises(ModelLoadError, match="int8 runs on the CPU"):
         pick_precision("int8", "cuda")
